@@ -1,0 +1,296 @@
+"""The ``tuner`` command: a thin shell that parses arguments and calls the library.
+
+Every user error becomes one ``error: ...`` line on stderr and exit code 2;
+``--debug`` (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+import click
+import optuna
+import typer
+
+from tuner.console import err_console, say
+from tuner.errors import TunerError
+
+app = typer.Typer(
+    name="tuner",
+    help=(
+        "Tune the learning rate of a Keras model with Optuna, shared by many workers.\n\n"
+        "Start `tuner worker --study clothing` in as many terminals or machines as you like; "
+        "they share one study through SQLite, PostgreSQL or MySQL. Watch it with "
+        "`tuner dashboard`, read it with `tuner status`, and take the result with "
+        "`tuner export`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Download the datasets that studies use.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+StudyOpt = Annotated[
+    str,
+    typer.Option(
+        "--study", help="Study name (a spec in studies/NAME.toml) or a path to a spec file."
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="TUNER_STORAGE",
+        show_envvar=True,
+        help="Storage URL: sqlite:///FILE.db, postgresql://USER@HOST/DB, "
+        "mysql+pymysql://USER@HOST/DB or journal://FILE.log. Default: the spec's study.storage.",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a spec key, e.g. --set train.epochs=2 --set model.weights=none. "
+        "Repeatable; values are TOML (numbers, true/false, [150, 150]) or plain strings.",
+    ),
+]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+]
+
+
+def _load(study: str, storage: str | None, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    from tuner.spec import load_spec
+    from tuner.storage import resolve_url
+
+    spec = load_spec(study, overrides or [])
+    return spec, resolve_url(spec, storage)
+
+
+@app.command()
+def worker(
+    study: StudyOpt = "clothing",
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--n-trials",
+            min=1,
+            help="Stop once the study holds N complete, pruned or running trials, counted "
+            "over all workers (default: the spec's search.n_trials).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="Start no new trial after SEC seconds."),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Worker processes on this machine, sharing the CPU cores."
+        ),
+    ] = 1,
+    accept_space_change: Annotated[
+        bool,
+        typer.Option(
+            "--accept-space-change",
+            help="Continue an existing study although the spec's search space has changed.",
+        ),
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run trials of a study until it holds --n-trials trials. Ctrl-C stops cleanly."""
+    from tuner.search import open_study
+    from tuner.storage import open_storage, redact_url
+    from tuner.worker import configure_threads, ensure_dataset, run_pool, run_worker
+
+    spec, url = _load(study, storage, set_)
+    opened = open_storage(url, spec)
+    if workers > 1:
+        open_study(spec, opened, accept_space_change=accept_space_change)
+        ensure_dataset(spec)  # download once, before the pool starts
+        os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
+        argv = ["--study", study, *(f"--set={s}" for s in set_ or [])]
+        argv += [f"--n-trials={n_trials}"] if n_trials else []
+        argv += [f"--timeout={timeout}"] if timeout else []
+        argv += ["--accept-space-change"] if accept_space_change else []
+        raise typer.Exit(run_pool(argv, workers))
+    threads = int(os.environ.get("TUNER_THREADS", "0")) or None
+    configure_threads(threads)
+    say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+    report = run_worker(
+        spec,
+        opened,
+        url,
+        n_trials=n_trials,
+        timeout=timeout,
+        worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
+        accept_space_change=accept_space_change,
+    )
+    say(
+        f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "
+        f"pruned, {report.failed} failed)"
+    )
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def status(
+    study: StudyOpt = "clothing",
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Show trials by state, the best trial, the top 5 and the running trials."""
+    from rich.console import Console
+
+    from tuner.search import load_existing_study
+    from tuner.status import render_status, summarize
+    from tuner.storage import open_storage
+
+    spec, url = _load(study, storage, set_)
+    found = load_existing_study(spec, open_storage(url, spec))
+    Console(highlight=False).print(*render_status(summarize(found)))
+
+
+@app.command()
+def export(
+    study: StudyOpt = "clothing",
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the result JSON here (default: print it)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Save the best trial as a complete Keras model (.keras)."),
+    ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Write the learning-curve and search plots (PNG) here."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export the best learning rate (JSON), the plots and the best model."""
+    from tuner.export import best_result, write_json, write_model, write_plots
+    from tuner.search import load_existing_study
+    from tuner.storage import artifact_store_for, open_storage
+
+    spec, url = _load(study, storage, set_)
+    found = load_existing_study(spec, open_storage(url, spec))
+    result = best_result(found)
+    extra: dict[str, object] = {}
+    if plots is not None:
+        for path in write_plots(found, plots):
+            say(f"wrote {path}")
+    if model is not None:
+        extra = write_model(found, spec, artifact_store_for(url, spec), model, say=say)
+        say(f"wrote {model}")
+    if out is None:
+        typer.echo(json.dumps(result.to_json(spec, extra), indent=2))
+    else:
+        write_json(result, spec, out, extra)
+        say(
+            f"wrote {out}: best trial {result.best_trial}, learning rate "
+            f"{result.best_params['learning_rate']:.4g}, val_acc {result.best_value:.4f}"
+        )
+
+
+@app.command()
+def dashboard(
+    study: StudyOpt = "clothing",
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8080,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve optuna-dashboard for the study, safe to run beside the workers."""
+    from tuner.dashboard import serve
+
+    spec, url = _load(study, storage, set_)
+    serve(spec, url, host=host, port=port)
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. clothing.")],
+    dest: Annotated[
+        Path | None,
+        typer.Option("--dest", help="Folder to create (default: data/<dataset folder>)."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Download the archive from this mirror instead.")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Download and unpack a public dataset over HTTP."""
+    from tuner.console import download_progress
+    from tuner.data import DATASETS, download_dataset, scan_dataset
+
+    if name not in DATASETS:
+        raise TunerError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    target = dest or Path("data") / DATASETS[name].folder.removesuffix("-master")
+    with download_progress(name) as progress:
+        download_dataset(name, target, url=url, progress=progress)
+    scan = scan_dataset(target)
+    say(
+        f"downloaded {name} into {target}: {len(scan.class_names)} classes, "
+        f"{scan.count('train')} train and {scan.count('validation')} validation images"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 user error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        typer.main.get_command(app).main(args=args, prog_name="tuner", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("error: aborted", markup=False)
+        return 130
+    except click.UsageError as e:
+        if debug:
+            raise
+        hint = f"; see `{e.ctx.command_path} --help`" if e.ctx else ""
+        err_console.print(f"error: {e.format_message()}{hint}", markup=False)
+        return 2
+    except TunerError as e:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"error: {e}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("error: interrupted", markup=False)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        err_console.print(
+            f"error: internal error: {type(e).__name__}: {e}; rerun with --debug and report it",
+            markup=False,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

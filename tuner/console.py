@@ -1,0 +1,49 @@
+"""Terminal output: progress lines and bars with rich, on stderr so stdout stays data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+__all__ = ["download_progress", "err_console", "say", "warn"]
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _prefix() -> str:
+    index = os.environ.get("TUNER_WORKER_INDEX")
+    return f"[w{index}] " if index is not None else ""
+
+
+def say(message: str) -> None:
+    """One progress line, prefixed with the worker's index inside a pool."""
+    err_console.print(f"{_prefix()}{message}", markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning line."""
+    err_console.print(f"{_prefix()}[yellow]warning:[/yellow] ", end="")
+    err_console.print(message, markup=False)
+
+
+@contextmanager
+def download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A download bar; yields the callback that ``tuner.data.download_dataset`` takes."""
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("{task.description}", *columns, console=err_console) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update

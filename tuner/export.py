@@ -1,0 +1,182 @@
+"""Export: the pure best result of a study, and thin writers for JSON, plots and the model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import download_artifact
+from optuna.artifacts._protocol import ArtifactStore
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import StudyError, TunerError
+from tuner.spec import StudySpec, spec_to_dict
+
+__all__ = ["BestResult", "best_result", "write_json", "write_model", "write_plots"]
+
+WEIGHTS_ATTR = "weights_artifact"  # set by tuner.objective
+
+
+@dataclass(frozen=True)
+class BestResult:
+    """The best trial of a study and the trial counts, as in the export JSON contract."""
+
+    study: str
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    n_trials: int
+    states: dict[str, int]
+    gap: float | None
+    train_accuracy: float | None
+
+    def to_json(self, spec: StudySpec | None = None, extra: dict[str, Any] | None = None) -> dict:
+        data: dict[str, Any] = {
+            "study": self.study,
+            "best_trial": self.best_trial,
+            "best_value": self.best_value,
+            "best_params": self.best_params,
+            "n_trials": self.n_trials,
+            "states": self.states,
+            "gap": self.gap,
+            "train_accuracy": self.train_accuracy,
+        }
+        data.update(extra or {})
+        if spec is not None:
+            data["spec"] = spec_to_dict(spec)
+        return data
+
+
+def best_result(study: optuna.Study) -> BestResult:
+    """The study's best trial, as ``optuna best-trial`` reports it, and counts by state.
+
+    Raises:
+        StudyError: when the study has no complete trial yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyError(
+            f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials: "
+            f"{states or 'none'}); run `tuner worker --study {study.study_name}` and try again"
+        ) from None
+    train = best.user_attrs.get("train_accuracy") or [None]
+    return BestResult(
+        study=study.study_name,
+        best_trial=best.number,
+        best_value=float(best.value),  # type: ignore[arg-type]
+        best_params=dict(best.params),
+        n_trials=len(trials),
+        states=states,
+        gap=best.user_attrs.get("gap"),
+        train_accuracy=train[-1],
+    )
+
+
+def write_json(
+    result: BestResult, spec: StudySpec, path: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the export JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_json(spec, extra), indent=2) + "\n")
+    return path
+
+
+def _curves(trials: list[FrozenTrial]) -> dict[float, tuple[list[float], list[float]]]:
+    curves = {}
+    for t in trials:
+        val = [v for _, v in sorted(t.intermediate_values.items())]
+        curves[t.params["learning_rate"]] = (list(t.user_attrs.get("train_accuracy", [])), val)
+    return curves
+
+
+def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list[Path]:
+    """Write the manual sweep's chart and the search plots as PNGs; returns their paths."""
+    from tuner import plots
+
+    best_result(study)  # a clear error for a study with nothing to plot
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    warm = [t for t in finished if t.user_attrs.get("warm_start")]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+    top = sorted(complete, key=lambda t: -(t.value or 0.0))[:top_n]
+    chosen = {t.number: t for t in [*warm, *top]}.values()
+    figures = {
+        "sweep.png": plots.learning_curve_figure(
+            _curves(list(chosen)), "Train and validation accuracy: warm-start rates and top trials"
+        ),
+        "accuracy_vs_learning_rate.png": plots.accuracy_vs_rate_figure(finished),
+        "optimization_history.png": plots.history_figure(study),
+        "intermediate_values.png": plots.intermediate_figure(study),
+    }
+    return [plots.save_figure(fig, folder / name) for name, fig in figures.items()]
+
+
+def write_model(
+    study: optuna.Study,
+    spec: StudySpec,
+    store: ArtifactStore,
+    path: str | Path,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Save the best trial as a complete ``.keras`` model, without retraining.
+
+    The model takes raw RGB images (0-255) at the study's input size and returns
+    logits. Its class names go beside it in ``PATH.classes.json``. The model is
+    checked on the validation split, and on ``test/`` when the dataset has one.
+
+    Returns:
+        Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
+        with a test split, ``test_accuracy``.
+    """
+    import keras
+
+    from tuner.data import load_split, scan_dataset
+    from tuner.model import build_full_model, load_trained_weights
+
+    best = study.best_trial
+    artifact = best.user_attrs.get(WEIGHTS_ATTR)
+    if artifact is None:
+        raise StudyError(
+            f"trial {best.number} kept no weights, so it cannot be exported as a model; "
+            "run more trials with this version of tuner"
+        )
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise TunerError(f"--model {path} must end in .keras")
+    root = Path(spec.data.dir)
+    splits = (
+        ("train", "validation", "test") if (root / "test").is_dir() else ("train", "validation")
+    )
+    scan = scan_dataset(root, splits, skip_bad_files=spec.data.skip_bad_files)
+    model = build_full_model(spec, len(scan.class_names))
+    with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
+        weights = Path(tmp) / "weights.npz"
+        download_artifact(artifact_store=store, artifact_id=artifact, file_path=str(weights))
+        load_trained_weights(model, weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    classes = path.with_name(path.name.removesuffix(".keras") + ".classes.json")
+    classes.write_text(json.dumps(list(scan.class_names)) + "\n")
+    extra: dict[str, Any] = {"model": str(path), "class_names": list(scan.class_names)}
+    model.compile(
+        metrics=["accuracy"], loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+    )
+    for split in splits[1:]:
+        ds = load_split(scan, split, spec.data.image_size, spec.data.batch_size)
+        accuracy = float(model.evaluate(ds, verbose=0, return_dict=True)["accuracy"])
+        extra["validation_accuracy" if split == "validation" else "test_accuracy"] = accuracy
+        say(f"exported model: {split} accuracy {accuracy:.4f} on {scan.count(split)} images")
+    return extra

@@ -1,0 +1,245 @@
+"""The Keras objective (TF): trains one trial, reports every epoch, keeps the weights.
+
+This is the only module that reports to trials. Reporting and pruning go
+through ``optuna_integration``'s ``KerasPruningCallback``; :class:`EpochRecorder`
+records the trial attributes of the contract after every epoch, so a pruned or
+interrupted trial keeps its curves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import optuna
+import tensorflow as tf
+from optuna.artifacts import upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
+from optuna_integration import KerasPruningCallback
+
+from tuner import features as feature_cache
+from tuner.data import DatasetScan, load_split
+from tuner.export import WEIGHTS_ATTR
+from tuner.model import (
+    build_feature_extractor,
+    build_full_model,
+    build_head,
+    compile_model,
+    save_trained_weights,
+)
+from tuner.plots import learning_curve_figure, save_figure
+from tuner.search import suggest
+from tuner.spec import StudySpec
+
+tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
+
+__all__ = ["EpochRecorder", "TrialData", "make_objective", "prepare_data", "worker_id"]
+
+CURVE_ATTR = "curve_artifact"
+Say = Callable[[str], None]
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on every trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class TrialData:
+    """What every trial of one worker trains on, prepared once."""
+
+    scan: DatasetScan
+    cache: str  # "hit", "miss" or "off"
+    features: feature_cache.FeatureSet | None = None
+    train_ds: tf.data.Dataset | None = None
+    val_ds: tf.data.Dataset | None = None
+    extractor: keras.Model | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.scan.class_names)
+
+
+def prepare_data(spec: StudySpec, scan: DatasetScan, say: Say = print) -> TrialData:
+    """Cached features when the cache applies, else the full image pipeline."""
+    reason = feature_cache.cache_reason(spec)
+    if reason is None:
+        fs = feature_cache.load_or_compute(spec, scan, on_compute=say)
+        if fs.status == "hit":
+            say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
+        return TrialData(scan, fs.status, features=fs)
+    say(f"feature cache off: {reason}; running the full pipeline")
+    train = load_split(
+        scan,
+        "train",
+        spec.data.image_size,
+        spec.data.batch_size,
+        shuffle=True,
+        seed=spec.model.seed,
+    )
+    val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
+    extractor = None
+    if spec.model.recipe == "xception-head" and not spec.model.trainable_base:
+        extractor = build_feature_extractor(spec)  # frozen: shared by every trial
+    return TrialData(
+        scan,
+        "off",
+        train_ds=train.prefetch(tf.data.AUTOTUNE),
+        val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
+        extractor=extractor,
+    )
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records the contract's per-epoch attributes on the trial, and stops on divergence."""
+
+    def __init__(self, trial: optuna.Trial, epochs: int, say: Say) -> None:
+        super().__init__()
+        self.trial, self.epochs, self.say = trial, epochs, say
+        self.train_accuracy: list[float] = []
+        self.val_accuracy: list[float] = []
+        self.val_loss: list[float] = []
+        self.epoch_seconds: list[float] = []
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        self.epoch_seconds.append(round(time.perf_counter() - self._start, 4))
+        self.train_accuracy.append(float(logs.get("accuracy", math.nan)))
+        self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
+        self.val_loss.append(float(logs.get("val_loss", math.nan)))
+        gap = self.train_accuracy[-1] - self.val_accuracy[-1]
+        attrs = {
+            "train_accuracy": self.train_accuracy,
+            "val_loss": [v if math.isfinite(v) else None for v in self.val_loss],
+            "gap": gap if math.isfinite(gap) else None,
+            "epoch_seconds": self.epoch_seconds,
+        }
+        for key, value in attrs.items():
+            self.trial.set_user_attr(key, value)
+        lr = self.trial.params["learning_rate"]
+        self.say(
+            f"trial {self.trial.number} lr={lr:.3g} epoch {epoch + 1}/{self.epochs} "
+            f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f} "
+            f"({self.epoch_seconds[-1]:.1f}s)"
+        )
+        loss = float(logs.get("loss", math.nan))
+        if not math.isfinite(loss):
+            reason = f"diverged: training loss is {loss} at epoch {epoch}"
+            self.trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+
+
+def _fit(
+    spec: StudySpec, data: TrialData, lr: float, callbacks: list[keras.callbacks.Callback]
+) -> keras.Model:
+    epochs = spec.train.epochs
+    if data.features is not None:
+        model = build_head(data.num_classes)
+        compile_model(model, lr)
+        fs = data.features
+        model.fit(
+            fs.features["train"],
+            fs.labels["train"],
+            batch_size=spec.data.batch_size,
+            epochs=epochs,
+            validation_data=(fs.features["validation"], fs.labels["validation"]),
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        return model
+    model = build_full_model(spec, data.num_classes, data.extractor)
+    compile_model(model, lr)
+    model.fit(
+        data.train_ds, validation_data=data.val_ds, epochs=epochs, verbose=0, callbacks=callbacks
+    )
+    return model
+
+
+def _upload(
+    store: ArtifactStore | None, trial: optuna.Trial, attr: str, name: str, write: Any
+) -> None:
+    if store is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
+        path = Path(tmp) / name
+        write(path)
+        trial.set_user_attr(
+            attr, upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        )
+
+
+def make_objective(
+    spec: StudySpec,
+    data: TrialData,
+    artifact_store: ArtifactStore | None = None,
+    say: Say = print,
+) -> Callable[[optuna.Trial], float]:
+    """The objective: train at the trial's learning rate, return final validation accuracy.
+
+    Args:
+        spec: the study spec.
+        data: prepared once per worker by :func:`prepare_data`.
+        artifact_store: where trial weights and learning curves go; None keeps none.
+        say: receives one progress line per epoch.
+    """
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = suggest(trial, spec)["learning_rate"]
+        trial.set_user_attr("cache", data.cache)
+        trial.set_user_attr("worker", worker_id())
+        if data.extractor is None:
+            keras.backend.clear_session()
+        keras.utils.set_random_seed(spec.model.seed + trial.number)
+        recorder = EpochRecorder(trial, spec.train.epochs, say)
+        pruning = KerasPruningCallback(trial, monitor="val_accuracy")
+        try:
+            model = _fit(spec, data, lr, [recorder, pruning])
+        except optuna.TrialPruned:
+            trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)
+            _upload_curve(artifact_store, trial, recorder)
+            raise
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
+            trial.set_user_attr(
+                "fail_reason", f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
+            )
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+        value = recorder.val_accuracy[-1]
+        if not math.isfinite(value):
+            raise optuna.TrialPruned("validation accuracy is not a number")
+        _upload(
+            artifact_store,
+            trial,
+            WEIGHTS_ATTR,
+            "weights.npz",
+            lambda p: save_trained_weights(model, p),
+        )
+        _upload_curve(artifact_store, trial, recorder)
+        return value
+
+    return objective
+
+
+def _upload_curve(store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder) -> None:
+    if store is None or not rec.val_accuracy:
+        return
+    lr = trial.params["learning_rate"]
+    figure = learning_curve_figure(
+        {lr: (rec.train_accuracy, rec.val_accuracy)}, title=f"Trial {trial.number}"
+    )
+    _upload(store, trial, CURVE_ATTR, "learning_curve.png", lambda p: save_figure(figure, p))

@@ -1,0 +1,188 @@
+"""The search: sampler and pruner from the spec, the space, and the warm-start grid."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PatientPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.samplers import TPESampler
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+
+from tuner.errors import StudyError
+from tuner.spec import StudySpec, spec_to_dict
+from tuner.storage import retry_transient
+
+__all__ = [
+    "SPACE_ATTR",
+    "build_pruner",
+    "build_sampler",
+    "load_existing_study",
+    "open_study",
+    "search_space",
+    "suggest",
+]
+
+SPACE_ATTR = "tuner:search_space"
+SPEC_ATTR = "tuner:spec"
+
+
+def search_space(spec: StudySpec) -> dict[str, Any]:
+    """The search space as plain data, stored with the study to detect changes."""
+    lr = spec.search.learning_rate
+    return {"learning_rate": {"low": lr.low, "high": lr.high, "log": lr.log}}
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, float]:
+    """Sample one point of the search space."""
+    lr = spec.search.learning_rate
+    return {"learning_rate": trial.suggest_float("learning_rate", lr.low, lr.high, log=lr.log)}
+
+
+def build_sampler(spec: StudySpec, worker_index: int = 0) -> TPESampler:
+    """A seeded TPE sampler; each worker of a pool gets its own seed so they do not collide."""
+    return TPESampler(
+        seed=spec.sampler.seed + worker_index,
+        n_startup_trials=spec.sampler.n_startup_trials,
+        constant_liar=True,
+    )
+
+
+def build_pruner(spec: StudySpec) -> BasePruner:
+    """The pruner named by ``pruner.kind``, built from Optuna's own pruners."""
+    p = spec.pruner
+    median = MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    builders: dict[str, Any] = {
+        "none": NopPruner,
+        "median": lambda: median,
+        "percentile": lambda: PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        ),
+        "hyperband": lambda: HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=spec.train.epochs,
+            reduction_factor=p.reduction_factor,
+        ),
+        "successive-halving": lambda: SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        ),
+        "patient": lambda: PatientPruner(median, patience=p.patience),
+    }
+    return builders[p.kind]()
+
+
+def _create_study_once(storage: BaseStorage, name: str) -> bool:
+    """Create the study; True in exactly one of many workers racing to do so."""
+    for attempt in range(10):
+        try:
+            retry_transient(lambda: storage.create_new_study([StudyDirection.MAXIMIZE], name))
+            return True
+        except DuplicatedStudyError:
+            return False
+        except Exception:  # a lost race can surface as a driver error; look again
+            if name in optuna.study.get_all_study_names(storage) or attempt == 9:
+                return False
+            time.sleep(0.1 * (attempt + 1))
+    return False
+
+
+def _describe(space: dict[str, Any]) -> str:
+    lr = space["learning_rate"]
+    return f"learning_rate in [{lr['low']:g}, {lr['high']:g}]" + (" (log)" if lr["log"] else "")
+
+
+def open_study(
+    spec: StudySpec,
+    storage: BaseStorage,
+    *,
+    worker_index: int = 0,
+    accept_space_change: bool = False,
+) -> optuna.Study:
+    """Create or join the spec's study, without races, and warm-start it once.
+
+    Only the worker that creates the study enqueues the warm-start grid, so each
+    rate of the manual sweep runs exactly once however many workers start.
+
+    Raises:
+        StudyError: when the stored study searches another space than the spec,
+            unless ``accept_space_change`` is set.
+    """
+    name = spec.study.name
+    created = _create_study_once(storage, name)
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=build_sampler(spec, worker_index),
+        pruner=build_pruner(spec),
+    )
+    space = search_space(spec)
+    if created:
+        study.set_user_attr(SPACE_ATTR, space)
+        study.set_user_attr(SPEC_ATTR, json.dumps(spec_to_dict(spec)))
+        for rate in spec.search.warm_start:
+            study.enqueue_trial({"learning_rate": rate}, user_attrs={"warm_start": True})
+        _write_note(study, spec)
+        return study
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is not None and stored != space:
+        if not accept_space_change:
+            raise StudyError(
+                f"study {name!r} was created with {_describe(stored)}, but the spec now says "
+                f"{_describe(space)}; start a new study with --set study.name={name}-2, or "
+                "pass --accept-space-change to continue this one with the new space"
+            )
+        study.set_user_attr(SPACE_ATTR, space)
+    return study
+
+
+def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
+    """Load the spec's study for reading; it must exist.
+
+    Raises:
+        StudyError: naming the studies that the storage does hold.
+    """
+    names = optuna.study.get_all_study_names(storage)
+    if spec.study.name not in names:
+        held = ", ".join(names) or "none"
+        raise StudyError(
+            f"study {spec.study.name!r} does not exist in this storage (studies there: {held}); "
+            f"run `tuner worker --study {spec.study.name}` first, or check --storage"
+        )
+    return optuna.load_study(study_name=spec.study.name, storage=storage)
+
+
+def _write_note(study: optuna.Study, spec: StudySpec) -> None:
+    from optuna_dashboard import save_note
+
+    lr = spec.search.learning_rate
+    rates = ", ".join(f"{r:g}" for r in spec.search.warm_start)
+    save_note(
+        study,
+        f"""# {spec.study.name}
+
+Tunes the learning rate of the `{spec.model.recipe}` recipe (weights: `{spec.model.weights}`)
+on `{spec.data.dir}` at {spec.data.image_size[0]}x{spec.data.image_size[1]},
+{spec.train.epochs} epochs per trial, batch {spec.data.batch_size}.
+
+- Learning rate: {"log-uniform" if lr.log else "uniform"} in [{lr.low:g}, {lr.high:g}],
+  TPE sampler (seed {spec.sampler.seed}); warm start: {rates}.
+- Pruner: `{spec.pruner.kind}`; objective: validation accuracy after the last epoch.
+- Trial attributes: `train_accuracy`, `val_loss`, `gap`, `epoch_seconds`, `cache`, `worker`.
+
+Export the result with:
+
+    tuner export --study {spec.study.name} --out best.json --plots plots --model best.keras
+""",
+    )

@@ -1,0 +1,282 @@
+"""Storage URLs, the only place that knows them: SQLite, PostgreSQL, MySQL and journal files.
+
+SQLite is hardened for many workers on one machine. Every connection uses WAL
+and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``.
+SQLite has no row locks and ignores ``SELECT ... FOR UPDATE``, so without that
+two workers can both read a WAITING trial and both claim it. With the write
+lock taken at the start of the transaction, the read-check-write in Optuna's
+``set_trial_state_values`` is atomic, as it is on PostgreSQL and MySQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from filelock import FileLock
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy import exc as sa_exc
+
+from tuner.errors import StorageError
+from tuner.spec import StudySpec
+
+__all__ = [
+    "BudgetLock",
+    "artifact_store_for",
+    "open_storage",
+    "redact_url",
+    "resolve_url",
+    "retry_transient",
+]
+
+JOURNAL_PREFIX = "journal://"
+_T = TypeVar("_T")
+
+
+def resolve_url(spec: StudySpec, cli_url: str | None = None) -> str:
+    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec."""
+    return (
+        cli_url
+        or os.environ.get("TUNER_STORAGE")
+        or spec.study.storage
+        or f"sqlite:///{spec.study.name}.db"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print or log."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        return "<unparsable storage URL>"
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove the password of ``url`` from an error message."""
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except (sa_exc.ArgumentError, ValueError):
+        return message
+    return message.replace(str(password), "***") if password else message
+
+
+def _parse(url: str) -> sqlalchemy.engine.URL:
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise StorageError(
+            f"malformed storage URL {redact_url(url)!r}; use sqlite:///FILE.db, "
+            "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal://FILE.log"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise StorageError(
+            f"unknown storage scheme {parsed.drivername!r} in {redact_url(url)!r}; "
+            "use sqlite, postgresql, mysql+pymysql or journal"
+        )
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for other storages."""
+    if not url.startswith("sqlite"):
+        return None
+    database = _parse(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def journal_path(url: str) -> Path | None:
+    """The log file of a ``journal://`` URL, or None for other storages."""
+    return Path(url[len(JOURNAL_PREFIX) :]) if url.startswith(JOURNAL_PREFIX) else None
+
+
+def _check_writable_folder(path: Path, url: str) -> None:
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise StorageError(
+            f"folder {folder} for storage {redact_url(url)!r} does not exist; create it first"
+        )
+    if not os.access(folder, os.W_OK):
+        raise StorageError(
+            f"folder {folder} for storage {redact_url(url)!r} is not writable; "
+            "pick a writable path with --storage"
+        )
+
+
+def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
+    """Run ``fn``, retrying database errors that come from concurrent creation."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _harden_sqlite(engine: sqlalchemy.engine.Engine, busy_timeout: float) -> None:
+    ms = int(busy_timeout * 1000)
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, emit BEGIN, so it can be BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Connections opened while Optuna created the tables predate the listeners.
+    engine.dispose()
+
+
+def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> RDBStorage:
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": busy_timeout}
+    else:
+        # Fail fast on an unreachable server instead of hanging on TCP retries.
+        engine_kwargs["connect_args"] = {"connect_timeout": int(spec.storage.connect_timeout)}
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=spec.storage.heartbeat_interval,
+        grace_period=spec.storage.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+            max_retry=spec.storage.max_retry, inherit_intermediate_values=False
+        ),
+    )
+
+
+def open_storage(url: str, spec: StudySpec) -> BaseStorage:
+    """Open the storage behind ``url`` with tuner's guarantees for shared use.
+
+    Args:
+        url: ``sqlite:///FILE``, ``postgresql://...``, ``mysql+pymysql://...`` or
+            ``journal://FILE``.
+        spec: supplies the heartbeat, grace period, retries and timeouts.
+
+    Returns:
+        An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
+
+    Raises:
+        StorageError: for a malformed URL, an unknown scheme, a missing driver, a
+            folder that is not writable, or a server that cannot be reached.
+    """
+    if (journal := journal_path(url)) is not None:
+        _check_writable_folder(journal, url)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    busy_timeout = spec.storage.busy_timeout
+    db_file = sqlite_path(url)
+    try:
+        if db_file is None:
+            _parse(url)
+            return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
+        _check_writable_folder(db_file, url)
+        # Only one process creates the schema of a fresh file.
+        with FileLock(f"{db_file}.lock", timeout=busy_timeout):
+            with contextlib.closing(sqlite3.connect(db_file, timeout=busy_timeout)) as conn:
+                conn.execute("PRAGMA journal_mode = WAL")
+            storage = _rdb_storage(url, spec, busy_timeout)
+        _harden_sqlite(storage.engine, busy_timeout)
+        return storage
+    except ImportError as e:
+        extra = "postgres" if "postgres" in url else "mysql"
+        raise StorageError(
+            f"no database driver for {redact_url(url)!r} ({e}); "
+            f"install it with: pip install 'tuner[{extra}]'"
+        ) from None
+    except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
+        reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
+        raise StorageError(
+            f"cannot open storage {redact_url(url)!r}: {reason}; check that the database "
+            "server is running and the URL is right"
+        ) from None
+
+
+def artifact_store_for(url: str, spec: StudySpec) -> FileSystemArtifactStore:
+    """The artifact store beside the storage: ``NAME-artifacts/`` next to a file storage."""
+    if spec.storage.artifacts:
+        folder = Path(spec.storage.artifacts)
+    elif (path := sqlite_path(url) or journal_path(url)) is not None:
+        folder = path.with_name(path.stem + "-artifacts")
+    else:
+        folder = Path(f"{spec.study.name}-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+class BudgetLock:
+    """A lock shared by every worker of one study, held while a trial is being claimed.
+
+    It makes the study-wide trial budget exact: counting the trials and starting
+    a new one happen as one step. File storages use a lock file beside the file;
+    PostgreSQL and MySQL use the server's advisory locks, so workers on other
+    machines take the same lock. ``release`` may be called early and more than once.
+    """
+
+    def __init__(self, storage: BaseStorage, url: str, study_name: str) -> None:
+        self._path = sqlite_path(url) or journal_path(url)
+        self._engine = storage.engine if isinstance(storage, RDBStorage) else None
+        digest = hashlib.blake2b(study_name.encode(), digest_size=8).digest()
+        self._key = int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
+        self._file_lock = FileLock(f"{self._path}.budget.lock") if self._path else None
+        self._conn: sqlalchemy.engine.Connection | None = None
+
+    def acquire(self) -> None:
+        if self._file_lock is not None:
+            self._file_lock.acquire()
+        elif self._engine is not None:
+            self._conn = self._engine.connect()
+            self._conn.exec_driver_sql(self._sql("lock"))
+
+    def release(self) -> None:
+        if self._file_lock is not None and self._file_lock.is_locked:
+            self._file_lock.release()
+        elif self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                conn.exec_driver_sql(self._sql("unlock"))
+            conn.close()
+
+    def _sql(self, op: str) -> str:
+        assert self._engine is not None
+        if self._engine.dialect.name == "postgresql":
+            return f"SELECT pg_advisory_{op}({self._key})"
+        return (
+            f"SELECT GET_LOCK('tuner{self._key}', -1)"
+            if op == "lock"
+            else (f"SELECT RELEASE_LOCK('tuner{self._key}')")
+        )
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def study_names(storage: BaseStorage) -> list[str]:
+    """Names of the studies in a storage."""
+    return optuna.study.get_all_study_names(storage)
