@@ -47,6 +47,7 @@ class StudySection:
 class DataSection:
     dir: str = "data"
     source: str = ""
+    url: str = ""  # another address for the source's archive (a mirror)
     image_size: tuple[int, int] = (150, 150)
     batch_size: int = 32
     skip_bad_files: bool = False

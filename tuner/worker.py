@@ -90,7 +90,9 @@ def ensure_dataset(spec: StudySpec) -> DatasetScan:
             )
         say(f"{folder} is missing; downloading the {spec.data.source} dataset")
         with download_progress(f"{spec.data.source}") as progress:
-            download_dataset(spec.data.source, folder, progress=progress)
+            download_dataset(
+                spec.data.source, folder, url=spec.data.url or None, progress=progress
+            )
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files)
     if scan.bad_files:
         names = ", ".join(str(p) for p in scan.bad_files[:5])
@@ -216,6 +218,8 @@ def run_worker(
     with guard.installed():
         while guard.stop is None and time.monotonic() < deadline:
             with lock:
+                # A killed worker's trial stays RUNNING until failed; do it before counting.
+                optuna.storages.fail_stale_trials(study)
                 held = len(study.get_trials(deepcopy=False, states=COUNTED))
                 if held >= target:
                     say(f"study {study.study_name!r} holds {held} of {target} trials; done")
