@@ -38,12 +38,22 @@ def warn(message: str) -> None:
 
 @contextmanager
 def download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
-    """A download bar; yields the callback that ``tuner.data.download_dataset`` takes."""
+    """A download bar; yields the callback that ``tuner.data.download_dataset`` takes.
+
+    The bar appears with the first bytes, so a download that cannot start
+    leaves only its error line.
+    """
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("{task.description}", *columns, console=err_console) as progress:
-        task = progress.add_task(label, total=None)
+    progress = Progress("{task.description}", *columns, console=err_console)
+    task = progress.add_task(label, total=None)
 
-        def update(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total)
+    def update(done: int, total: int | None) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
