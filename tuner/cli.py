@@ -258,10 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with a traceback; tuner prints its own reason line.
+    optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        typer.main.get_command(app).main(args=args, prog_name="tuner", standalone_mode=False)
+        code = typer.main.get_command(app).main(
+            args=args, prog_name="tuner", standalone_mode=False
+        )
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             markup=False,
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep th
 __all__ = ["EpochRecorder", "TrialData", "make_objective", "prepare_data", "worker_id"]
 
 CURVE_ATTR = "curve_artifact"
+STALE_ATTRS = {"fail_reason", "prune_reason", "pruned_at_epoch", WEIGHTS_ATTR, CURVE_ATTR}
 Say = Callable[[str], None]
 
 
@@ -198,6 +199,9 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         lr = suggest(trial, spec)["learning_rate"]
+        # A retried trial inherits the failed one's attributes; clear what no longer holds.
+        for stale in STALE_ATTRS & trial.user_attrs.keys():
+            trial.set_user_attr(stale, None)
         trial.set_user_attr("cache", data.cache)
         trial.set_user_attr("worker", worker_id())
         if data.extractor is None:
