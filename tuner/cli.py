@@ -16,9 +16,14 @@ from typing import Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
-import click
 import optuna
 import typer
+
+try:  # typer 0.2x ships its own copy of click, with its own exception classes
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+_NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
 from tuner.console import err_console, say
 from tuner.errors import TunerError
@@ -265,16 +270,20 @@ def main(argv: list[str] | None = None) -> int:
         code = typer.main.get_command(app).main(
             args=args, prog_name="tuner", standalone_mode=False
         )
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("error: aborted", markup=False)
         return 130
-    except click.UsageError as e:
+    except _NO_ARGS_HELP as e:
+        err_console.print(e.format_message(), markup=False)
+        return 2
+    except click_errors.UsageError as e:
         if debug:
             raise
-        hint = f"; see `{e.ctx.command_path} --help`" if e.ctx else ""
-        err_console.print(f"error: {e.format_message()}{hint}", markup=False)
+        command = e.ctx.command_path if e.ctx else "tuner"
+        message = " ".join(e.format_message().split()).rstrip(".")  # one line, always
+        err_console.print(f"error: {message}; see `{command} --help`", markup=False)
         return 2
     except TunerError as e:
         if debug:
