@@ -23,10 +23,11 @@ try:  # typer 0.2x ships its own copy of click, with its own exception classes
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
-_NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
 from tuner.console import err_console, say
 from tuner.errors import TunerError
+
+_NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
 app = typer.Typer(
     name="tuner",
