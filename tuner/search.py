@@ -21,8 +21,8 @@ from optuna.samplers import TPESampler
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
-from tuner.errors import StudyError
-from tuner.spec import StudySpec, spec_to_dict
+from tuner.errors import SpecError, StudyError
+from tuner.spec import PRUNER_KINDS, StudySpec, spec_to_dict
 from tuner.storage import retry_transient
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "load_existing_study",
     "open_study",
     "search_space",
+    "stored_spec",
     "suggest",
 ]
 
@@ -61,7 +62,11 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> TPESampler:
 
 
 def build_pruner(spec: StudySpec) -> BasePruner:
-    """The pruner named by ``pruner.kind``, built from Optuna's own pruners."""
+    """The pruner named by ``pruner.kind``, built from Optuna's own pruners.
+
+    Raises:
+        SpecError: for a kind that is not one of ``PRUNER_KINDS``.
+    """
     p = spec.pruner
     median = MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     builders: dict[str, Any] = {
@@ -80,6 +85,9 @@ def build_pruner(spec: StudySpec) -> BasePruner:
         ),
         "patient": lambda: PatientPruner(median, patience=p.patience),
     }
+    if p.kind not in builders:  # load_spec checks too; a spec built in code may not be
+        allowed = ", ".join(PRUNER_KINDS)
+        raise SpecError(f"pruner.kind {p.kind!r} is not one of: {allowed}; fix pruner.kind")
     return builders[p.kind]()
 
 
@@ -161,6 +169,18 @@ def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
             f"run `tuner worker --study {spec.study.name}` first, or check --storage"
         )
     return optuna.load_study(study_name=spec.study.name, storage=storage)
+
+
+def stored_spec(study: optuna.Study, fallback: StudySpec, overrides: list[str]) -> StudySpec:
+    """The spec the study was created with, with ``overrides`` on top.
+
+    Export rebuilds models from it, so they match what the trials trained even
+    when the export command is given fewer ``--set`` options than the workers.
+    """
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return fallback
+    return spec_from_dict(json.loads(stored), overrides, where=f"study {study.study_name!r}")
 
 
 def _write_note(study: optuna.Study, spec: StudySpec) -> None:

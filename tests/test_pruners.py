@@ -1,0 +1,184 @@
+"""Pruners built from the spec, and the clothing-scratch study end to end.
+
+Every test but the last runs without TensorFlow: the pruners are plain Optuna
+objects, checked by their settings and by the decisions they take on
+hand-made trials in an in-memory study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.pruners import (
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PatientPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.trial import TrialState
+
+from tests.conftest import Env, run_tuner
+from tuner.errors import SpecError
+from tuner.search import build_pruner
+from tuner.spec import PRUNER_KINDS, load_spec
+
+CLASSES = {
+    "none": NopPruner,
+    "median": MedianPruner,
+    "percentile": PercentilePruner,
+    "hyperband": HyperbandPruner,
+    "patient": PatientPruner,
+    "successive-halving": SuccessiveHalvingPruner,
+}
+# Settings unlike every default, so that a setting that is dropped shows.
+SETTINGS = [
+    "pruner.n_startup_trials=7",
+    "pruner.n_warmup_steps=3",
+    "pruner.percentile=40",
+    "pruner.patience=5",
+    "pruner.min_resource=2",
+    "pruner.reduction_factor=4",
+    "train.epochs=9",
+]
+
+
+def pruner_for(kind: str, *extra: str) -> optuna.pruners.BasePruner:
+    return build_pruner(load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}", *extra]))
+
+
+def test_every_kind_has_a_builder() -> None:
+    assert set(CLASSES) == set(PRUNER_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_each_kind_builds_its_optuna_class(kind: str) -> None:
+    assert type(pruner_for(kind)) is CLASSES[kind]
+
+
+@pytest.mark.parametrize("kind", ["median", "percentile"])
+def test_median_and_percentile_take_startup_and_warmup(kind: str) -> None:
+    pruner = pruner_for(kind)
+    assert isinstance(pruner, PercentilePruner)
+    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (7, 3)
+    assert pruner._percentile == (50.0 if kind == "median" else 40.0)
+
+
+def test_patient_wraps_a_median_pruner_with_the_spec_settings() -> None:
+    pruner = pruner_for("patient")
+    assert isinstance(pruner, PatientPruner)
+    assert pruner._patience == 5
+    inner = pruner._wrapped_pruner
+    assert type(inner) is MedianPruner
+    assert (inner._n_startup_trials, inner._n_warmup_steps) == (7, 3)
+
+
+def test_hyperband_spans_min_resource_to_the_epochs_of_a_trial() -> None:
+    pruner = pruner_for("hyperband")
+    assert isinstance(pruner, HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (2, 9, 4)
+
+
+def test_successive_halving_takes_min_resource_and_reduction_factor() -> None:
+    pruner = pruner_for("successive-halving")
+    assert isinstance(pruner, SuccessiveHalvingPruner)
+    assert (pruner._min_resource, pruner._reduction_factor) == (2, 4)
+
+
+def test_a_bad_kind_is_a_spec_error_naming_the_key_and_the_kinds() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("clothing-scratch", ["pruner.kind=sometimes"])
+    message = str(info.value)
+    assert "clothing-scratch.toml" in message
+    assert "pruner.kind" in message and "'sometimes'" in message
+    assert all(kind in message for kind in PRUNER_KINDS)
+
+
+def test_build_pruner_rejects_a_bad_kind_that_skipped_validation() -> None:
+    spec = load_spec("clothing-scratch")
+    bad = dataclasses.replace(spec, pruner=dataclasses.replace(spec.pruner, kind="sometimes"))
+    with pytest.raises(SpecError, match=r"pruner\.kind 'sometimes'.*median.*hyperband"):
+        build_pruner(bad)
+
+
+def _study_with_curves(
+    pruner: optuna.pruners.BasePruner, curves: list[list[float]]
+) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for curve in curves:
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=curve[-1],
+                intermediate_values=dict(enumerate(curve)),
+                state=TrialState.COMPLETE,
+            )
+        )
+    return study
+
+
+def _pruned_at(study: optuna.Study, curve: list[float]) -> int | None:
+    """The step at which a trial reporting ``curve`` would be pruned, or None."""
+    trial = study.ask()
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+        if trial.should_prune():
+            return step
+    return None
+
+
+def test_median_decisions_follow_startup_and_warmup() -> None:
+    good = [0.3, 0.4, 0.5, 0.6]
+    poor = [0.2, 0.2, 0.2, 0.2]
+    pruner = pruner_for("median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1")
+    # One finished trial is below n_startup_trials: nothing is pruned yet.
+    assert _pruned_at(_study_with_curves(pruner, [good]), poor) is None
+    # Two are enough; the warm-up spares step 0, step 1 is the first that may prune.
+    assert _pruned_at(_study_with_curves(pruner, [good, good]), poor) == 1
+    # A trial at least as good as the median runs to the end.
+    assert _pruned_at(_study_with_curves(pruner, [good, poor]), good) is None
+
+
+def test_none_never_prunes() -> None:
+    study = _study_with_curves(pruner_for("none"), [[0.9, 0.9, 0.9]] * 5)
+    assert _pruned_at(study, [0.0, 0.0, 0.0]) is None
+
+
+def test_pruners_do_not_import_tensorflow() -> None:
+    code = (
+        "import sys, tuner.search, tuner.spec; "
+        "[tuner.search.build_pruner(tuner.spec.load_spec('clothing-scratch', "
+        "[f'pruner.kind={k}'])) for k in tuner.spec.PRUNER_KINDS]; "
+        "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.slow
+def test_clothing_scratch_worker_learns_end_to_end(env: Env) -> None:
+    sets = env.overrides(epochs=1, **{"data.image_size": "[64, 64]"})
+    done = run_tuner(
+        "worker", "--study", "clothing-scratch", "--storage", env.url, "--n-trials", "3", *sets,
+        cwd=env.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "recipe 'small-cnn' trains its whole network" in done.stderr  # why no cache
+    study = optuna.load_study(study_name="clothing-scratch", storage=env.url)
+    trials = [t for t in study.get_trials() if t.state.is_finished()]
+    assert [t.params["learning_rate"] for t in trials] == [1e-4, 1e-3, 1e-2]  # warm start
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.intermediate_values == {0: t.value}
+        attrs = t.user_attrs
+        assert len(attrs["train_accuracy"]) == len(attrs["val_loss"]) == 1
+        assert len(attrs["epoch_seconds"]) == 1 and attrs["epoch_seconds"][0] > 0
+        assert attrs["gap"] == pytest.approx(attrs["train_accuracy"][0] - t.value)
+        assert attrs["cache"] == "off"
+        host, _, pid = attrs["worker"].rpartition(":")
+        assert host and pid.isdigit()
+    assert not Path(env.root, "clothing-scratch.db").exists()  # --storage was used
