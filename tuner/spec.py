@@ -7,6 +7,7 @@ which beats the dataclass default. Every error names the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -30,6 +31,7 @@ __all__ = [
     "find_spec_file",
     "load_spec",
     "parse_override",
+    "spec_from_dict",
     "spec_to_dict",
 ]
 
@@ -201,14 +203,29 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
         raise SpecError(f"{path}: TOML syntax error: {e}; fix the file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"cannot read study spec {path}: {e}") from None
+    origins: dict[str, str] = {}  # dotted key -> where its value came from, for errors
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value, f"--set {key}")
-    spec = _build(StudySpec, raw, where=str(path), prefix="")
+        origins[key] = f"{path} with --set {text}"
+    spec = _build(StudySpec, raw, where=str(path), prefix="", origins=origins)
     if not spec.study.name:
         spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=path.stem))
     spec = dataclasses.replace(spec, spec_file=str(path))
     _validate(spec, str(path))
+    return spec
+
+
+def spec_from_dict(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), where: str = "stored spec"
+) -> StudySpec:
+    """Rebuild a spec from :func:`spec_to_dict` data, then apply ``--set`` overrides."""
+    raw = json.loads(json.dumps(data))  # a deep copy
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, f"--set {key}")
+    spec = _build(StudySpec, raw, where=where, prefix="")
+    _validate(spec, where)
     return spec
 
 
@@ -223,32 +240,53 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+def _build(
+    cls: type, raw: Any, where: str, prefix: str, origins: dict[str, str] | None = None
+) -> Any:
+    origins = origins or {}
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: [{prefix.rstrip('.')}] must be a table of keys")
+        raise SpecError(
+            f"{origins.get(prefix.rstrip('.'), where)}: [{prefix.rstrip('.')}] must be a table "
+            f"of keys; set its keys one by one, like --set {prefix}KEY=VALUE"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.name != "spec_file"}
+    defaults = cls()
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = prefix + key
+        here = origins.get(dotted, where)
         if key not in fields:
             allowed = ", ".join(prefix + f for f in sorted(fields))
-            raise SpecError(f"{where}: unknown key {dotted!r}; allowed keys here: {allowed}")
-        kwargs[key] = _convert(hints[key], value, where, dotted)
+            raise SpecError(f"{here}: unknown key {dotted!r}; allowed keys here: {allowed}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, here, dotted + ".", origins)
+        else:
+            example = f"{dotted}={_toml(getattr(defaults, key))}"
+            kwargs[key] = _convert(hints[key], value, here, dotted, example)
     return cls(**kwargs)
 
 
-def _convert(hint: Any, value: Any, where: str, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where, key + ".")
+def _toml(value: Any) -> str:
+    """A value as it is written after ``--set KEY=``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value) if value != "" else '""'
+
+
+def _convert(hint: Any, value: Any, where: str, key: str, example: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         args = typing.get_args(hint)
         item = args[0]
         if not isinstance(value, list) or (args[-1] is not Ellipsis and len(value) != len(args)):
             shape = "a list of numbers" if args[-1] is Ellipsis else f"a list of {len(args)}"
-            raise SpecError(f"{where}: {key} must be {shape}, got {value!r}")
-        return tuple(_convert(item, v, where, key) for v in value)
+            raise SpecError(
+                f"{where}: {key} must be {shape}, got {value!r}; write it like {example}"
+            )
+        return tuple(_convert(item, v, where, key, example) for v in value)
     if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional keys yet
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     ok = {
@@ -259,39 +297,57 @@ def _convert(hint: Any, value: Any, where: str, key: str) -> Any:
     }[hint]
     if not ok:
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        raise SpecError(f"{where}: {key} must be {kind[hint]}, got {value!r}")
+        raise SpecError(
+            f"{where}: {key} must be {kind[hint]}, got {value!r}; write it like {example}"
+        )
     return float(value) if hint is float else value
 
 
 def _validate(spec: StudySpec, where: str) -> None:
-    lr, pruner = spec.search.learning_rate, spec.pruner
+    lr, pruner, size = spec.search.learning_rate, spec.pruner, list(spec.data.image_size)
+    hb, grace = spec.storage.heartbeat_interval, spec.storage.grace_period
+    counts = {
+        "train.epochs": spec.train.epochs,
+        "search.n_trials": spec.search.n_trials,
+        "data.batch_size": spec.data.batch_size,
+    }
     checks: list[tuple[bool, str]] = [
-        (lr.low < lr.high, f"search.learning_rate.low ({lr.low}) must be below .high ({lr.high})"),
-        (not lr.log or lr.low > 0, f"search.learning_rate.low must be > 0 with log: {lr.low}"),
-        (spec.train.epochs >= 1, f"train.epochs must be at least 1: {spec.train.epochs}"),
-        (spec.search.n_trials >= 1, f"search.n_trials must be at least 1: {spec.search.n_trials}"),
-        (spec.data.batch_size >= 1, f"data.batch_size must be at least 1: {spec.data.batch_size}"),
-        (min(spec.data.image_size) >= 32, "data.image_size must be at least [32, 32]"),
         (
-            spec.model.recipe != "xception-head" or min(spec.data.image_size) >= 71,
-            "data.image_size must be at least [71, 71] for the xception-head recipe",
+            lr.low < lr.high,
+            f"search.learning_rate.low ({lr.low:g}) must be below .high ({lr.high:g}); "
+            "lower search.learning_rate.low or raise search.learning_rate.high",
         ),
-        (pruner.kind in PRUNER_KINDS, f"pruner.kind {pruner.kind!r} is not one of {PRUNER_KINDS}"),
-        (spec.model.recipe in RECIPES, f"model.recipe {spec.model.recipe!r} not in {RECIPES}"),
+        (
+            not lr.log or lr.low > 0,
+            f"search.learning_rate.low must be > 0 with log = true, got {lr.low:g}; use a "
+            "positive low such as 1e-4, or set search.learning_rate.log=false",
+        ),
+        *((v >= 1, f"{k} must be at least 1, got {v}") for k, v in counts.items()),
+        (min(size) >= 32, f"data.image_size must be at least [32, 32], got {size}"),
+        (
+            spec.model.recipe != "xception-head" or min(size) >= 71,
+            f"data.image_size must be at least [71, 71] for xception-head, got {size}",
+        ),
+        (
+            pruner.kind in PRUNER_KINDS,
+            f"pruner.kind {pruner.kind!r} is not one of: {', '.join(PRUNER_KINDS)}",
+        ),
+        (
+            spec.model.recipe in RECIPES,
+            f"model.recipe {spec.model.recipe!r} is not one of: {', '.join(RECIPES)}",
+        ),
         (
             0 < pruner.percentile < 100,
-            f"pruner.percentile must be in (0, 100): {pruner.percentile:g}",
+            f"pruner.percentile must be in (0, 100), got {pruner.percentile:g}",
         ),
-        (spec.storage.heartbeat_interval >= 1, "storage.heartbeat_interval must be >= 1 second"),
-        (
-            spec.storage.grace_period > spec.storage.heartbeat_interval,
-            "storage.grace_period must exceed storage.heartbeat_interval",
-        ),
-        (spec.data.dir != "", "data.dir must name the dataset folder"),
+        (hb >= 1, f"storage.heartbeat_interval must be >= 1 second, got {hb}"),
+        (grace > hb, f"storage.grace_period ({grace}) must exceed .heartbeat_interval ({hb})"),
+        (spec.data.dir != "", "data.dir is empty; set it to the dataset folder"),
     ]
     for ok, message in checks:
         if not ok:
-            raise SpecError(f"{where}: {message}")
+            fix = "" if "; " in message else "; fix it in the spec file or with --set"
+            raise SpecError(f"{where}: {message}{fix}")
     outside = [r for r in spec.search.warm_start if not lr.low <= r <= lr.high]
     if outside:
         raise SpecError(
