@@ -193,12 +193,13 @@ def export(
 ) -> None:
     """Export the best learning rate (JSON), the plots and the best model."""
     from tuner.export import best_result, write_json, write_model, write_plots
-    from tuner.search import load_existing_study
+    from tuner.search import load_existing_study, stored_spec
     from tuner.storage import artifact_store_for, open_storage
 
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec))
     result = best_result(found)
+    spec = stored_spec(found, spec, set_ or [])
     extra: dict[str, object] = {}
     if plots is not None:
         for path in write_plots(found, plots):

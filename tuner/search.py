@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
 from tuner.errors import SpecError, StudyError
-from tuner.spec import PRUNER_KINDS, StudySpec, spec_to_dict
+from tuner.spec import PRUNER_KINDS, StudySpec, spec_from_dict, spec_to_dict
 from tuner.storage import retry_transient
 
 __all__ = [

@@ -1,0 +1,132 @@
+"""``tuner status`` and ``tuner export``: JSON, plots, the best model and artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from tests.conftest import Env, run_tuner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Env:
+    """A study with five finished trials on the tiny data (with a test split)."""
+    env = Env(root=tmp_path_factory.mktemp("export"), data=tiny_data, cache=Path("unused"))
+    env.cache = env.root / "cache"
+    done = run_tuner(
+        "worker", "--study", "clothing", "--storage", env.url, "--n-trials", "5",
+        *env.overrides(epochs=2), cwd=env.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+@pytest.fixture(scope="module")
+def exported(finished: Env) -> tuple[Env, dict, Path]:
+    out = finished.root / "out"
+    done = run_tuner(
+        "export", "--study", "clothing", "--storage", finished.url,
+        "--out", str(out / "best.json"), "--plots", str(out / "plots"),
+        "--model", str(out / "best.keras"), cwd=finished.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return finished, json.loads((out / "best.json").read_text()), out
+
+
+def test_json_follows_the_contract_and_agrees_with_optuna(exported: tuple) -> None:
+    env, result, _ = exported
+    for key in ("study", "best_trial", "best_value", "best_params", "n_trials", "states"):
+        assert key in result
+    assert result["study"] == "clothing"
+    assert set(result["best_params"]) == {"learning_rate"}
+    assert sum(result["states"].values()) == result["n_trials"]
+    optuna_cli = str(Path(sys.executable).with_name("optuna"))
+    best = subprocess.run(
+        [optuna_cli, "best-trial", "--study-name", "clothing", "--storage", env.url, "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert best.returncode == 0, best.stderr
+    trial = json.loads(best.stdout)
+    assert (result["best_trial"], result["best_params"]) == (trial["number"], trial["params"])
+    assert result["best_value"] == pytest.approx(trial["value"])
+    assert result["gap"] is not None
+    assert result["spec"]["train"]["epochs"] == 2
+
+
+def test_plots_are_valid_pngs(exported: tuple) -> None:
+    _, _, out = exported
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert len(pngs) >= 3
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+            assert image.format == "PNG"
+            assert image.size[0] > 300
+
+
+def test_model_loads_plainly_and_reproduces_validation_accuracy(exported: tuple) -> None:
+    import keras
+
+    from tuner.data import load_split, scan_dataset
+
+    env, result, out = exported
+    model = keras.saving.load_model(out / "best.keras")
+    classes = json.loads((out / "best.classes.json").read_text())
+    scan = scan_dataset(env.data)
+    assert classes == list(scan.class_names) == result["class_names"]
+    ds = load_split(scan, "validation", (71, 71), 8)
+    right = total = 0
+    for images, labels in ds:  # raw 0-255 RGB in, logits out
+        logits = model.predict(images, verbose=0)
+        assert logits.shape[1] == len(classes)
+        right += int(np.sum(np.argmax(logits, 1) == np.argmax(labels.numpy(), 1)))
+        total += len(labels)
+    assert abs(right / total - result["best_value"]) <= 1 / total + 1e-6
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_each_finished_trial_keeps_its_learning_curve(exported: tuple) -> None:
+    from optuna.artifacts import get_all_artifact_meta
+
+    env, _, _ = exported
+    study = optuna.load_study(study_name="clothing", storage=env.url)
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        metas = {m.artifact_id: m for m in get_all_artifact_meta(trial, storage=study._storage)}
+        curve = metas[trial.user_attrs["curve_artifact"]]
+        assert curve.filename == "learning_curve.png"
+        assert trial.user_attrs["weights_artifact"] in metas
+        assert (env.root / "study-artifacts" / curve.artifact_id).is_file()
+
+
+def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli("status", "--study", "clothing", "--storage", finished.url)
+    assert code == 0, err
+    assert "trials by state" in out and "COMPLETE" in out
+    assert "Best: trial" in out and "learning rate" in out and "gap" in out
+    assert "Top 5 trials" in out
+    assert "No running trials." in out
+
+
+def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from tuner.search import open_study
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    spec = load_spec("clothing")
+    open_study(spec, open_storage(url, spec))
+    code, _, err = cli("export", "--study", "clothing", "--storage", url)
+    assert code == 2 and err.startswith("error: study 'clothing' has no complete trial yet")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = cli("export", "--study", "clothing", "--storage", url, "--set=study.name=nope")
+    assert code == 2 and "study 'nope' does not exist" in err
