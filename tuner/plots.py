@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
@@ -44,6 +45,7 @@ def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> 
         ax.plot(epochs, train, color=color, linestyle="--", label=f"train={lr:.3g}")
         ax.plot(range(1, len(val) + 1), val, color=color, marker="o", label=f"val={lr:.3g}")
     ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
@@ -104,6 +106,7 @@ def intermediate_figure(study: optuna.Study) -> Figure:
     """Validation accuracy per epoch of every trial; pruned trials stop early."""
     fig = _optuna_figure("plot_intermediate_values", study)
     ax = fig.axes[0]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0-based)")
     ax.set_ylabel("validation accuracy")
     if ax.get_legend() is not None:
