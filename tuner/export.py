@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import download_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError, TunerError

@@ -21,8 +21,8 @@ from typing import Any
 import keras
 import optuna
 import tensorflow as tf
+from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import upload_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna_integration import KerasPruningCallback
 
 from tuner import features as feature_cache
