@@ -295,7 +295,9 @@ def run_pool(argv: Sequence[str], workers: int) -> int:
     for i in range(workers):
         env = {**os.environ, **pool_environment(i, workers, cores, gpus)}
         cmd = [sys.executable, "-m", "tuner", "worker", *argv, "--workers", "1"]
-        children.append(subprocess.Popen(cmd, env=env))
+        # Own sessions: a terminal's Ctrl-C reaches only this parent, which forwards it
+        # once. A second signal would stop a child at once, perhaps mid-write.
+        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for child in children:
