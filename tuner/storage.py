@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import sqlite3
 import time
@@ -26,6 +27,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
 
 from tuner.errors import StorageError
 from tuner.spec import StudySpec
@@ -40,6 +42,12 @@ __all__ = [
 ]
 
 JOURNAL_PREFIX = "journal://"
+# The drivers each bare scheme may use, SQLAlchemy's default first.
+_DRIVERS = {
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "mysql": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+    "mariadb": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+}
 _T = TypeVar("_T")
 
 
@@ -89,6 +97,36 @@ def _parse(url: str) -> sqlalchemy.engine.URL:
     return parsed
 
 
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` and ``mysql://`` with a driver that is installed.
+
+    SQLAlchemy picks psycopg 3 and mysqlclient for bare schemes, but tuner's
+    extras install psycopg2 and PyMySQL.
+    """
+    parsed = _parse(url)
+    choices = _DRIVERS.get(parsed.drivername, ())
+    for driver, module in choices:
+        if importlib.util.find_spec(module) is not None:
+            chosen = parsed.set(drivername=f"{parsed.drivername}+{driver}")
+            return chosen.render_as_string(hide_password=False)
+    return url
+
+
+def _probe_server(url: str, timeout: float) -> None:
+    """Connect once, with no retries, so a server that is down fails within ``timeout``."""
+    seconds = max(1, round(timeout))
+    args: dict[str, Any] = {"connect_timeout": seconds}
+    if _parse(url).get_backend_name() in ("mysql", "mariadb"):
+        # PyMySQL's connect_timeout ends at the TCP connect; bound the handshake as well.
+        args.update(read_timeout=seconds, write_timeout=seconds)
+    engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL, or None for other storages."""
     if not url.startswith("sqlite"):
@@ -105,8 +143,11 @@ def journal_path(url: str) -> Path | None:
 def _check_writable_folder(path: Path, url: str) -> None:
     folder = path.resolve().parent
     if not folder.is_dir():
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        what = f"{blocker} is a file, not a folder" if blocker.is_file() else "it does not exist"
         raise StorageError(
-            f"folder {folder} for storage {redact_url(url)!r} does not exist; create it first"
+            f"cannot use folder {folder} for storage {redact_url(url)!r}: {what}; "
+            "create the folder first, or pick another path with --storage"
         )
     if not os.access(folder, os.W_OK):
         raise StorageError(
@@ -190,7 +231,8 @@ def open_storage(url: str, spec: StudySpec) -> BaseStorage:
     db_file = sqlite_path(url)
     try:
         if db_file is None:
-            _parse(url)
+            url = _with_installed_driver(url)
+            _probe_server(url, spec.storage.connect_timeout)
             return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
         _check_writable_folder(db_file, url)
         # Only one process creates the schema of a fresh file.
@@ -208,10 +250,12 @@ def open_storage(url: str, spec: StudySpec) -> BaseStorage:
         ) from None
     except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
         reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
-        raise StorageError(
-            f"cannot open storage {redact_url(url)!r}: {reason}; check that the database "
-            "server is running and the URL is right"
-        ) from None
+        fix = (
+            f"check that {db_file} is a writable SQLite database, or pick another file"
+            if db_file is not None
+            else "check that the database server is running and the URL is right"
+        )
+        raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}; {fix}") from None
 
 
 def artifact_store_for(url: str, spec: StudySpec) -> FileSystemArtifactStore:
