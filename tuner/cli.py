@@ -119,15 +119,13 @@ def worker(
     debug: DebugOpt = False,
 ) -> None:
     """Run trials of a study until it holds --n-trials trials. Ctrl-C stops cleanly."""
-    from tuner.search import open_study
-    from tuner.storage import open_storage, redact_url
-    from tuner.worker import configure_threads, ensure_dataset, run_pool, run_worker
+    from tuner.storage import open_storage
+    from tuner.worker import configure_threads, preflight, run_pool, run_worker
 
     spec, url = _load(study, storage, set_)
     opened = open_storage(url, spec)
     if workers > 1:
-        open_study(spec, opened, accept_space_change=accept_space_change)
-        ensure_dataset(spec)  # download once, before the pool starts
+        preflight(spec, opened, accept_space_change=accept_space_change)  # download once
         os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
         argv = ["--study", study, *(f"--set={s}" for s in set_ or [])]
         argv += [f"--n-trials={n_trials}"] if n_trials else []
@@ -136,7 +134,6 @@ def worker(
         raise typer.Exit(run_pool(argv, workers))
     threads = int(os.environ.get("TUNER_THREADS", "0")) or None
     configure_threads(threads)
-    say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
     report = run_worker(
         spec,
         opened,

@@ -20,6 +20,7 @@ import numpy as np
 
 from tuner.errors import WeightsError
 from tuner.spec import StudySpec
+from tuner.weights import OFFLINE_HINT, socket_timeout
 
 __all__ = [
     "FEATURE_DIM",
@@ -60,7 +61,8 @@ def _xception(spec: StudySpec) -> keras.Model:
     kwargs = {"include_top": False, "input_shape": (h, w, 3)}
     try:
         if weights == "imagenet":
-            base = keras.applications.Xception(weights="imagenet", **kwargs)
+            with socket_timeout(spec.model.download_timeout):  # a stalled download must end
+                base = keras.applications.Xception(weights="imagenet", **kwargs)
         else:
             base = keras.applications.Xception(weights=None, **kwargs)
             if weights != "none":
@@ -73,8 +75,7 @@ def _xception(spec: StudySpec) -> keras.Model:
         if weights == "imagenet":
             raise WeightsError(
                 f"cannot download the ImageNet weights for Xception ({reason}); offline, "
-                "use a local file with --set model.weights=PATH/xception.weights.h5 "
-                "(notop), or --set model.weights=none"
+                f"{OFFLINE_HINT}"
             ) from None
         raise WeightsError(
             f"cannot load weights file {weights} ({reason}); it must be Xception notop "

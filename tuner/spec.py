@@ -60,6 +60,7 @@ class DataSection:
 class ModelSection:
     recipe: str = "xception-head"
     weights: str = "imagenet"
+    download_timeout: float = 30.0  # seconds a stalled weights download may wait
     trainable_base: bool = False
     seed: int = 1234
 
@@ -340,6 +341,7 @@ def _validate(spec: StudySpec, where: str) -> None:
             0 < pruner.percentile < 100,
             f"pruner.percentile must be in (0, 100), got {pruner.percentile:g}",
         ),
+        (spec.model.download_timeout > 0, "model.download_timeout must be > 0 seconds"),
         (hb >= 1, f"storage.heartbeat_interval must be >= 1 second, got {hb}"),
         (grace > hb, f"storage.grace_period ({grace}) must exceed .heartbeat_interval ({hb})"),
         (spec.data.dir != "", "data.dir is empty; set it to the dataset folder"),

@@ -27,13 +27,15 @@ from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError
 from tuner.search import open_study
 from tuner.spec import StudySpec
-from tuner.storage import BudgetLock, artifact_store_for
+from tuner.storage import BudgetLock, artifact_store_for, redact_url
+from tuner.weights import check_weights
 
 __all__ = [
     "Interrupted",
     "WorkerReport",
     "configure_threads",
     "ensure_dataset",
+    "preflight",
     "run_pool",
     "run_worker",
 ]
@@ -88,8 +90,8 @@ def ensure_dataset(spec: StudySpec) -> DatasetScan:
                 f"data.source {spec.data.source!r} is not a known dataset "
                 f"({', '.join(DATASETS)}); fix data.source or download the data by hand"
             )
-        say(f"{folder} is missing; downloading the {spec.data.source} dataset")
-        with download_progress(f"{spec.data.source}") as progress:
+        # The bar shows once bytes arrive, so a download that cannot start leaves one line.
+        with download_progress(f"{folder} is missing; downloading {spec.data.source}") as progress:
             download_dataset(
                 spec.data.source, folder, url=spec.data.url or None, progress=progress
             )
@@ -99,6 +101,29 @@ def ensure_dataset(spec: StudySpec) -> DatasetScan:
         more = f" and {len(scan.bad_files) - 5} more" if len(scan.bad_files) > 5 else ""
         warn(f"skipping {len(scan.bad_files)} unreadable files: {names}{more}")
     return scan
+
+
+def preflight(
+    spec: StudySpec,
+    storage: BaseStorage,
+    *,
+    worker_index: int = 0,
+    accept_space_change: bool = False,
+) -> tuple[optuna.Study, DatasetScan]:
+    """Join the study and check the data and the weights, all before TensorFlow loads.
+
+    A mistake in any of them thus fails at once, with one error line, and no
+    trial is started.
+
+    Raises:
+        StudyError, DataError, WeightsError: naming what is wrong and how to fix it.
+    """
+    study = open_study(
+        spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
+    )
+    scan = ensure_dataset(spec)
+    check_weights(spec)
+    return study, scan
 
 
 class _SignalGuard:
@@ -193,13 +218,13 @@ def run_worker(
     Returns:
         A report; its ``exit_code`` is 128 + the signal number after SIGINT or SIGTERM.
     """
-    from tuner.objective import make_objective, prepare_data
-
-    study = open_study(
+    study, scan = preflight(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
     )
+    say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+    from tuner.objective import make_objective, prepare_data  # loads TensorFlow
+
     target = n_trials or spec.search.n_trials
-    scan = ensure_dataset(spec)
     data = prepare_data(spec, scan, say)
     objective = make_objective(spec, data, artifact_store_for(url, spec), say)
     lock = BudgetLock(storage, url, study.study_name)
