@@ -160,13 +160,17 @@ def status(
     """Show trials by state, the best trial, the top 5 and the running trials."""
     from rich.console import Console
 
+    from tuner.export import best_result
     from tuner.search import load_existing_study
     from tuner.status import render_status, summarize
     from tuner.storage import open_storage
 
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec))
-    Console(highlight=False).print(*render_status(summarize(found)))
+    summary = summarize(found)
+    Console(highlight=False).print(*render_status(summary))
+    if not summary.top:  # the tables still show what is queued or running
+        best_result(found)  # raises the one-line "no complete trial yet" error
 
 
 @app.command()
@@ -193,6 +197,8 @@ def export(
     from tuner.search import load_existing_study, stored_spec
     from tuner.storage import artifact_store_for, open_storage
 
+    if model is not None and model.suffix != ".keras":
+        raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec))
     result = best_result(found)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,9 @@ def best_result(study: optuna.Study) -> BestResult:
         best = study.best_trial
     except ValueError:
         raise StudyError(
-            f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials: "
-            f"{states or 'none'}); run `tuner worker --study {study.study_name}` and try again"
+            f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials"
+            f"{''.join(f', {n} {s}' for s, n in states.items())}); run "
+            f"`tuner worker --study {study.study_name}` and try again"
         ) from None
     train = best.user_attrs.get("train_accuracy") or [None]
     return BestResult(
@@ -87,9 +89,22 @@ def write_json(
 ) -> Path:
     """Write the export JSON."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json(spec, extra), indent=2) + "\n")
+    with _writing(path, "--out"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_json(spec, extra), indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def _writing(path: Path, option: str) -> Iterator[None]:
+    """Turn a failed write into a one-line error that names the path."""
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename and str(e.filename) != str(path) else ""
+        raise TunerError(
+            f"cannot write {path} ({where}{e.strerror or e}); pick a writable path for {option}"
+        ) from None
 
 
 def _curves(trials: list[FrozenTrial]) -> dict[float, tuple[list[float], list[float]]]:
@@ -106,7 +121,8 @@ def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list
 
     best_result(study)  # a clear error for a study with nothing to plot
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with _writing(folder, "--plots"):
+        folder.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     warm = [t for t in finished if t.user_attrs.get("warm_start")]
@@ -121,7 +137,8 @@ def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list
         "optimization_history.png": plots.history_figure(study),
         "intermediate_values.png": plots.intermediate_figure(study),
     }
-    return [plots.save_figure(fig, folder / name) for name, fig in figures.items()]
+    with _writing(folder, "--plots"):
+        return [plots.save_figure(fig, folder / name) for name, fig in figures.items()]
 
 
 def write_model(
@@ -155,7 +172,7 @@ def write_model(
         )
     path = Path(path)
     if path.suffix != ".keras":
-        raise TunerError(f"--model {path} must end in .keras")
+        raise TunerError(f"--model {path} must end in .keras; write it like --model best.keras")
     root = Path(spec.data.dir)
     splits = (
         ("train", "validation", "test") if (root / "test").is_dir() else ("train", "validation")
@@ -166,10 +183,11 @@ def write_model(
         weights = Path(tmp) / "weights.npz"
         download_artifact(artifact_store=store, artifact_id=artifact, file_path=str(weights))
         load_trained_weights(model, weights)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
     classes = path.with_name(path.name.removesuffix(".keras") + ".classes.json")
-    classes.write_text(json.dumps(list(scan.class_names)) + "\n")
+    with _writing(path, "--model"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+        classes.write_text(json.dumps(list(scan.class_names)) + "\n")
     extra: dict[str, Any] = {"model": str(path), "class_names": list(scan.class_names)}
     model.compile(
         metrics=["accuracy"], loss=keras.losses.CategoricalCrossentropy(from_logits=True)
