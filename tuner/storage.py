@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -68,7 +69,8 @@ def redact_url(url: str) -> str:
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except (sa_exc.ArgumentError, ValueError):
-        return "<unparsable storage URL>"
+        # Not a URL SQLAlchemy can read; still hide whatever sits between "user:" and "@".
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
 
 
 def _scrub(message: str, url: str) -> str:
@@ -231,9 +233,9 @@ def open_storage(url: str, spec: StudySpec) -> BaseStorage:
     db_file = sqlite_path(url)
     try:
         if db_file is None:
-            url = _with_installed_driver(url)
-            _probe_server(url, spec.storage.connect_timeout)
-            return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
+            server_url = _with_installed_driver(url)  # messages show the URL as given
+            _probe_server(server_url, spec.storage.connect_timeout)
+            return retry_transient(lambda: _rdb_storage(server_url, spec, busy_timeout))
         _check_writable_folder(db_file, url)
         # Only one process creates the schema of a fresh file.
         with FileLock(f"{db_file}.lock", timeout=busy_timeout):
