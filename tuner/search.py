@@ -163,7 +163,8 @@ def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
     """
     names = optuna.study.get_all_study_names(storage)
     if spec.study.name not in names:
-        held = ", ".join(names) or "none"
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        held = (", ".join(names[:10]) or "none") + more  # a shared server may hold hundreds
         raise StudyError(
             f"study {spec.study.name!r} does not exist in this storage (studies there: {held}); "
             f"run `tuner worker --study {spec.study.name}` first, or check --storage"
