@@ -7,18 +7,26 @@ as the workers', and it serves the study's artifact store (learning curves).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_dashboard import wsgi
 
 from tuner.console import say, warn
-from tuner.errors import TunerError
+from tuner.errors import StorageError, TunerError
 from tuner.search import load_existing_study
 from tuner.spec import StudySpec
-from tuner.storage import artifact_store_for, open_storage, redact_url
+from tuner.storage import (
+    artifact_store_for,
+    journal_path,
+    open_storage,
+    redact_url,
+    sqlite_path,
+)
 
 __all__ = ["is_loopback", "make_app", "serve"]
 
@@ -33,16 +41,56 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_app(spec: StudySpec, url: str) -> Any:
-    """The dashboard's WSGI app for the spec's study; the study must exist."""
+def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
+    # A read-only command must not leave an empty database behind a mistyped path.
+    path = sqlite_path(url) or journal_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(
+            f"storage file {path} does not exist; run `tuner worker --study "
+            f"{spec.study.name}` first, or check --storage"
+        )
     storage = open_storage(url, spec)
     load_existing_study(spec, storage)
-    return wsgi(storage, artifact_store=artifact_store_for(url, spec))
+    app = wsgi(storage, artifact_store=artifact_store_for(url, spec))
+    return app, storage.get_study_id_from_name(spec.study.name)
+
+
+def make_app(spec: StudySpec, url: str) -> Any:
+    """The dashboard's WSGI app for the spec's study; the study must exist.
+
+    Raises:
+        StorageError: for a storage file that does not exist or a storage that
+            cannot be opened.
+        StudyError: when the storage holds no study of the spec's name.
+    """
+    return _open(spec, url)[0]
 
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    # One thread per request: a browser's idle pre-connected socket must not stall the API.
+    daemon_threads = True
+
+
+def _bind(host: str, port: int, app: Any) -> WSGIServer:
+    """A server bound to ``host:port``, IPv4 or IPv6 as the host resolves."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise TunerError(f"cannot resolve --host {host!r} ({e.strerror}); check --host") from None
+    server_class = type("_Server", (_ThreadedServer,), {"address_family": family})
+    try:
+        return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise TunerError(
+                f"port {port} on {host} is already in use; pick another with --port"
+            ) from None
+        raise TunerError(f"cannot listen on {host}:{port} ({e.strerror}); check --host") from None
 
 
 def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -52,25 +100,18 @@ def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) 
         TunerError: for a busy port or an address that cannot be bound; StudyError
             and StorageError for an unknown study or an unreachable storage.
     """
-    app = make_app(spec, url)
-    if not is_loopback(host):
+    app, study_id = _open(spec, url)
+    server = _bind(host, port, app)
+    bound = str(server.server_address[0])
+    if not is_loopback(bound):
         warn(
             f"listening on {host}: optuna-dashboard has no authentication, so anyone who can "
             "reach this port can read and change the study; prefer 127.0.0.1 and an SSH tunnel"
         )
-    try:
-        server: WSGIServer = make_server(host, port, app, handler_class=_QuietHandler)
-    except OSError as e:
-        if e.errno == 98 or "in use" in str(e):
-            raise TunerError(
-                f"port {port} on {host} is already in use; pick another with --port"
-            ) from None
-        raise TunerError(f"cannot listen on {host}:{port} ({e.strerror}); check --host") from None
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = socket.gethostname()
+    shown = socket.gethostname() if ipaddress.ip_address(bound).is_unspecified else host
+    shown = f"[{shown}]" if ":" in shown else shown
     say(f"dashboard for study {spec.study.name!r} on {redact_url(url)}")
-    say(f"open http://{shown}:{port}/dashboard/ (Ctrl-C to stop)")
+    say(f"open http://{shown}:{port}/dashboard/studies/{study_id} (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
