@@ -42,8 +42,9 @@ OFFLINE_HINT = (
 
 def imagenet_cache_files() -> list[Path]:
     """The places where Keras keeps the downloaded ImageNet file (``$KERAS_HOME``, ~, /tmp)."""
-    homes = [os.environ["KERAS_HOME"]] if "KERAS_HOME" in os.environ else []
-    homes += [str(Path("~/.keras").expanduser()), "/tmp/.keras"]
+    # As keras.utils.get_file: $KERAS_HOME, else ~/.keras; /tmp/.keras when that is read-only.
+    home = os.environ.get("KERAS_HOME") or str(Path("~/.keras").expanduser())
+    homes = [home, "/tmp/.keras"]
     return [Path(home) / "models" / IMAGENET_FILE for home in homes]
 
 
