@@ -294,26 +294,34 @@ class BudgetLock:
             self._file_lock.acquire()
         elif self._engine is not None:
             self._conn = self._engine.connect()
-            self._conn.exec_driver_sql(self._sql("lock"))
+            if self._engine.dialect.name == "postgresql":
+                self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
+                return
+            # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
+            # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
+            query = f"SELECT GET_LOCK('tuner{self._key}', 60)"
+            while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
+                if got is None:
+                    self.release()
+                    raise StorageError(
+                        "the database refused the study's budget lock (GET_LOCK); "
+                        "check the server's log"
+                    )
 
     def release(self) -> None:
         if self._file_lock is not None and self._file_lock.is_locked:
             self._file_lock.release()
         elif self._conn is not None:
             conn, self._conn = self._conn, None
+            assert self._engine is not None
+            unlock = (
+                f"SELECT pg_advisory_unlock({self._key})"
+                if self._engine.dialect.name == "postgresql"
+                else f"SELECT RELEASE_LOCK('tuner{self._key}')"
+            )
             with contextlib.suppress(sa_exc.SQLAlchemyError):
-                conn.exec_driver_sql(self._sql("unlock"))
+                conn.exec_driver_sql(unlock)
             conn.close()
-
-    def _sql(self, op: str) -> str:
-        assert self._engine is not None
-        if self._engine.dialect.name == "postgresql":
-            return f"SELECT pg_advisory_{op}({self._key})"
-        return (
-            f"SELECT GET_LOCK('tuner{self._key}', -1)"
-            if op == "lock"
-            else (f"SELECT RELEASE_LOCK('tuner{self._key}')")
-        )
 
     def __enter__(self) -> BudgetLock:
         self.acquire()
