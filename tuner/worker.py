@@ -79,6 +79,11 @@ def configure_threads(threads: int | None) -> None:
     with contextlib.suppress(RuntimeError):  # already initialised: keep its setting
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
+    # Read back, so the log shows what TensorFlow really uses.
+    say(
+        f"TensorFlow CPU threads: {tf.config.threading.get_intra_op_parallelism_threads()} "
+        f"intra-op, {tf.config.threading.get_inter_op_parallelism_threads()} inter-op"
+    )
 
 
 def ensure_dataset(spec: StudySpec) -> DatasetScan:
