@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from tuner.model import build_feature_extractor, weights_identity
 from tuner.spec import StudySpec
 
 __all__ = [
+    "BASE_MODEL",
     "CACHE_VERSION",
+    "PREPROCESSING",
     "FeatureSet",
     "cache_dir",
     "cache_key",
@@ -42,7 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+BASE_MODEL = "keras.applications.Xception(include_top=False)+GlobalAveragePooling2D"
 PREPROCESSING = "xception: x/127.5-1, bilinear resize, no crop"
+# What a damaged entry raises on reading: a bad zip, a CRC mismatch, a short file, bad JSON.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
     parts = {
         "version": CACHE_VERSION,
         "dataset": dataset_fingerprint,
-        "base": "keras.applications.Xception(include_top=False)+GlobalAveragePooling2D",
+        "base": BASE_MODEL,
         "weights": weights_identity(spec),
         "image_size": list(spec.data.image_size),
         "preprocessing": PREPROCESSING,
@@ -95,16 +101,23 @@ def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
 def extract_features(
     extractor: keras.Model, scan: DatasetScan, split: str, spec: StudySpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the extractor over one split with ``predict`` on a prefetched pipeline."""
+    """Run the extractor over one split through Keras's compiled predict step.
+
+    The pipeline is prefetched, and features and labels come from the same batches,
+    so every image is decoded once. ``predict_on_batch`` reuses the model's traced
+    predict function, the one ``predict`` uses, so no split traces the base again.
+    """
     import tensorflow as tf
 
     ds = load_split(scan, split, spec.data.image_size, spec.data.batch_size)
-    labels = np.concatenate([y.numpy() for _, y in ds], axis=0)
-    images = ds.map(lambda x, _y: x, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
+    features, labels = [], []
+    for images, onehot in ds.prefetch(tf.data.AUTOTUNE):
+        features.append(extractor.predict_on_batch(images))
+        labels.append(onehot.numpy())
+    return (
+        np.concatenate(features).astype(np.float32),
+        np.concatenate(labels).astype(np.float32),
     )
-    features = extractor.predict(images, verbose=0)
-    return features.astype(np.float32), labels.astype(np.float32)
 
 
 def _write_atomic(path: Path, write: object) -> None:
@@ -120,6 +133,13 @@ def _write_atomic(path: Path, write: object) -> None:
         raise
 
 
+def _discard_partial(entry: Path) -> None:
+    """Mark the entry incomplete and drop what a killed writer left; the lock is held."""
+    (entry / "meta.json").unlink(missing_ok=True)
+    for tmp in entry.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _read_entry(entry: Path, splits: tuple[str, ...], key: str) -> FeatureSet | None:
     meta_path = entry / "meta.json"
     if not meta_path.is_file():
@@ -132,9 +152,9 @@ def _read_entry(entry: Path, splits: tuple[str, ...], key: str) -> FeatureSet | 
         for split in splits:
             with np.load(entry / f"{split}.npz") as data:
                 features[split], labels[split] = data["features"], data["labels"]
-                if len(features[split]) != meta["counts"][split]:
-                    return None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            if not len(features[split]) == len(labels[split]) == meta["counts"][split]:
+                raise ValueError(f"{split}.npz does not hold {meta['counts'][split]} rows")
+    except UNREADABLE:
         log.warning("feature cache entry %s is unreadable; recomputing it", entry)
         return None
     return FeatureSet(features, labels, "hit", key)
@@ -173,6 +193,7 @@ def load_or_compute(
         # Another worker may have finished the entry while this one waited.
         if (found := _read_entry(entry, splits, key)) is not None:
             return found
+        _discard_partial(entry)
         if callable(on_compute):
             on_compute(f"computing frozen-base features once into {entry}")
         start = time.perf_counter()

@@ -1,0 +1,391 @@
+"""The frozen-feature cache: key, atomic shared entries, equivalence, switch and fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import keras
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import Env, run_tuner
+from tuner import features
+from tuner.data import DatasetScan, load_split, scan_dataset
+from tuner.errors import CacheError
+from tuner.model import (
+    FEATURE_DIM,
+    build_feature_extractor,
+    build_full_model,
+    build_head,
+    compile_model,
+    load_trained_weights,
+    save_trained_weights,
+)
+from tuner.spec import StudySpec, load_spec
+
+SPLITS = ("train", "validation")
+
+
+def _spec(env: Env, **extra: object) -> StudySpec:
+    return load_spec("clothing", [s.removeprefix("--set=") for s in env.overrides(**extra)])
+
+
+def _entry(spec: StudySpec) -> Path:
+    scan = scan_dataset(spec.data.dir)
+    return features.cache_dir(spec) / "features" / features.cache_key(spec, scan.fingerprint())
+
+
+def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace the base by deterministic arrays; returns the splits extracted, in order."""
+    calls: list[str] = []
+
+    def extract(
+        _extractor: object, scan: DatasetScan, split: str, _spec: StudySpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(split)
+        n, k = scan.count(split), len(scan.class_names)
+        x = np.random.default_rng(len(split)).random((n, FEATURE_DIM), dtype=np.float32)
+        return x, np.eye(k, dtype=np.float32)[np.arange(n) % k]
+
+    monkeypatch.setattr(features, "build_feature_extractor", lambda _spec: object())
+    monkeypatch.setattr(features, "extract_features", extract)
+    return calls
+
+
+# (a) The key changes with each of its components.
+
+
+def test_key_is_stable_for_the_same_inputs(env: Env) -> None:
+    spec = _spec(env)
+    assert features.cache_key(spec, "abc") == features.cache_key(_spec(env), "abc")
+
+
+def test_key_changes_with_dataset_file_content(env: Env, tmp_path: Path) -> None:
+    copy = shutil.copytree(env.data, tmp_path / "copy")
+    spec = _spec(env, **{"data.dir": str(copy)})
+    before = features.cache_key(spec, scan_dataset(copy).fingerprint())
+    images = sorted((copy / "train").rglob("*.jp*g"))
+    shutil.copy(images[1], images[0])  # same file name, other content
+    assert features.cache_key(spec, scan_dataset(copy).fingerprint()) != before
+
+
+def test_key_changes_with_base_model(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = features.cache_key(_spec(env), "d")
+    monkeypatch.setattr(features, "BASE_MODEL", "keras.applications.ResNet50(include_top=False)")
+    assert features.cache_key(_spec(env), "d") != before
+
+
+def test_key_changes_with_weights_identity(env: Env, tmp_path: Path) -> None:
+    weights_file = tmp_path / "xception.weights.h5"
+    weights_file.write_bytes(b"first weights")
+    key_file = features.cache_key(_spec(env, **{"model.weights": str(weights_file)}), "d")
+    weights_file.write_bytes(b"other weights")  # same path, other content
+    keys = {
+        features.cache_key(_spec(env, **{"model.weights": "imagenet"}), "d"),
+        features.cache_key(_spec(env, **{"model.weights": "none"}), "d"),
+        key_file,
+        features.cache_key(_spec(env, **{"model.weights": str(weights_file)}), "d"),
+    }
+    assert len(keys) == 4
+
+
+def test_key_changes_with_input_size(env: Env) -> None:
+    small = features.cache_key(_spec(env, **{"data.image_size": "[71, 71]"}), "d")
+    assert features.cache_key(_spec(env, **{"data.image_size": "[150, 150]"}), "d") != small
+
+
+def test_key_changes_with_preprocessing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = features.cache_key(_spec(env), "d")
+    monkeypatch.setattr(features, "PREPROCESSING", "x/255, bilinear resize, no crop")
+    assert features.cache_key(_spec(env), "d") != before
+
+
+def test_key_changes_with_keras_version(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = features.cache_key(_spec(env), "d")
+    monkeypatch.setattr(keras, "__version__", "3.0.0")
+    assert features.cache_key(_spec(env), "d") != before
+
+
+def test_cache_dir_precedence(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert features.cache_dir(_spec(env)) == env.cache
+    assert features.cache_dir(_spec(env, **{"cache.dir": ""})) == tmp_path / "env"
+    monkeypatch.delenv("TUNER_CACHE_DIR")
+    assert features.cache_dir(_spec(env, **{"cache.dir": ""})) == tmp_path / "xdg" / "tuner"
+
+
+# (b) A failed or damaged entry is never read; it is computed again.
+
+
+def test_write_failing_halfway_leaves_no_entry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, scan = _spec(env), scan_dataset(env.data)
+    calls = _fake_extraction(monkeypatch)
+    real_write = features._write_atomic
+
+    def disk_full_on_second_split(path: Path, write: object) -> None:
+        if path.name != "validation.npz":
+            return real_write(path, write)
+
+        def half(f: BinaryIO) -> None:
+            f.write(b"PK\x03\x04 half an archive")
+            raise OSError(28, "No space left on device")
+
+        return real_write(path, half)
+
+    monkeypatch.setattr(features, "_write_atomic", disk_full_on_second_split)
+    with pytest.raises(CacheError, match="No space left on device"):
+        features.load_or_compute(spec, scan)
+    entry = _entry(spec)
+    assert (entry / "train.npz").is_file()
+    assert not (entry / "meta.json").exists()
+    assert not list(entry.glob(".*.tmp")) and not (entry / "validation.npz").exists()
+    assert features._read_entry(entry, SPLITS, entry.name) is None
+
+    monkeypatch.setattr(features, "_write_atomic", real_write)
+    fs = features.load_or_compute(spec, scan)
+    assert fs.status == "miss"
+    assert calls == ["train", "validation", "train", "validation"]
+    assert features.load_or_compute(spec, scan).status == "hit"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "garbage", "drop-meta", "bad-meta"])
+def test_damaged_entry_is_recomputed(
+    env: Env, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    spec, scan = _spec(env), scan_dataset(env.data)
+    calls = _fake_extraction(monkeypatch)
+    good = features.load_or_compute(spec, scan)
+    entry = _entry(spec)
+    npz = entry / "train.npz"
+    data = npz.read_bytes()
+    if damage == "truncate":
+        npz.write_bytes(data[: len(data) // 2])
+    elif damage == "flip-bytes":  # still a zip, but the CRC no longer matches
+        middle = len(data) // 2
+        npz.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]))
+    elif damage == "garbage":
+        npz.write_bytes(b"not an archive at all")
+    elif damage == "drop-meta":
+        (entry / "meta.json").unlink()
+    else:
+        (entry / "meta.json").write_text('{"key": "')
+    again = features.load_or_compute(spec, scan)
+    assert again.status == "miss"
+    assert calls == ["train", "validation"] * 2
+    np.testing.assert_array_equal(again.features["train"], good.features["train"])
+    assert features.load_or_compute(spec, scan).status == "hit"
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from tuner import features
+from tuner.data import scan_dataset
+from tuner.spec import load_spec
+
+flag = Path(sys.argv[1])
+spec = load_spec("clothing", sys.argv[2:])
+def extract(_e, scan, split, _s):
+    return np.zeros((scan.count(split), 2048), np.float32), np.zeros((scan.count(split), 10))
+def stuck_savez(f, **arrays):
+    f.write(b"PK\\x03\\x04 a partial archive")
+    f.flush()
+    flag.touch()
+    time.sleep(600)
+features.build_feature_extractor = lambda _spec: object()
+features.extract_features = extract
+np.savez = stuck_savez
+features.load_or_compute(spec, scan_dataset(spec.data.dir))
+"""
+
+
+@pytest.mark.slow
+def test_writer_killed_mid_write_leaves_no_entry(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = _spec(env)
+    flag = tmp_path / "writing"
+    sets = [s.removeprefix("--set=") for s in env.overrides()]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(flag), *sets])
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), "the writer never started writing"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    entry = _entry(spec)
+    assert list(entry.glob(".train.npz.*.tmp")), "the kill should leave a partial temporary file"
+    assert not (entry / "train.npz").exists() and not (entry / "meta.json").exists()
+
+    calls = _fake_extraction(monkeypatch)
+    fs = features.load_or_compute(spec, scan_dataset(env.data))  # the dead writer's lock is free
+    assert fs.status == "miss" and calls == list(SPLITS)
+    assert not list(entry.glob(".*.tmp"))
+    assert json.loads((entry / "meta.json").read_text())["key"] == entry.name
+
+
+# (c) Two processes want the same entry: one computes, the other waits for it.
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+from tuner.data import scan_dataset
+from tuner.features import load_or_compute
+from tuner.spec import load_spec
+
+barrier, me = Path(sys.argv[1]), sys.argv[2]
+spec = load_spec("clothing", sys.argv[3:])
+scan = scan_dataset(spec.data.dir)
+(barrier / f"ready-{me}").touch()
+while len(list(barrier.glob("ready-*"))) < 2:
+    time.sleep(0.02)
+start = time.time()
+fs = load_or_compute(spec, scan)
+print(json.dumps({"status": fs.status, "start": start, "end": time.time()}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_compute_an_entry_once(env: Env, tmp_path: Path) -> None:
+    sets = [s.removeprefix("--set=") for s in env.overrides()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), str(i), *sets],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(err for _, err in outs)
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(r["status"] for r in results) == ["hit", "miss"]
+    miss, hit = sorted(results, key=lambda r: r["status"] != "miss")
+    # Both asked at once; the hit could only finish after the miss had written the entry.
+    assert abs(hit["start"] - miss["start"]) < 1.0
+    written = (_entry(_spec(env)) / "meta.json").stat().st_mtime
+    assert hit["end"] >= written - 0.01 > hit["start"]
+
+
+# (d) The head trained on cached features is the full model's head.
+
+
+@pytest.mark.slow
+def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path) -> None:
+    spec, scan = _spec(env), scan_dataset(env.data)
+    fs = features.load_or_compute(spec, scan)
+    keras.utils.set_random_seed(7)
+    head = build_head(len(scan.class_names))
+    compile_model(head, 1e-2)
+    head.fit(fs.features["train"], fs.labels["train"], epochs=2, batch_size=8, verbose=0)
+    save_trained_weights(head, tmp_path / "head.npz")
+    expected = head.predict(fs.features["validation"], verbose=0)
+    images = np.concatenate([x for x, _ in load_split(scan, "validation", (71, 71), 8)])
+
+    keras.backend.clear_session()  # a separately built base, as in another worker
+    full = build_full_model(spec, len(scan.class_names))
+    load_trained_weights(full, tmp_path / "head.npz")
+    np.testing.assert_allclose(full.predict(images, verbose=0), expected, atol=1e-4)
+    # Training mode too: the frozen base still runs in inference mode while fitting.
+    np.testing.assert_allclose(full(images, training=True).numpy(), expected, atol=1e-4)
+
+    # The seeded random base is the same function in every build.
+    first = build_feature_extractor(spec).predict(images, verbose=0)
+    second = build_feature_extractor(spec).predict(images, verbose=0)
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    np.testing.assert_allclose(first, fs.features["validation"], atol=1e-5)
+
+
+# (e) The switch and the fallback.
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"cache.enabled": "false"}, "cache.enabled is false"),
+        ({"data.augment": "true"}, "data.augment is on"),
+        ({"model.trainable_base": "true"}, "model.trainable_base is true"),
+        ({"model.recipe": "small-cnn"}, "recipe 'small-cnn'"),
+    ],
+)
+def test_cache_reason_names_why_the_cache_cannot_apply(
+    env: Env, setting: dict[str, str], reason: str
+) -> None:
+    assert features.cache_reason(_spec(env)) is None
+    assert reason in (features.cache_reason(_spec(env, **setting)) or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting", [{"data.augment": "true"}, {"model.trainable_base": "true"}], ids=str
+)
+def test_fallback_runs_the_full_pipeline_and_says_why(env: Env, setting: dict[str, str]) -> None:
+    from tuner.objective import prepare_data
+
+    spec, lines = _spec(env, **setting), []
+    data = prepare_data(spec, scan_dataset(env.data), lines.append)
+    assert data.cache == "off" and data.features is None and data.train_ds is not None
+    reason = features.cache_reason(spec)
+    assert lines == [f"feature cache off: {reason}; running the full pipeline"]
+    assert not env.cache.exists()
+
+
+def _trials(env: Env) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="clothing", storage=env.url).get_trials()
+
+
+@pytest.mark.slow
+def test_cache_disabled_worker_runs_the_full_pipeline(env: Env) -> None:
+    args = ["--storage", env.url, "--n-trials", "1"]
+    result = run_tuner(
+        "worker", "--study", "clothing", *args, *env.overrides(**{"cache.enabled": "false"})
+    )
+    assert result.returncode == 0, result.stderr
+    log = result.stdout + result.stderr
+    assert "feature cache off: cache.enabled is false; running the full pipeline" in log
+    # The warm-start rates wait in the queue; one of them ran.
+    [trial] = [t for t in _trials(env) if t.state != TrialState.WAITING]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["cache"] == "off"
+    assert not env.cache.exists()
+
+
+# (f) A second worker run finds every feature in the cache.
+
+
+@pytest.mark.slow
+def test_second_worker_run_hits_the_cache_for_every_trial(env: Env) -> None:
+    def worker(n_trials: int) -> str:
+        args = ["--storage", env.url, "--n-trials", str(n_trials), *env.overrides()]
+        result = run_tuner("worker", "--study", "clothing", *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    first_log = worker(2)
+    second_log = worker(4)
+    assert "computing frozen-base features once" in first_log
+    assert "computing frozen-base features once" not in second_log
+    assert "feature cache hit" in second_log
+    trials = _trials(env)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    first, second = trials[:2], trials[2:]
+    assert {t.user_attrs["cache"] for t in first} == {"miss"}
+    assert [t.user_attrs["cache"] for t in second] == ["hit", "hit"]
+    assert {t.user_attrs["worker"] for t in first}.isdisjoint(
+        t.user_attrs["worker"] for t in second
+    )
