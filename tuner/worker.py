@@ -95,8 +95,16 @@ def ensure_dataset(spec: StudySpec) -> DatasetScan:
                 f"data.source {spec.data.source!r} is not a known dataset "
                 f"({', '.join(DATASETS)}); fix data.source or download the data by hand"
             )
-        # The bar shows once bytes arrive, so a download that cannot start leaves one line.
-        with download_progress(f"{folder} is missing; downloading {spec.data.source}") as progress:
+        message = f"{folder} is missing; downloading the {spec.data.source} dataset"
+        with download_progress(spec.data.source) as bar:
+
+            def progress(done: int, total: int | None) -> None:
+                nonlocal message  # said once bytes arrive: a failed start leaves one line
+                if message:
+                    say(message)
+                    message = ""
+                bar(done, total)
+
             download_dataset(
                 spec.data.source, folder, url=spec.data.url or None, progress=progress
             )
