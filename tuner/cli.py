@@ -166,7 +166,7 @@ def status(
     from tuner.storage import open_storage
 
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_storage(url, spec))
+    found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     summary = summarize(found)
     Console(highlight=False).print(*render_status(summary))
     if not summary.top:  # the tables still show what is queued or running
@@ -200,7 +200,7 @@ def export(
     if model is not None and model.suffix != ".keras":
         raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_storage(url, spec))
+    found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     result = best_result(found)
     spec = stored_spec(found, spec, set_ or [])
     extra: dict[str, object] = {}

@@ -17,15 +17,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from optuna_dashboard import wsgi
 
 from tuner.console import say, warn
-from tuner.errors import StorageError, TunerError
+from tuner.errors import TunerError
 from tuner.search import load_existing_study
 from tuner.spec import StudySpec
 from tuner.storage import (
     artifact_store_for,
-    journal_path,
     open_storage,
     redact_url,
-    sqlite_path,
 )
 
 __all__ = ["is_loopback", "make_app", "serve"]
@@ -42,14 +40,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
-    # A read-only command must not leave an empty database behind a mistyped path.
-    path = sqlite_path(url) or journal_path(url)
-    if path is not None and not path.is_file():
-        raise StorageError(
-            f"storage file {path} does not exist; run `tuner worker --study "
-            f"{spec.study.name}` first, or check --storage"
-        )
-    storage = open_storage(url, spec)
+    storage = open_storage(url, spec, must_exist=True)
     load_existing_study(spec, storage)
     app = wsgi(storage, artifact_store=artifact_store_for(url, spec))
     return app, storage.get_study_id_from_name(spec.study.name)

@@ -211,13 +211,15 @@ def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> RDBStorage:
     )
 
 
-def open_storage(url: str, spec: StudySpec) -> BaseStorage:
+def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
     """Open the storage behind ``url`` with tuner's guarantees for shared use.
 
     Args:
         url: ``sqlite:///FILE``, ``postgresql://...``, ``mysql+pymysql://...`` or
             ``journal://FILE``.
         spec: supplies the heartbeat, grace period, retries and timeouts.
+        must_exist: for commands that only read: a storage file that does not exist
+            is an error, rather than created empty behind a mistyped path.
 
     Returns:
         An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
@@ -226,6 +228,12 @@ def open_storage(url: str, spec: StudySpec) -> BaseStorage:
         StorageError: for a malformed URL, an unknown scheme, a missing driver, a
             folder that is not writable, or a server that cannot be reached.
     """
+    path = sqlite_path(url) or journal_path(url)
+    if must_exist and path is not None and not path.is_file():
+        raise StorageError(
+            f"storage file {path} does not exist; run `tuner worker --study "
+            f"{spec.study.name}` first, or check --storage"
+        )
     if (journal := journal_path(url)) is not None:
         _check_writable_folder(journal, url)
         return JournalStorage(JournalFileBackend(str(journal)))
