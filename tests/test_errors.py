@@ -1,0 +1,751 @@
+"""Every user mistake gets one line, ``error: <what>; <how to fix>``, exit 2, and loses nothing.
+
+Each case runs through the CLI: mostly in-process (``main(argv)``), and in a
+subprocess where a real process matters (TensorFlow's log, proxies, timing,
+file-size limits, kills). Every case that points at an existing study checks
+that its trials are exactly the same afterwards. Almost all errors happen
+before TensorFlow is imported, so most of this file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from PIL import Image
+
+from tests.conftest import PG_URL, Env, _server_reachable, run_tuner, tuner_cmd, unique_name
+from tuner.search import SPACE_ATTR, open_study, suggest
+from tuner.spec import load_spec
+from tuner.storage import open_storage
+
+SECRET = "s3cr3t-pw"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def one_error_line(code: int, err: str, *needles: str) -> str:
+    """Assert the contract of a user error and return its line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, f"exit code {code}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert "; " in line, f"the line should say what is wrong; then how to fix it: {line}"
+    for needle in needles:
+        assert needle in line, f"{needle!r} missing from: {line}"
+    return line
+
+
+def make_study(url: str, name: str = "clothing") -> None:
+    """A study with four finished trials (3 complete, 1 pruned), made without TensorFlow."""
+    spec = load_spec("clothing", [f"study.name={name}"])
+    study = open_study(spec, open_storage(url, spec))
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest(trial, spec)  # the warm-start rates, then TPE's
+        curve = [0.3 + 0.1 * trial.number, 0.35 + 0.1 * trial.number]
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+        attrs = {
+            "train_accuracy": [c + 0.05 for c in curve],
+            "val_loss": [1.0, 0.9],
+            "gap": 0.05,
+            "epoch_seconds": [0.1, 0.1],
+            "cache": "off",
+            "worker": "test:1",
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if trial.number == 2:
+            raise optuna.TrialPruned()
+        return curve[-1]
+
+    study.optimize(objective, n_trials=4)
+
+
+def snapshot(url: str, name: str = "clothing") -> dict[str, Any]:
+    """Everything about a study's trials that a bad command must not change."""
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = [
+        (
+            t.number,
+            t.state,
+            t.value,
+            t.params,
+            t.intermediate_values,
+            t.user_attrs,
+            t.datetime_start,
+            t.datetime_complete,
+        )
+        for t in study.get_trials(deepcopy=True)
+    ]
+    return {"trials": trials, "space": study.user_attrs.get(SPACE_ATTR)}
+
+
+@pytest.fixture(autouse=True)
+def _no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a SQLite storage holding study "clothing" with four finished trials."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('existing') / 'study.db'}"
+    make_study(url)
+    return url
+
+
+@contextlib.contextmanager
+def unchanged(url: str, name: str = "clothing") -> Iterator[None]:
+    before = snapshot(url, name)
+    finished = [t for t in before["trials"] if t[1] in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 4
+    yield
+    assert snapshot(url, name) == before
+
+
+def make_images(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 2) -> Path:
+    """A small valid dataset of real JPEG files."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img{i}.jpg")
+    return root
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts TCP connections and never says a word (a hung server or proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)  # the kernel completes the handshakes; nobody ever answers
+        yield int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def read_only_folder(folder: Path) -> Iterator[None]:
+    """Make ``folder`` truly unwritable, also for root (chmod alone does not stop root)."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root without chattr: cannot make a folder read-only")
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i failed: {done.stderr.decode().strip()}")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = []
+    try:
+        assert not os.access(folder, os.W_OK)  # the check tuner makes must really see it
+        with pytest.raises(OSError):
+            (folder / "probe").write_text("x")
+        yield
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+        folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------- 1-4: study names, spec, --set
+
+COMMANDS = ("worker", "status", "export", "dashboard")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_study_name_lists_the_available_ones(command: str, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli(command, "--study", "no-such-study", "--storage", existing)
+    line = one_error_line(code, err, "'no-such-study'", "available studies:", "clothing")
+    assert ".toml" in line  # and how to give a spec file instead
+
+
+def test_missing_spec_file_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("status", "--study", str(tmp_path / "nope.toml"))
+    one_error_line(code, err, str(tmp_path / "nope.toml"), "does not exist")
+
+
+def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "broken.toml"
+    spec.write_text('[study]\nname = "clothing"\n\n[train]\nepochs = = 3\n')
+    with unchanged(existing):
+        code, _, err = cli("worker", "--study", str(spec), "--storage", existing)
+    one_error_line(code, err, str(spec), "line 5", "TOML")
+
+
+BAD_SPEC_VALUES = [
+    # (--set, what the line must name: the key and the allowed values)
+    ("train.epochz=3", ["'train.epochz'", "train.epochs"]),
+    ("search.learnig_rate.low=0.001", ["'search.learnig_rate'", "search.learning_rate"]),
+    ("train.epochs=abc", ["train.epochs", "an integer", "'abc'", "train.epochs=10"]),
+    ("train.epochs=2.5", ["train.epochs", "an integer"]),
+    ("cache.enabled=maybe", ["cache.enabled", "true or false"]),
+    ("search.learning_rate.low=0.5", ["search.learning_rate.low", "0.5", ".high", "0.1"]),
+    ("search.learning_rate.low=0.1", ["search.learning_rate.low", ".high"]),
+    ("search.learning_rate.low=0", ["search.learning_rate.low", "> 0", "log=false"]),
+    ("search.learning_rate.low=-1", ["search.learning_rate.low", "> 0", "log=false"]),
+    ("pruner.kind=sometimes", ["pruner.kind", "'sometimes'", "median", "hyperband"]),
+    ("model.recipe=resnet", ["model.recipe", "xception-head", "small-cnn"]),
+    ("data.image_size=[150]", ["data.image_size", "a list of 2", "[150, 150]"]),
+    ("train.epochs=0", ["train.epochs", "at least 1"]),
+    ("train=3", ["[train]", "table"]),
+]
+
+
+@pytest.mark.parametrize(("override", "needles"), BAD_SPEC_VALUES)
+def test_bad_spec_value_names_the_key_and_allowed_values(
+    override: str, needles: list[str], existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, "--set", override)
+    one_error_line(code, err, "clothing.toml", *needles)
+
+
+def test_bad_values_in_a_spec_file_name_the_file(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "mine.toml"
+    base = '[study]\nname = "clothing"\n[search]\nwarm_start = []\n'
+    cases = {
+        "[train]\nepocks = 3\n": ["'train.epocks'", "train.epochs"],
+        '[train]\nepochs = "ten"\n': ["train.epochs", "an integer"],
+        "[search.learning_rate]\nlow = 0.5\nhigh = 0.01\n": ["search.learning_rate.low", ".high"],
+        "[search.learning_rate]\nlow = 0.0\nlog = true\n": ["search.learning_rate.low", "log"],
+    }
+    for body, needles in cases.items():
+        spec.write_text(base + body)
+        with unchanged(existing):
+            code, _, err = cli("worker", "--study", str(spec), "--storage", existing)
+        line = one_error_line(code, err, str(spec), *needles)
+        assert "--set" not in line.split(":")[1]  # blamed on the file, not an override
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--set", "justaword"], ["'justaword'", "KEY=VALUE", "--set train.epochs=2"]),
+        (["--set", "=3"], ["KEY=VALUE"]),
+        (["--set", "train..epochs=1"], ["KEY=VALUE"]),
+        (["--set", "data.image_size=[1,"], ["--set data.image_size=[1,", "a list of 2"]),
+        (["--set", "train.epochs.x=3"], ["'epochs'", "not a section"]),
+        (["--set", "search.learning_rate.low=abc"], ["search.learning_rate.low", "a number"]),
+        # Usage errors that click itself finds are one line and exit 2 as well.
+        (["--set"], ["--set", "requires an argument", "--help"]),
+        (["--n-trials", "abc"], ["--n-trials", "--help"]),
+        (["--n-trials", "0"], ["--n-trials", "--help"]),
+        (["--no-such-option"], ["--no-such-option", "--help"]),
+    ],
+)
+def test_malformed_set_and_usage_errors(
+    args: list[str], needles: list[str], existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, *args)
+    one_error_line(code, err, *needles)
+
+
+def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("wroker")
+    one_error_line(code, err, "'wroker'", "tuner --help")
+
+
+def test_debug_shows_the_traceback(cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("status", "--study", "no-such-study", "--debug")
+    assert code == 2
+    assert "Traceback" in err and "SpecError" in err
+    assert err.strip().splitlines()[-1].startswith("error: unknown study 'no-such-study'")
+
+
+# ---------------------------------------------------------------- 5-6: the dataset
+
+
+def _worker(cli, url: str, data: Path, *sets: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    args = ["--set", f"data.dir={data}", "--set", "model.weights=none", *sets]
+    return cli("worker", "--storage", url, *args)  # type: ignore[no-any-return]
+
+
+def test_missing_data_dir_without_a_source(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, tmp_path / "nowhere", "--set", "data.source=")
+    one_error_line(code, err, str(tmp_path / "nowhere"), "does not exist", "data.dir")
+
+
+def test_missing_data_dir_whose_download_fails(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    mirror = f"http://127.0.0.1:{closed_port()}/clothing.zip"
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, tmp_path / "d", "--set", f"data.url={mirror}")
+    one_error_line(code, err, str(tmp_path / "d"), mirror, "data.dir")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("case", ["no-split", "classes-differ", "empty-class", "no-classes"])
+def test_malformed_dataset_folders(case: str, tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    data = make_images(tmp_path / "data")
+    if case == "no-split":
+        shutil.rmtree(data / "validation")
+        needles = [str(data), "validation/"]
+    elif case == "classes-differ":
+        (data / "validation" / "b").rename(data / "validation" / "c")
+        needles = ["train/", "validation/", "'b'", "'c'", "same classes"]
+    elif case == "empty-class":
+        shutil.rmtree(data / "train" / "b")
+        (data / "train" / "b").mkdir()
+        needles = [str(data / "train" / "b"), "empty"]
+    else:
+        for split in ("train", "validation"):
+            shutil.rmtree(data / split)
+            (data / split).mkdir()
+        needles = [str(data / "train"), "no class folders"]
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, data)
+    one_error_line(code, err, *needles)
+
+
+def _bad_files(data: Path) -> dict[str, tuple[Path, bytes]]:
+    """Three kinds of bad file: a corrupt JPEG, a truncated JPEG and a text file."""
+    good = next((data / "train" / "b").glob("*.jpg")).read_bytes()
+    return {
+        "corrupt": (data / "train" / "a" / "corrupt.jpg", b"\xff\xd8\xff\xe0 not a JPEG"),
+        "truncated": (data / "train" / "b" / "truncated.jpg", good[: len(good) // 2]),
+        "text": (data / "validation" / "b" / "notes.txt", b"not an image\n"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "text"])
+def test_a_bad_file_among_the_images_is_named(
+    kind: str, tmp_path: Path, existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    data = make_images(tmp_path / "data", per_class=4)
+    path, content = _bad_files(data)[kind]
+    path.write_bytes(content)
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, data)
+    one_error_line(code, err, str(path), "not a readable image", "data.skip_bad_files=true")
+
+
+# ---------------------------------------------------------------- 7: weights
+
+
+def test_weights_file_missing_or_corrupt(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    import h5py
+
+    data = make_images(tmp_path / "data")
+    garbage = tmp_path / "garbage.weights.h5"
+    garbage.write_bytes(b"\x00" * 1000)
+    empty = tmp_path / "empty.weights.h5"
+    h5py.File(empty, "w").close()
+    wrong_name = tmp_path / "xception.bin"
+    wrong_name.write_bytes(b"x")
+    cases = {
+        tmp_path / "missing.weights.h5": "does not exist",
+        garbage: "corrupt",
+        empty: "corrupt",
+        wrong_name: "must end in",
+    }
+    for path, what in cases.items():
+        with unchanged(existing):
+            code, _, err = cli(
+                "worker", "--storage", existing, "--set", f"data.dir={data}",
+                "--set", f"model.weights={path}",
+            )  # fmt: skip
+        one_error_line(code, err, str(path), what, "model.weights=none")
+
+
+def test_imagenet_download_that_hangs_fails_fast(
+    tmp_path: Path, existing: str, silent_server: int
+) -> None:
+    """A real process, offline behind a proxy that never answers: bounded by download_timeout."""
+    data = make_images(tmp_path / "data")
+    proxy = f"http://127.0.0.1:{silent_server}"
+    start = time.monotonic()
+    with unchanged(existing):
+        done = run_tuner(
+            "worker", "--storage", existing, "--set", f"data.dir={data}",
+            "--set", "model.download_timeout=2",
+            env={"https_proxy": proxy, "HTTPS_PROXY": proxy, "KERAS_HOME": str(tmp_path)},
+            timeout=60,
+        )  # fmt: skip
+    elapsed = time.monotonic() - start
+    one_error_line(done.returncode, done.stderr, "ImageNet", "model.weights=none", "PATH")
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.slow
+def test_keras_own_imagenet_download_is_bounded_too(tmp_path: Path, silent_server: int) -> None:
+    """Keras downloads with urlretrieve, which has no timeout; tuner.model bounds it."""
+    proxy = f"http://127.0.0.1:{silent_server}"
+    code = (
+        "import time; from tuner.spec import load_spec; from tuner.errors import WeightsError\n"
+        "from tuner.model import build_feature_extractor\n"
+        "spec = load_spec('clothing', ['model.download_timeout=2', 'data.image_size=[71, 71]'])\n"
+        "start = time.monotonic()\n"
+        "try:\n    build_feature_extractor(spec)\nexcept WeightsError as e:\n"
+        "    print(f'{time.monotonic() - start:.1f}', e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "https_proxy": proxy,
+            "HTTPS_PROXY": proxy,
+            "KERAS_HOME": str(tmp_path),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    seconds, message = done.stdout.strip().splitlines()[-1].split(" ", 1)  # after Keras' own
+    assert float(seconds) < 10
+    assert "cannot download the ImageNet weights" in message and "model.weights=none" in message
+
+
+# ---------------------------------------------------------------- 8: storage URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "needles"),
+    [
+        ("notaurl", ["malformed storage URL", "sqlite:///FILE.db"]),
+        ("postgresql://u:x@host:notaport/db", ["malformed storage URL", "postgresql://"]),
+        ("foo://user@host/db", ["unknown storage scheme 'foo'", "sqlite", "journal"]),
+        ("redis://localhost/0", ["unknown storage scheme 'redis'"]),
+    ],
+)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_malformed_url_and_unknown_scheme(command: str, url: str, needles: list[str], cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli(command, "--storage", url)
+    one_error_line(code, err, *needles)
+
+
+def test_storage_folder_missing_or_a_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = {
+        f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 's.db'}": "does not exist",
+        f"sqlite:///{a_file / 's.db'}": f"{a_file} is a file, not a folder",
+        f"journal://{tmp_path / 'no' / 'j.log'}": "does not exist",
+    }
+    for url, what in cases.items():
+        code, _, err = cli("worker", "--storage", url)
+        one_error_line(code, err, what, "--storage")
+    assert not (tmp_path / "no").exists()
+
+
+def test_sqlite_folder_not_writable(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'study.db'}"
+    make_study(url)
+    before = snapshot(url)
+    with read_only_folder(folder):
+        for command in ("worker", "status", "export"):
+            code, _, err = cli(command, "--storage", url)
+            one_error_line(code, err, str(folder), "not writable", "--storage")
+        code, _, err = cli("worker", "--storage", f"sqlite:///{folder / 'new.db'}")
+        one_error_line(code, err, str(folder), "not writable")
+    assert snapshot(url) == before
+    assert not (folder / "new.db").exists()
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes\n")
+    code, _, err = cli("status", "--storage", f"sqlite:///{path}")
+    one_error_line(code, err, str(path), "not a database", "SQLite")
+    assert path.read_text() == "these are my notes\n"
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql"])
+def test_unreachable_server_fails_fast(scheme: str, cli) -> None:  # type: ignore[no-untyped-def]
+    """A closed port, with the default connect_timeout of 10 s: refused at once, no retries."""
+    url = f"{scheme}://user@127.0.0.1:{closed_port()}/db"
+    start = time.monotonic()
+    code, _, err = cli("worker", "--storage", url)
+    elapsed = time.monotonic() - start
+    one_error_line(code, err, "cannot open storage", "server is running")
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_silent_server_fails_within_connect_timeout(scheme: str, silent_server: int, cli) -> None:  # type: ignore[no-untyped-def]
+    """A server that accepts and never answers: bounded by storage.connect_timeout."""
+    url = f"{scheme}://user@127.0.0.1:{silent_server}/db"
+    start = time.monotonic()
+    code, _, err = cli("status", "--storage", url, "--set", "storage.connect_timeout=2")
+    elapsed = time.monotonic() - start
+    one_error_line(code, err, "cannot open storage", "server is running")
+    assert elapsed < 8, f"took {elapsed:.1f}s"
+
+
+# ---------------------------------------------------------------- 9: status and export
+
+
+@pytest.mark.parametrize("command", ["status", "export"])
+def test_study_with_no_finished_trial(command: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    spec = load_spec("clothing")
+    open_study(spec, open_storage(url, spec))  # created, warm start queued, nothing run
+    code, out, err = cli(command, "--storage", url)
+    one_error_line(code, err, "'clothing'", "no complete trial yet", "tuner worker")
+    if command == "status":
+        assert "WAITING" in out  # the tables still show what is queued
+
+
+@pytest.mark.parametrize("command", ["status", "export", "dashboard"])
+def test_study_that_does_not_exist(command: str, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli(command, "--storage", existing, "--set", "study.name=other")
+    one_error_line(code, err, "'other' does not exist", "clothing", "tuner worker")
+
+
+def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = {
+        ("--out", str(a_file / "best.json")): "--out",
+        ("--plots", str(a_file / "plots")): "--plots",
+        ("--model", str(tmp_path / "best.h5")): ".keras",
+    }
+    for args, needle in cases.items():
+        with unchanged(existing):
+            code, _, err = cli("export", "--storage", existing, *args)
+        one_error_line(code, err, args[1], needle)
+    assert a_file.read_text() == "x"
+
+
+# ---------------------------------------------------------------- 10: a changed search space
+
+
+def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli(
+            "worker", "--storage", existing, "--set", "search.learning_rate.high=0.5",
+            "--set", "data.dir=/nonexistent",
+        )  # fmt: skip
+    one_error_line(
+        code,
+        err,
+        "[0.0001, 0.1]",
+        "[0.0001, 0.5]",
+        "--set study.name=clothing-2",
+        "--accept-space-change",
+    )
+    # (The space check comes first: the data folder above does not exist either.)
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, "--set=search.learning_rate.log=false")
+    one_error_line(code, err, "(log)", "--accept-space-change")
+
+
+@pytest.mark.slow
+def test_accept_space_change_continues_the_study(env: Env) -> None:
+    make_study(env.url)
+    before = snapshot(env.url)
+    new_range = [
+        "--set=search.learning_rate.low=0.001",
+        "--set=search.learning_rate.high=0.01",
+        "--set=search.warm_start=[0.001]",
+    ]
+    args = ["worker", "--storage", env.url, "--n-trials", "5", *env.overrides(), *new_range]
+    refused = run_tuner(*args, cwd=env.root, timeout=120)
+    one_error_line(refused.returncode, refused.stderr, "--accept-space-change")
+    done = run_tuner(*args, "--accept-space-change", cwd=env.root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = snapshot(env.url)
+    assert after["trials"][:4] == before["trials"]  # the old trials are untouched
+    new = optuna.load_study(study_name="clothing", storage=env.url).trials[4]
+    assert new.state == TrialState.COMPLETE
+    assert 0.001 <= new.params["learning_rate"] <= 0.01
+    assert after["space"] == {"learning_rate": {"low": 0.001, "high": 0.01, "log": True}}
+
+
+# ---------------------------------------------------------------- 6 (skip) and 11: real workers
+
+
+@pytest.mark.slow
+def test_skip_bad_files_warns_with_their_names(env: Env, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(env.data, data)
+    first = sorted(os.listdir(data / "train"))[0]
+    corrupt = data / "train" / first / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 broken")
+    text = data / "validation" / first / "notes.txt"
+    text.write_text("not an image\n")
+    make_study(env.url)
+    before = snapshot(env.url)
+    overrides = [*env.overrides(), f"--set=data.dir={data}"]
+    refused = run_tuner("worker", "--storage", env.url, *overrides, cwd=env.root, timeout=120)
+    one_error_line(refused.returncode, refused.stderr, str(corrupt), "data.skip_bad_files=true")
+    done = run_tuner(
+        "worker", "--storage", env.url, "--n-trials", "5", *overrides,
+        "--set=data.skip_bad_files=true", cwd=env.root, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "skipping 2 unreadable files" in warning[0], done.stderr
+    assert str(corrupt) in warning[0] and str(text) in warning[0]
+    assert snapshot(env.url)["trials"][:4] == before["trials"]
+    trials = optuna.load_study(study_name="clothing", storage=env.url).trials
+    assert len(trials) == 5 and trials[4].state == TrialState.COMPLETE
+
+
+def _file_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        # A write past the limit fails with EFBIG, as on a full disk (Python ignores SIGXFSZ).
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+def test_cache_write_that_fails_halfway_is_never_read(env: Env) -> None:
+    """A full disk, then what a killed writer leaves, then a damaged entry: all recomputed."""
+    url = f"journal://{env.root / 'journal.log'}"  # stays far below the file-size limit
+    args = ["worker", "--storage", url, "--n-trials", "1", *env.overrides()]
+    features = env.cache / "features"
+    train_bytes = 40 * 2048 * 4  # 40 tiny train images x 2048 float32 features
+
+    def run(limit: int | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            tuner_cmd(*args),
+            cwd=env.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_file_limit(limit) if limit else None,
+        )
+
+    full = run(limit=train_bytes // 2)
+    # Progress lines came first here; the error is still the one last line, with no traceback.
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [full.stderr.strip().splitlines()[-1]]
+    assert "cannot write the feature cache" in errors[0] and "cache.enabled=false" in errors[0]
+    (entry,) = [p for p in features.iterdir() if p.is_dir()]
+    assert not (entry / "meta.json").exists()  # never marked complete
+    assert not any(entry.iterdir())  # and the half-written file is gone
+
+    # A writer killed halfway leaves a temporary file, perhaps a split, and no meta.json.
+    (entry / ".train.npz.x1y2.tmp").write_bytes(b"PK\x03\x04" + b"\0" * 5000)
+    (entry / "validation.npz").write_bytes(b"PK\x03\x04 half a zip")
+
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert (entry / "meta.json").exists()
+    journal = open_storage(url, load_spec("clothing"))
+    study = optuna.load_study(study_name="clothing", storage=journal)
+    assert [t.user_attrs["cache"] for t in study.trials if t.state.is_finished()] == ["miss"]
+
+    # A damaged file inside a complete entry: recomputed, never read as features.
+    train = entry / "train.npz"
+    train.write_bytes(train.read_bytes()[: train.stat().st_size // 3])
+    args[args.index("--n-trials") + 1] = "2"
+    again = run()
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="clothing", storage=journal)
+    assert [t.user_attrs["cache"] for t in study.trials if t.state.is_finished()] == [
+        "miss",
+        "miss",
+    ]
+    assert np.load(train)["features"].shape == (40, 2048)
+
+
+# ---------------------------------------------------------------- 12: passwords
+
+
+def _secret_url(port: int) -> str:
+    return f"postgresql://user:{SECRET}@127.0.0.1:{port}/db"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("how", ["--storage", "env", "--debug"])
+def test_passwords_never_appear(command: str, how: str, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    url = _secret_url(closed_port())
+    if how == "env":
+        monkeypatch.setenv("TUNER_STORAGE", url)
+        args = [command]
+    else:
+        args = [command, "--storage", url, *(["--debug"] if how == "--debug" else [])]
+    code, out, err = cli(*args)
+    assert SECRET not in out + err
+    assert code == 2
+    assert "user:***@127.0.0.1" in err
+    if how != "--debug":
+        one_error_line(code, err, "cannot open storage")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://user:{SECRET}@host:notaport/db",
+        f"foo://user:{SECRET}@host/db",
+        f"postgresql://user:{SECRET}@with@at@127.0.0.1:1/db",
+    ],
+)
+def test_passwords_of_bad_urls_never_appear(url: str, cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli("status", "--storage", url)
+    one_error_line(code, err, "***")
+    assert SECRET not in out + err
+
+
+def test_passwords_stay_out_of_help_and_process_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    url = _secret_url(closed_port())
+    for args in (["worker", "--help"], ["status"], ["export", "--out", "x.json"]):
+        done = run_tuner(*args, env={"TUNER_STORAGE": url}, timeout=60)
+        assert SECRET not in done.stdout + done.stderr, args
+
+
+def test_passwords_stay_out_of_a_live_server_session(cli) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL here trusts local users, so a URL with a password connects."""
+    if (reason := _server_reachable(PG_URL)) is not None:
+        pytest.skip(f"PostgreSQL not reachable: {reason}")
+    url = PG_URL.replace("postgres@", f"postgres:{SECRET}@")
+    name = unique_name("secret")
+    make_study(url, name)
+    for args in (["status"], ["export"], ["status", "--set", "study.name=nope"]):
+        code, out, err = cli(*args, "--storage", url, "--set", f"study.name={name}")
+        assert SECRET not in out + err, args
+        assert code in (0, 2)
+
+
+# ---------------------------------------------------------------- a real process
+
+
+def test_a_real_process_prints_one_line_and_no_tensorflow_log(
+    tmp_path: Path, existing: str
+) -> None:
+    """Data and weights errors come before TensorFlow loads, so its log never shows."""
+    data = make_images(tmp_path / "data")
+    cases = [
+        ["--set", f"data.dir={tmp_path / 'nowhere'}", "--set", "data.source="],
+        ["--set", f"data.dir={data}", "--set", f"model.weights={tmp_path / 'w.weights.h5'}"],
+        ["--set", "search.learning_rate.high=0.3"],
+    ]
+    for extra in cases:
+        with unchanged(existing):
+            done = run_tuner("worker", "--storage", existing, *extra, timeout=60)
+        one_error_line(done.returncode, done.stderr)
+        assert done.stdout == ""
