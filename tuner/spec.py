@@ -172,16 +172,31 @@ def find_spec_file(name_or_path: str) -> Path:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``--set KEY=VALUE``; the value is read as TOML, else kept as a string."""
+    """Parse one ``--set KEY=VALUE``; the value is read as TOML, else kept as a string.
+
+    A string key keeps the text as given: ``data.dir=2024`` names a folder, not a number.
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"--set {text!r} is not KEY=VALUE; write it like --set train.epochs=2")
     raw = raw.strip()
     try:
-        return key, tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return key, raw
+    return key, raw if _hint_at(key) is str and not isinstance(value, str) else value
+
+
+def _hint_at(key: str) -> Any:
+    """The type of the spec field at a dotted key, or None when there is none."""
+    node: Any = StudySpec
+    for part in key.split("."):
+        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        if part not in hints or part == "spec_file":
+            return None
+        node = hints[part]
+    return node
 
 
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
