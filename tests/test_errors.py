@@ -267,6 +267,14 @@ def test_malformed_set_and_usage_errors(
     one_error_line(code, err, *needles)
 
 
+def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code, _, err = cli(
+        "worker", "--storage", url, "--set", "data.dir=2024", "--set", "data.source="
+    )
+    one_error_line(code, err, "data folder 2024 does not exist")  # a folder name, as given
+
+
 def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("wroker")
     one_error_line(code, err, "'wroker'", "tuner --help")
