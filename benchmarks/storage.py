@@ -1,0 +1,212 @@
+"""Storage overhead: trials per second with a trivial objective, on every backend.
+
+Each worker is a spawned process that opens the storage with
+:func:`tuner.storage.open_storage`, joins the study with
+:func:`tuner.search.open_study` (TPE sampler, median pruner of the clothing spec)
+and claims trials with the worker loop's protocol: under the study's
+:class:`~tuner.storage.BudgetLock` it fails stale trials, counts, and starts
+one trial. The objective does no work but talks to the storage exactly like a
+real trial: 10 epochs, each with ``trial.report``, ``should_prune`` and the
+contract's attributes (``train_accuracy``, ``val_loss``, ``gap``,
+``epoch_seconds``), plus ``cache`` and ``worker``.
+
+Two figures per trial. The wall time per trial (wall time / trials) with every
+worker hammering the storage is the inverse of the storage's capacity: the
+fastest a study can go. The overhead is the CPU time the workers spend per
+trial (Python, the driver and the database file; waiting for a lock costs
+none), as a percentage of the wall time of one cached clothing trial: 10
+epochs of the Dense head on 3068x2048 features, batch 32, timed through
+``tuner.objective`` on synthetic features of that shape (or given with
+``--trial-seconds``). A database server's own CPU time is not counted.
+
+    python3 benchmarks/storage.py                  # every backend, 1, 4 and 8 workers
+    python3 benchmarks/storage.py --backends sqlite --workers 8 --trials 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.search import open_study, suggest
+from tuner.spec import StudySpec, load_spec
+from tuner.storage import BudgetLock, open_storage
+
+BACKENDS = ("sqlite", "journal", "postgresql", "mysql")
+SERVERS = {
+    "postgresql": os.environ.get(
+        "TUNER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("TUNER_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+EPOCHS = 10
+SPAWN = mp.get_context("spawn")
+
+
+def trivial_objective(spec: StudySpec) -> Callable[[optuna.Trial], float]:
+    """No training, but every storage call that a real cached trial makes."""
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest(trial, spec)
+        trial.set_user_attr("cache", "hit")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        acc: list[float] = []
+        for epoch in range(EPOCHS):
+            acc.append(0.5)  # equal everywhere, so the median pruner never prunes
+            trial.set_user_attr("train_accuracy", acc)
+            trial.set_user_attr("val_loss", [1.0] * len(acc))
+            trial.set_user_attr("gap", 0.0)
+            trial.set_user_attr("epoch_seconds", [0.001] * len(acc))
+            trial.report(0.5, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 0.5
+
+    return objective
+
+
+def worker(spec: StudySpec, url: str, target: int, barrier: Any, results: Any) -> None:
+    """One worker process: the worker loop's claim protocol around the trivial objective."""
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(url, spec)
+    study = open_study(spec, storage)
+    lock = BudgetLock(storage, url, study.study_name)
+    inner = trivial_objective(spec)
+
+    def objective(trial: optuna.Trial) -> float:
+        lock.release()  # the trial is RUNNING now, so it counts towards the budget
+        return inner(trial)
+
+    barrier.wait()
+    start, cpu = time.time(), time.process_time()
+    while True:
+        with lock:
+            optuna.storages.fail_stale_trials(study)
+            if len(study.get_trials(deepcopy=False, states=COUNTED)) >= target:
+                break
+            study.optimize(objective, n_trials=1, catch=())
+    results.put((start, time.time(), time.process_time() - cpu))
+
+
+def measure(kind: str, url: str, workers: int, trials: int) -> dict[str, float]:
+    """Run ``trials`` trials with ``workers`` processes; check the study afterwards."""
+    name = f"bench_{kind}_{workers}_{os.getpid()}_{time.time_ns()}"
+    spec = load_spec("clothing", [f"study.name={name}", "search.warm_start=[]"])
+    open_study(spec, open_storage(url, spec))  # created once, outside the timing
+    barrier, results = SPAWN.Barrier(workers), SPAWN.Queue()
+    args = (spec, url, trials, barrier, results)
+    procs = [SPAWN.Process(target=worker, args=args) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise SystemExit(f"a worker failed on {kind} with {workers} workers")
+    wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
+    storage = open_storage(url, spec)
+    states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
+    if len(states) != trials or set(states) != {TrialState.COMPLETE}:
+        raise SystemExit(f"{kind}, {workers} workers: expected {trials} complete trials")
+    if kind in SERVERS:
+        optuna.delete_study(study_name=name, storage=storage)  # the databases are shared
+    cpu = sum(o[2] for o in outcomes) / trials
+    return {"per_second": trials / wall, "wall_s": wall / trials, "cpu_s": cpu}
+
+
+def cached_trial_seconds(repeats: int = 3) -> float:
+    """Median time of one cached clothing trial, on synthetic features of the real shape."""
+    import numpy as np
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from tuner.data import DatasetScan
+    from tuner.features import FeatureSet
+    from tuner.objective import TrialData, make_objective
+
+    rng = np.random.default_rng(0)
+    shapes = {"train": 3068, "validation": 341}
+    feats = {s: rng.random((n, 2048), dtype=np.float32) for s, n in shapes.items()}
+    labels = {s: np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)] for s, n in shapes.items()}
+    classes = tuple(f"class{i}" for i in range(10))
+    data = TrialData(
+        DatasetScan(Path("."), classes, {}),
+        "hit",
+        features=FeatureSet(feats, labels, "hit", "synthetic"),
+    )
+    spec = load_spec("clothing", ["model.weights=none", "pruner.kind=none"])
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        objective = make_objective(spec, data, FileSystemArtifactStore(tmp), say=lambda _: None)
+        study = optuna.create_study(direction="maximize")
+        for _ in range(repeats):
+            study.enqueue_trial({"learning_rate": 1e-3})
+            start = time.perf_counter()
+            study.optimize(objective, n_trials=1)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def backend_urls(kinds: list[str], folder: Path) -> dict[str, str]:
+    """The URL of each backend to measure; unreachable servers are reported and left out."""
+    import sqlalchemy
+
+    urls = {}
+    for kind in kinds:
+        if kind == "sqlite":
+            urls[kind] = f"sqlite:///{folder / 'bench.db'}"
+        elif kind == "journal":
+            urls[kind] = f"journal://{folder / 'bench.log'}"
+        else:
+            try:
+                sqlalchemy.create_engine(SERVERS[kind]).connect().close()
+                urls[kind] = SERVERS[kind]
+            except Exception as e:  # report any reason and go on with the rest
+                print(f"skipping {kind}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    return urls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--trials", type=int, default=48, help="trials per measurement")
+    parser.add_argument("--trial-seconds", type=float, help="a cached trial's time, if known")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore")
+    print(f"{os.cpu_count()} cores; {args.trials} trials of {EPOCHS} epochs per measurement")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        for kind, url in backend_urls(args.backends, Path(tmp)).items():
+            for n in args.workers:
+                rows.append((kind, n, measure(kind, url, n, args.trials)))
+                print(f"  {kind} x{n}: {rows[-1][2]['per_second']:.1f} trials/s", flush=True)
+    trial_s = args.trial_seconds or cached_trial_seconds()
+    print(f"\none cached clothing trial: {trial_s:.2f} s\n")
+    print("| storage | workers | trials/s | wall per trial | CPU per trial | overhead |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, n, r in rows:
+        print(
+            f"| {kind} | {n} | {r['per_second']:.1f} | {1000 * r['wall_s']:.0f} ms "
+            f"| {1000 * r['cpu_s']:.0f} ms | {100 * r['cpu_s'] / trial_s:.2f}% |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
