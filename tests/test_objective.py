@@ -27,17 +27,28 @@ def test_recorder_writes_the_contract_attributes_every_epoch() -> None:
 
     _, trial = _trial()
     lines: list[str] = []
-    rec = EpochRecorder(trial, epochs=2, say=lines.append)
+    rec = EpochRecorder(trial, epochs=2, say=lines.append, flush_every=3600)
     rec.on_epoch_begin(0)
     rec.on_epoch_end(0, {"accuracy": 0.5, "val_accuracy": 0.4, "val_loss": 1.5, "loss": 1.2})
     rec.on_epoch_begin(1)
     rec.on_epoch_end(1, {"accuracy": 0.7, "val_accuracy": 0.6, "val_loss": 1.1, "loss": 0.9})
+    assert "train_accuracy" not in trial.study.trials[trial.number].user_attrs  # batched
+    rec.flush()
     attrs = trial.study.trials[trial.number].user_attrs
     assert attrs["train_accuracy"] == [0.5, 0.7]
     assert attrs["val_loss"] == [1.5, 1.1]
     assert attrs["gap"] == pytest.approx(0.1)
     assert len(attrs["epoch_seconds"]) == 2
     assert lines[-1].startswith("trial 0 lr=0.001 epoch 2/2 acc=0.700 val_acc=0.600")
+
+
+def test_recorder_writes_live_when_epochs_are_slow() -> None:
+    from tuner.objective import EpochRecorder
+
+    _, trial = _trial()
+    rec = EpochRecorder(trial, epochs=2, say=lambda _: None, flush_every=0.0)
+    rec.on_epoch_end(0, {"accuracy": 0.5, "val_accuracy": 0.4, "val_loss": 1.5, "loss": 1.2})
+    assert trial.study.trials[trial.number].user_attrs["train_accuracy"] == [0.5]
 
 
 def test_recorder_stops_a_diverging_trial_with_the_reason() -> None:
@@ -48,6 +59,7 @@ def test_recorder_stops_a_diverging_trial_with_the_reason() -> None:
     with pytest.raises(optuna.TrialPruned, match="diverged"):
         rec.on_epoch_end(0, {"accuracy": 0.1, "val_accuracy": 0.1, "val_loss": math.nan,
                              "loss": math.nan})  # fmt: skip
+    rec.flush()  # as the objective does for a pruned trial
     attrs = trial.study.trials[trial.number].user_attrs
     assert attrs["prune_reason"] == "diverged: training loss is nan at epoch 0"
     assert attrs["val_loss"] == [None]

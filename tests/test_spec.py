@@ -118,7 +118,7 @@ def test_invalid_values_name_the_key(override: str, needle: str) -> None:
 
 
 def test_unknown_study_lists_available_ones() -> None:
-    with pytest.raises(SpecError, match="available studies: .*clothing"):
+    with pytest.raises(SpecError, match=r"available studies: .*clothing"):
         load_spec("no-such-study")
     assert "clothing" in available_studies()
 

@@ -100,16 +100,25 @@ def prepare_data(spec: StudySpec, scan: DatasetScan, say: Say = print) -> TrialD
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Records the contract's per-epoch attributes on the trial, and stops on divergence."""
+    """Records the contract's per-epoch attributes on the trial, and stops on divergence.
 
-    def __init__(self, trial: optuna.Trial, epochs: int, say: Say) -> None:
+    Attributes are written at most every ``flush_every`` seconds and once more by
+    :meth:`flush` when the trial ends, however it ends. Slow full-pipeline epochs
+    are therefore visible live, while a cached trial, whose epochs take
+    milliseconds, does not spend more time on storage writes than on training.
+    """
+
+    def __init__(
+        self, trial: optuna.Trial, epochs: int, say: Say, flush_every: float = 5.0
+    ) -> None:
         super().__init__()
         self.trial, self.epochs, self.say = trial, epochs, say
+        self.flush_every = flush_every
         self.train_accuracy: list[float] = []
         self.val_accuracy: list[float] = []
         self.val_loss: list[float] = []
         self.epoch_seconds: list[float] = []
-        self._start = time.perf_counter()
+        self._start = self._flushed = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._start = time.perf_counter()
@@ -120,15 +129,6 @@ class EpochRecorder(keras.callbacks.Callback):
         self.train_accuracy.append(float(logs.get("accuracy", math.nan)))
         self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
         self.val_loss.append(float(logs.get("val_loss", math.nan)))
-        gap = self.train_accuracy[-1] - self.val_accuracy[-1]
-        attrs = {
-            "train_accuracy": self.train_accuracy,
-            "val_loss": [v if math.isfinite(v) else None for v in self.val_loss],
-            "gap": gap if math.isfinite(gap) else None,
-            "epoch_seconds": self.epoch_seconds,
-        }
-        for key, value in attrs.items():
-            self.trial.set_user_attr(key, value)
         lr = self.trial.params["learning_rate"]
         self.say(
             f"trial {self.trial.number} lr={lr:.3g} epoch {epoch + 1}/{self.epochs} "
@@ -140,6 +140,23 @@ class EpochRecorder(keras.callbacks.Callback):
             reason = f"diverged: training loss is {loss} at epoch {epoch}"
             self.trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
+        if time.perf_counter() - self._flushed >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the attributes recorded so far to the trial."""
+        if not self.train_accuracy:
+            return
+        gap = self.train_accuracy[-1] - self.val_accuracy[-1]
+        attrs = {
+            "train_accuracy": self.train_accuracy,
+            "val_loss": [v if math.isfinite(v) else None for v in self.val_loss],
+            "gap": gap if math.isfinite(gap) else None,
+            "epoch_seconds": self.epoch_seconds,
+        }
+        for key, value in attrs.items():
+            self.trial.set_user_attr(key, value)
+        self._flushed = time.perf_counter()
 
 
 def _fit(
@@ -212,17 +229,21 @@ def make_objective(
         try:
             model = _fit(spec, data, lr, [recorder, pruning])
         except optuna.TrialPruned:
+            recorder.flush()
             trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)
             _upload_curve(artifact_store, trial, recorder)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
+            recorder.flush()
             trial.set_user_attr(
                 "fail_reason", f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
             )
             raise
         except Exception as e:
+            recorder.flush()
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
+        recorder.flush()
         value = recorder.val_accuracy[-1]
         if not math.isfinite(value):
             raise optuna.TrialPruned("validation accuracy is not a number")

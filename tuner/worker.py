@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
+from filelock import FileLock
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -86,28 +87,35 @@ def configure_threads(threads: int | None) -> None:
     )
 
 
+def _download(spec: StudySpec, folder: Path) -> None:
+    """Download the spec's known dataset into ``folder``, with a progress bar."""
+    if spec.data.source not in DATASETS:
+        raise DataError(
+            f"data.source {spec.data.source!r} is not a known dataset "
+            f"({', '.join(DATASETS)}); fix data.source or download the data by hand"
+        )
+    message = f"{folder} is missing; downloading the {spec.data.source} dataset"
+    with download_progress(spec.data.source) as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            nonlocal message  # said once bytes arrive: a failed start leaves one line
+            if message:
+                say(message)
+                message = ""
+            bar(done, total)
+
+        download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
+
+
 def ensure_dataset(spec: StudySpec) -> DatasetScan:
     """Validate ``data.dir``, downloading the spec's known dataset first if it is missing."""
     folder = Path(spec.data.dir)
     if not folder.exists() and spec.data.source:
-        if spec.data.source not in DATASETS:
-            raise DataError(
-                f"data.source {spec.data.source!r} is not a known dataset "
-                f"({', '.join(DATASETS)}); fix data.source or download the data by hand"
-            )
-        message = f"{folder} is missing; downloading the {spec.data.source} dataset"
-        with download_progress(spec.data.source) as bar:
-
-            def progress(done: int, total: int | None) -> None:
-                nonlocal message  # said once bytes arrive: a failed start leaves one line
-                if message:
-                    say(message)
-                    message = ""
-                bar(done, total)
-
-            download_dataset(
-                spec.data.source, folder, url=spec.data.url or None, progress=progress
-            )
+        # Workers started together download once: the others wait, then find the folder.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{folder}.download.lock"):
+            if not folder.exists():
+                _download(spec, folder)
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files)
     if scan.bad_files:
         names = ", ".join(str(p) for p in scan.bad_files[:5])
