@@ -339,7 +339,7 @@ def test_fallback_runs_the_full_pipeline_and_says_why(env: Env, setting: dict[st
 
     spec, lines = _spec(env, **setting), []
     data = prepare_data(spec, scan_dataset(env.data), lines.append)
-    assert data.cache == "off" and data.features is None and data.train_ds is not None
+    assert data.cache == "off" and data.features is None and data.val_ds is not None
     reason = features.cache_reason(spec)
     assert lines == [f"feature cache off: {reason}; running the full pipeline"]
     assert not env.cache.exists()

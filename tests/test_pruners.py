@@ -182,3 +182,30 @@ def test_clothing_scratch_worker_learns_end_to_end(env: Env) -> None:
         host, _, pid = attrs["worker"].rpartition(":")
         assert host and pid.isdigit()
     assert not Path(env.root, "clothing-scratch.db").exists()  # --storage was used
+
+
+class _PruneTrialZero(optuna.pruners.BasePruner):
+    """Stops trial 0 after its first epoch, whatever it reports."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 0
+
+
+@pytest.mark.slow
+def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> None:
+    """Pruning one trial leaves the next one's curve unchanged, so pruners compare pairwise."""
+    from tuner.objective import make_objective, prepare_data
+    from tuner.worker import ensure_dataset
+
+    sets = [s.removeprefix("--set=") for s in env.overrides(epochs=2)]
+    spec = load_spec("clothing-scratch", [*sets, "data.image_size=[32, 32]"])
+    data = prepare_data(spec, ensure_dataset(spec), say=lambda _: None)
+    losses = []
+    for pruner in (NopPruner(), _PruneTrialZero()):
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for rate in (1e-2, 1e-3):
+            study.enqueue_trial({"learning_rate": rate})
+        study.optimize(make_objective(spec, data, None, say=lambda _: None), n_trials=2)
+        assert len(study.trials[0].intermediate_values) == (2 if not losses else 1)
+        losses.append(study.trials[1].user_attrs["val_loss"])
+    assert losses[0] == losses[1]

@@ -60,7 +60,6 @@ class TrialData:
     scan: DatasetScan
     cache: str  # "hit", "miss" or "off"
     features: feature_cache.FeatureSet | None = None
-    train_ds: tf.data.Dataset | None = None
     val_ds: tf.data.Dataset | None = None
     extractor: keras.Model | None = field(default=None, repr=False)
 
@@ -78,14 +77,6 @@ def prepare_data(spec: StudySpec, scan: DatasetScan, say: Say = print) -> TrialD
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(scan, fs.status, features=fs)
     say(f"feature cache off: {reason}; running the full pipeline")
-    train = load_split(
-        scan,
-        "train",
-        spec.data.image_size,
-        spec.data.batch_size,
-        shuffle=True,
-        seed=spec.model.seed,
-    )
     val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
     extractor = None
     if spec.model.recipe == "xception-head" and not spec.model.trainable_base:
@@ -93,7 +84,6 @@ def prepare_data(spec: StudySpec, scan: DatasetScan, say: Say = print) -> TrialD
     return TrialData(
         scan,
         "off",
-        train_ds=train.prefetch(tf.data.AUTOTUNE),
         val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
         extractor=extractor,
     )
@@ -159,8 +149,25 @@ class EpochRecorder(keras.callbacks.Callback):
         self._flushed = time.perf_counter()
 
 
+def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset:
+    """The training images, in an order drawn from ``seed`` alone.
+
+    Each trial gets its own dataset: one shared by all trials would carry its
+    shuffle sequence on from trial to trial, so a trial's result would depend on
+    how many epochs earlier trials of the worker ran (fewer when pruned), and two
+    runs with the same sampler seed could not be compared trial by trial.
+    """
+    size, batch = spec.data.image_size, spec.data.batch_size
+    ds = load_split(data.scan, "train", size, batch, shuffle=True, seed=seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def _fit(
-    spec: StudySpec, data: TrialData, lr: float, callbacks: list[keras.callbacks.Callback]
+    spec: StudySpec,
+    data: TrialData,
+    lr: float,
+    seed: int,
+    callbacks: list[keras.callbacks.Callback],
 ) -> keras.Model:
     epochs = spec.train.epochs
     if data.features is not None:
@@ -180,9 +187,8 @@ def _fit(
         return model
     model = build_full_model(spec, data.num_classes, data.extractor)
     compile_model(model, lr)
-    model.fit(
-        data.train_ds, validation_data=data.val_ds, epochs=epochs, verbose=0, callbacks=callbacks
-    )
+    train = _train_split(spec, data, seed)
+    model.fit(train, validation_data=data.val_ds, epochs=epochs, verbose=0, callbacks=callbacks)
     return model
 
 
@@ -223,11 +229,12 @@ def make_objective(
         trial.set_user_attr("worker", worker_id())
         if data.extractor is None:
             keras.backend.clear_session()
-        keras.utils.set_random_seed(spec.model.seed + trial.number)
+        seed = spec.model.seed + trial.number
+        keras.utils.set_random_seed(seed)
         recorder = EpochRecorder(trial, spec.train.epochs, say)
         pruning = KerasPruningCallback(trial, monitor="val_accuracy")
         try:
-            model = _fit(spec, data, lr, [recorder, pruning])
+            model = _fit(spec, data, lr, seed, [recorder, pruning])
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)
