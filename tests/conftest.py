@@ -125,7 +125,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
 
 
 # Storage backends: every storage test runs against each one that is reachable.
-PG_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "TUNER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 MYSQL_URL = os.environ.get("TUNER_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -138,7 +140,7 @@ def _server_reachable(url: str) -> str | None:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception as e:  # noqa: BLE001 - any failure means: skip with the reason
+    except Exception as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0]}"
     return None
 
