@@ -190,7 +190,7 @@ def aggregate(runs: list[dict[str, Any]], kinds: list[str]) -> dict[str, dict[st
             "best_pruned": _mean([float(r["best_pruned"]) for r in mine]),
             "pruned_leaders": sum(len(r["pruned_leaders"]) for r in mine),
             "pruned": _mean([r["states"]["PRUNED"] for r in mine]),
-            "winner_cut": f"{sum(cuts)}/{len(cuts)}",
+            "winner_cut": f"{sum(cuts)}/{len(cuts)}" if cuts else "-",
         }
     return summary
 
