@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner, tuner_cmd
@@ -93,7 +94,9 @@ def _wait_for_running_epoch(env: Env, timeout: float = 240) -> optuna.trial.Froz
             continue
         try:
             running = _load(env).get_trials(states=(TrialState.RUNNING,))
-        except (KeyError, ValueError):  # the study is not created yet
+        except (KeyError, ValueError, sqlalchemy.exc.OperationalError):
+            # The study (or the schema, which this plain Optuna reader may race to
+            # create beside the worker) is not there yet.
             continue
         if running and running[0].intermediate_values:
             return running[0]
