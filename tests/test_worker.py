@@ -24,7 +24,11 @@ WARM = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _load(env: Env, name: str = "clothing") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=env.url)
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    # Through tuner's storage, so this reader shares the workers' schema lock.
+    return optuna.load_study(study_name=name, storage=open_storage(env.url, load_spec("clothing")))
 
 
 def _start(env: Env, *args: str) -> subprocess.Popen[str]:
