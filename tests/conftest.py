@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,17 @@ def make_subset(dest: Path, per_class: dict[str, int] = SPLITS, classes: int = 1
                 pixels[..., c % 3] = 25 * c  # a class-dependent colour
                 Image.fromarray(pixels).save(target / f"img{i}.jpg")
     return dest
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
+    """Run a bound server in a daemon thread; yields its port, then shuts it down."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(autouse=True)

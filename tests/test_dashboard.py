@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Env, run_tuner, tuner_cmd, unique_name
+from tests.conftest import Env, run_tuner, serving, tuner_cmd, unique_name
 from tuner.dashboard import is_loopback, make_app
 from tuner.search import open_study, suggest
 from tuner.spec import StudySpec, load_spec
@@ -114,14 +113,8 @@ class _Quiet(WSGIRequestHandler):
 @contextlib.contextmanager
 def _in_process(app: Any) -> Iterator[str]:
     """Serve a WSGI app on a free loopback port in a thread; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(make_server("127.0.0.1", 0, app, handler_class=_Quiet)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class Dashboard:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import serving
 from tuner.data import DATASETS, download_dataset, scan_dataset
 from tuner.errors import DataError
 
@@ -28,14 +29,8 @@ def serve_archive(tmp: Path, dataset: Path) -> Iterator[str]:
                 zf.write(path, f"{folder}/{path.relative_to(dataset)}")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     handler.log_message = lambda *a: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/clothing.zip"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        yield f"http://127.0.0.1:{port}/clothing.zip"
 
 
 def test_download_unpacks_the_archive(tmp_path: Path, tiny_data: Path) -> None:
