@@ -8,7 +8,8 @@ and claims trials with the worker loop's protocol: under the study's
 one trial. The objective does no work but talks to the storage exactly like a
 real cached trial: 10 epochs, each with ``trial.report`` and ``should_prune``,
 then the contract's attributes (``train_accuracy``, ``val_loss``, ``gap``,
-``epoch_seconds``) written once, plus ``cache`` and ``worker``.
+``epoch_seconds``) written once, plus ``cache``, ``worker`` and the two artifact
+ids (the artifacts' files themselves are part of the cached trial's time).
 
 Two figures per trial. The wall time per trial (wall time / trials) with every
 worker hammering the storage is the inverse of the storage's capacity: the
@@ -74,6 +75,9 @@ def trivial_objective(spec: StudySpec) -> Callable[[optuna.Trial], float]:
         trial.set_user_attr("val_loss", [1.0] * EPOCHS)
         trial.set_user_attr("gap", 0.0)
         trial.set_user_attr("epoch_seconds", [0.001] * EPOCHS)
+        # the artifact ids of the head's weights and the learning-curve PNG
+        trial.set_user_attr("weights_artifact", "00000000-0000-0000-0000-000000000000")
+        trial.set_user_attr("curve_artifact", "00000000-0000-0000-0000-000000000000")
         return 0.5
 
     return objective

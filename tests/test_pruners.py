@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
 from tuner.errors import SpecError
-from tuner.search import build_pruner
+from tuner.search import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
 from tuner.spec import PRUNER_KINDS, load_spec
 
 CLASSES = {
@@ -142,6 +142,90 @@ def test_median_decisions_follow_startup_and_warmup() -> None:
     assert _pruned_at(_study_with_curves(pruner, [good, good]), poor) == 1
     # A trial at least as good as the median runs to the end.
     assert _pruned_at(_study_with_curves(pruner, [good, poor]), good) is None
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_only_pruners_that_read_completed_trials_alone_get_a_snapshot(kind: str) -> None:
+    spec = load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}"])
+    pruner = study_pruner(spec)
+    wrapped = kind in ("median", "percentile", "patient")
+    assert isinstance(pruner, CompletedTrialsSnapshot) is wrapped
+    inner = pruner.pruner if isinstance(pruner, CompletedTrialsSnapshot) else pruner
+    assert type(inner) is CLASSES[kind]
+    assert pruner_name(pruner) == CLASSES[kind].__name__  # what `pruned by ...` names
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _CountingStudy:
+    """Forwards to a study and counts its reads of the trial list."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study, self.reads = study, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: object = None) -> list:
+        self.reads += 1
+        return self.study.get_trials(deepcopy=deepcopy, states=states)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["median", "percentile", "patient"])
+def test_a_snapshot_decides_as_the_optuna_pruner_does(kind: str) -> None:
+    rising = [0.1 * step for step in range(8)]
+    curves = [rising, [v + 0.05 for v in rising], [0.5] * 8, [0.2] * 8, [0.9, *[0.1] * 7]]
+    extra = ["pruner.n_startup_trials=2", "pruner.n_warmup_steps=1", "pruner.patience=1"]
+    plain = pruner_for(kind, *extra)
+    candidates = [*curves, [v - 0.01 for v in rising], [0.35] * 8, [0.05, *[0.0] * 7]]
+    outcomes = set()
+    for candidate in candidates:
+        snapshot = CompletedTrialsSnapshot(pruner_for(kind, *extra), clock=_Clock())
+        expected = _pruned_at(_study_with_curves(plain, curves), candidate)
+        assert _pruned_at(_study_with_curves(snapshot, curves), candidate) == expected
+        outcomes.add(expected)
+    # the cases above must include both decisions, or the comparison proves little
+    assert None in outcomes and len(outcomes) > 1
+
+
+def test_a_snapshot_reads_once_per_trial_and_again_after_refresh() -> None:
+    clock = _Clock()
+    good = [0.3, 0.4, 0.5, 0.6]
+    snapshot = CompletedTrialsSnapshot(
+        pruner_for("median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"),
+        refresh=5.0,
+        clock=clock,
+    )
+    study = _study_with_curves(snapshot, [good])
+    counting = _CountingStudy(study)
+    trial = study.ask()
+
+    def check(step: int, value: float) -> bool:
+        trial.report(value, step)
+        return snapshot.prune(counting, study._storage.get_trial(trial._trial_id))  # type: ignore[arg-type]
+
+    assert not check(0, 0.2) and counting.reads == 1  # a trial's first check reads
+    # a second trial completes elsewhere; within the refresh time it is not read again
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.6, intermediate_values=dict(enumerate(good)), state=TrialState.COMPLETE
+        )
+    )
+    clock.now = 4.9
+    assert not check(1, 0.2) and counting.reads == 1  # one completed trial: below startup
+    clock.now = 5.0
+    assert check(2, 0.2) and counting.reads == 2  # read again: two completed, poor is pruned
+    # the next trial reads afresh at once, whatever the clock says
+    next_trial = study.ask()
+    next_trial.report(0.2, 0)
+    snapshot.prune(counting, study._storage.get_trial(next_trial._trial_id))  # type: ignore[arg-type]
+    assert counting.reads == 3
 
 
 def test_none_never_prunes() -> None:

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.console import download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError
-from tuner.search import open_study
+from tuner.search import open_study, pruner_name
 from tuner.spec import StudySpec
 from tuner.storage import BudgetLock, artifact_store_for, redact_url
 from tuner.weights import check_weights
@@ -192,7 +192,7 @@ def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.state == TrialState.COMPLETE:
         outcome = f"finished val_acc={trial.value:.4f}"
     elif trial.state == TrialState.PRUNED:
-        reason = trial.user_attrs.get("prune_reason") or "pruned by " + type(study.pruner).__name__
+        reason = trial.user_attrs.get("prune_reason") or "pruned by " + pruner_name(study.pruner)
         outcome = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')} ({reason})"
     else:
         outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log above')})"
