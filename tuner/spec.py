@@ -356,6 +356,22 @@ def _validate(spec: StudySpec, where: str) -> None:
             0 < pruner.percentile < 100,
             f"pruner.percentile must be in (0, 100), got {pruner.percentile:g}",
         ),
+        *(
+            (v >= 0, f"pruner.{k} must be at least 0, got {v:g}")
+            for k, v in {
+                "n_startup_trials": pruner.n_startup_trials,
+                "n_warmup_steps": pruner.n_warmup_steps,
+                "patience": pruner.patience,
+            }.items()
+        ),
+        (
+            pruner.min_resource >= 1,
+            f"pruner.min_resource must be at least 1, got {pruner.min_resource}",
+        ),
+        (
+            pruner.reduction_factor >= 2,
+            f"pruner.reduction_factor must be at least 2, got {pruner.reduction_factor}",
+        ),
         (spec.model.download_timeout > 0, "model.download_timeout must be > 0 seconds"),
         (hb >= 1, f"storage.heartbeat_interval must be >= 1 second, got {hb}"),
         (grace > hb, f"storage.grace_period ({grace}) must exceed .heartbeat_interval ({hb})"),
