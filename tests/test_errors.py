@@ -227,7 +227,7 @@ def test_bad_spec_value_names_the_key_and_allowed_values(
 ) -> None:  # type: ignore[no-untyped-def]
     with unchanged(existing):
         code, _, err = cli("worker", "--storage", existing, "--set", override)
-    one_error_line(code, err, "clothing.toml", *needles)
+    one_error_line(code, err, "--set", *needles)
 
 
 def test_bad_values_in_a_spec_file_name_the_file(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]

@@ -228,7 +228,7 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
     if not spec.study.name:
         spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=path.stem))
     spec = dataclasses.replace(spec, spec_file=str(path))
-    _validate(spec, str(path))
+    _validate(spec, str(path), origins)
     return spec
 
 
@@ -274,6 +274,8 @@ def _build(
         here = origins.get(dotted, where)
         if key not in fields:
             allowed = ", ".join(prefix + f for f in sorted(fields))
+            below = (o for k, o in origins.items() if k.startswith(dotted + "."))
+            here = origins.get(dotted) or next(below, where)  # a --set of a key inside it
             raise SpecError(f"{here}: unknown key {dotted!r}; allowed keys here: {allowed}")
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, here, dotted + ".", origins)
@@ -319,7 +321,8 @@ def _convert(hint: Any, value: Any, where: str, key: str, example: str) -> Any:
     return float(value) if hint is float else value
 
 
-def _validate(spec: StudySpec, where: str) -> None:
+def _validate(spec: StudySpec, where: str, origins: dict[str, str] | None = None) -> None:
+    """Checks across keys; an error names the --set option that gave the key its value."""
     lr, pruner, size = spec.search.learning_rate, spec.pruner, list(spec.data.image_size)
     hb, grace = spec.storage.heartbeat_interval, spec.storage.grace_period
     counts = {
@@ -380,7 +383,8 @@ def _validate(spec: StudySpec, where: str) -> None:
     for ok, message in checks:
         if not ok:
             fix = "" if "; " in message else "; fix it in the spec file or with --set"
-            raise SpecError(f"{where}: {message}{fix}")
+            source = (origins or {}).get(message.split(" ", 1)[0], where)
+            raise SpecError(f"{source}: {message}{fix}")
     outside = [r for r in spec.search.warm_start if not lr.low <= r <= lr.high]
     if outside:
         raise SpecError(
