@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,14 @@ def one_error_line(code: int, err: str, *needles: str) -> str:
     return line
 
 
-def make_study(url: str, name: str = "clothing") -> None:
-    """A study with four finished trials (3 complete, 1 pruned), made without TensorFlow."""
-    spec = load_spec("clothing", [f"study.name={name}"])
+def make_study(
+    url: str, name: str = "clothing", sets: Sequence[str] = ("model.weights=none",)
+) -> None:
+    """A study with four finished trials (3 complete, 1 pruned), made without TensorFlow.
+
+    ``sets`` are the spec overrides of the workers that made it, in ``KEY=VALUE`` form.
+    """
+    spec = load_spec("clothing", [f"study.name={name}", *sets])
     study = open_study(spec, open_storage(url, spec))
 
     def objective(trial: optuna.Trial) -> float:
@@ -381,9 +386,10 @@ def test_weights_file_missing_or_corrupt(tmp_path: Path, existing: str, cli) -> 
         with unchanged(existing):
             code, _, err = cli(
                 "worker", "--storage", existing, "--set", f"data.dir={data}",
-                "--set", f"model.weights={path}",
+                "--set", f"model.weights={path}", "--set", "study.name=other",
             )  # fmt: skip
         one_error_line(code, err, str(path), what, "model.weights=none")
+    assert "other" not in optuna.study.get_all_study_names(existing)  # nothing created
 
 
 def test_imagenet_download_that_hangs_fails_fast(
@@ -396,7 +402,7 @@ def test_imagenet_download_that_hangs_fails_fast(
     with unchanged(existing):
         done = run_tuner(
             "worker", "--storage", existing, "--set", f"data.dir={data}",
-            "--set", "model.download_timeout=2",
+            "--set", "model.download_timeout=2", "--set", "study.name=other",
             env={"https_proxy": proxy, "HTTPS_PROXY": proxy, "KERAS_HOME": str(tmp_path)},
             timeout=60,
         )  # fmt: skip
@@ -556,7 +562,7 @@ def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # 
     with unchanged(existing):
         code, _, err = cli(
             "worker", "--storage", existing, "--set", "search.learning_rate.high=0.5",
-            "--set", "data.dir=/nonexistent",
+            "--set", "data.dir=/nonexistent", "--set", "model.weights=none",
         )  # fmt: skip
     one_error_line(
         code,
@@ -568,13 +574,36 @@ def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # 
     )
     # (The space check comes first: the data folder above does not exist either.)
     with unchanged(existing):
-        code, _, err = cli("worker", "--storage", existing, "--set=search.learning_rate.log=false")
+        code, _, err = cli(
+            "worker", "--storage", existing, "--set=search.learning_rate.log=false",
+            "--set=model.weights=none",
+        )  # fmt: skip
     one_error_line(code, err, "(log)", "--accept-space-change")
+
+
+def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with unchanged(existing):
+        code, _, err = cli(
+            "worker", "--storage", existing, "--set", "train.epochs=3",
+            "--set", "model.weights=none", "--set", "data.dir=/nonexistent",
+        )  # fmt: skip
+    one_error_line(code, err, "train.epochs=10", "train.epochs=3", "--set study.name=clothing-2")
+    with unchanged(existing):  # a weights file is named by its file name only
+        code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=/w/x.h5")
+    one_error_line(code, err, "model.weights=none", "model.weights=file x.h5")
+
+
+def test_a_first_run_that_fails_on_its_data_creates_no_study(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code, _, err = _worker(cli, url, tmp_path / "nowhere", "--set", "data.source=")
+    one_error_line(code, err, "does not exist")
+    spec = load_spec("clothing")
+    assert optuna.study.get_all_study_names(open_storage(url, spec)) == []
 
 
 @pytest.mark.slow
 def test_accept_space_change_continues_the_study(env: Env) -> None:
-    make_study(env.url)
+    make_study(env.url, sets=[o.removeprefix("--set=") for o in env.overrides()])
     before = snapshot(env.url)
     new_range = [
         "--set=search.learning_rate.low=0.001",
@@ -606,7 +635,7 @@ def test_skip_bad_files_warns_with_their_names(env: Env, tmp_path: Path) -> None
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 broken")
     text = data / "validation" / first / "notes.txt"
     text.write_text("not an image\n")
-    make_study(env.url)
+    make_study(env.url, sets=[o.removeprefix("--set=") for o in env.overrides()])
     before = snapshot(env.url)
     overrides = [*env.overrides(), f"--set=data.dir={data}"]
     refused = run_tuner("worker", "--storage", env.url, *overrides, cwd=env.root, timeout=120)

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Container
+from pathlib import Path
 from typing import Any, cast
 
 import optuna
@@ -34,6 +35,7 @@ __all__ = [
     "CompletedTrialsSnapshot",
     "build_pruner",
     "build_sampler",
+    "check_joinable",
     "load_existing_study",
     "open_study",
     "pruner_name",
@@ -41,6 +43,7 @@ __all__ = [
     "stored_spec",
     "study_pruner",
     "suggest",
+    "training_setup",
 ]
 
 SPACE_ATTR = "tuner:search_space"
@@ -209,8 +212,9 @@ def open_study(
     rate of the manual sweep runs exactly once however many workers start.
 
     Raises:
-        StudyError: when the stored study searches another space than the spec,
-            unless ``accept_space_change`` is set.
+        StudyError: when the stored study trains another model than the spec (see
+            :func:`training_setup`), or searches another space unless
+            ``accept_space_change`` is set.
     """
     name = spec.study.name
     created = _create_study_once(storage, name)
@@ -228,16 +232,90 @@ def open_study(
             study.enqueue_trial({"learning_rate": rate}, user_attrs={"warm_start": True})
         _write_note(study, spec)
         return study
-    stored = study.user_attrs.get(SPACE_ATTR)
-    if stored is not None and stored != space:
-        if not accept_space_change:
-            raise StudyError(
-                f"study {name!r} was created with {_describe(stored)}, but the spec now says "
-                f"{_describe(space)}; start a new study with --set study.name={name}-2, or "
-                "pass --accept-space-change to continue this one with the new space"
-            )
+    if _space_changed(study, spec, accept_space_change):
         study.set_user_attr(SPACE_ATTR, space)
     return study
+
+
+def check_joinable(
+    spec: StudySpec, storage: BaseStorage, *, accept_space_change: bool = False
+) -> None:
+    """Refuse, writing nothing, to join a stored study that the spec does not fit.
+
+    A study that does not exist yet fits any spec. Workers call this before they
+    check the data and weights, so a mismatch fails at once, and only then
+    :func:`open_study`, so a run that fails on its data creates no study.
+
+    Raises:
+        StudyError: see :func:`open_study`.
+    """
+    if spec.study.name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=spec.study.name, storage=storage)
+        _space_changed(study, spec, accept_space_change)
+
+
+def _space_changed(study: optuna.Study, spec: StudySpec, accept_space_change: bool) -> bool:
+    """Whether the stored study searches another space, which ``accept_space_change`` allows.
+
+    Raises:
+        StudyError: when the study trains another model than the spec (always), or
+            searches another space (unless ``accept_space_change``).
+    """
+    _check_same_training(study, spec)
+    name, space = spec.study.name, search_space(spec)
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None or stored == space:
+        return False
+    if not accept_space_change:
+        raise StudyError(
+            f"study {name!r} was created with {_describe(stored)}, but the spec now says "
+            f"{_describe(space)}; start a new study with --set study.name={name}-2, or "
+            "pass --accept-space-change to continue this one with the new space"
+        )
+    return True
+
+
+def training_setup(spec: StudySpec) -> dict[str, Any]:
+    """The settings that decide what a trial trains, as ``key=value`` text by dotted key.
+
+    Trials of one study must agree on these to be comparable, and ``tuner export``
+    rebuilds the best model from them. A weights file is named by its file name,
+    so machines that keep the same file in different folders agree.
+    """
+    weights = spec.model.weights
+    if weights not in ("imagenet", "none"):
+        weights = f"file {Path(weights).name}"
+    return {
+        "model.recipe": spec.model.recipe,
+        "model.weights": weights,
+        "model.trainable_base": spec.model.trainable_base,
+        "model.seed": spec.model.seed,
+        "data.image_size": list(spec.data.image_size),
+        "data.batch_size": spec.data.batch_size,
+        "data.augment": spec.data.augment,
+        "train.epochs": spec.train.epochs,
+    }
+
+
+def _check_same_training(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse to join a study whose trials train another model than this worker would."""
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return
+    try:
+        theirs = training_setup(spec_from_dict(json.loads(stored), where="the stored spec"))
+    except (SpecError, ValueError):  # written by another version of tuner: nothing to compare
+        return
+    ours = training_setup(spec)
+    differ = [k for k in ours if ours[k] != theirs.get(k)]
+    if differ:
+        name = spec.study.name
+        was = ", ".join(f"{k}={theirs.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={ours[k]}" for k in differ)
+        raise StudyError(
+            f"study {name!r} trains with {was}, but this worker has {now}; give this worker "
+            f"the same settings, or start a new study with --set study.name={name}-2"
+        )
 
 
 def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.console import download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError
-from tuner.search import open_study, pruner_name
+from tuner.search import check_joinable, open_study, pruner_name
 from tuner.spec import StudySpec
 from tuner.storage import BudgetLock, artifact_store_for, redact_url
 from tuner.weights import check_weights
@@ -131,19 +131,22 @@ def preflight(
     worker_index: int = 0,
     accept_space_change: bool = False,
 ) -> tuple[optuna.Study, DatasetScan]:
-    """Join the study and check the data and the weights, all before TensorFlow loads.
+    """Check the study, the data and the weights, then join the study, before TensorFlow loads.
 
     A mistake in any of them thus fails at once, with one error line, and no
-    trial is started.
+    trial is started. The study is created only once the data and weights are
+    known to be usable, so a first run that fails on them leaves no study behind
+    with its settings.
 
     Raises:
         StudyError, DataError, WeightsError: naming what is wrong and how to fix it.
     """
+    check_joinable(spec, storage, accept_space_change=accept_space_change)
+    scan = ensure_dataset(spec)
+    check_weights(spec)
     study = open_study(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
     )
-    scan = ensure_dataset(spec)
-    check_weights(spec)
     return study, scan
 
 
