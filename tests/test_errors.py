@@ -497,6 +497,38 @@ def test_a_file_that_is_not_a_database(tmp_path: Path, cli) -> None:  # type: ig
     assert path.read_text() == "these are my notes\n"
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_storage_urls_that_name_no_usable_file(command: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    export = tmp_path / "best.json"
+    export.write_text('{\n  "best_value": 0.5\n}\n')  # JSON, but not a journal
+    ops = tmp_path / "ops.log"
+    ops.write_text('{"op_code": 99}\n')
+    cases = {
+        "sqlite:///": ["names no database file", "sqlite:///FILE.db"],
+        "sqlite:///:memory:": ["in-memory", "sqlite:///FILE.db"],
+        f"sqlite:///{tmp_path}": ["is a folder"],
+        f"journal://{tmp_path}": ["is a folder"],
+        f"journal://{export}": [str(export), "not an Optuna journal"],
+        f"journal://{ops}": [str(ops), "not an Optuna journal"],
+    }
+    for url, needles in cases.items():
+        code, _, err = cli(command, "--storage", url)
+        one_error_line(code, err, *needles)
+    assert export.read_text() == '{\n  "best_value": 0.5\n}\n'
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs /proc, a folder no file fits in"
+)
+def test_a_folder_that_refuses_new_files_fails_at_once(cli) -> None:  # type: ignore[no-untyped-def]
+    """os.access says yes to root everywhere; /proc takes no new file even from root."""
+    for url in ("sqlite:////proc/tuner-study.db", "journal:///proc/tuner-study.log"):
+        start = time.monotonic()
+        code, _, err = cli("worker", "--storage", url)
+        one_error_line(code, err, "/proc", "not writable", "--storage")
+        assert time.monotonic() - start < 10
+
+
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql"])
 def test_unreachable_server_fails_fast(scheme: str, cli) -> None:  # type: ignore[no-untyped-def]
     """A closed port, with the default connect_timeout of 10 s: refused at once, no retries."""
@@ -553,6 +585,14 @@ def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None
             code, _, err = cli("export", "--storage", existing, *args)
         one_error_line(code, err, args[1], needle)
     assert a_file.read_text() == "x"
+    # every output is checked before any is written, the model included
+    model = tmp_path / "best.keras"
+    for bad in (["--out", str(a_file / "best.json")], ["--out", str(tmp_path)],
+                ["--plots", str(a_file)]):  # fmt: skip
+        with unchanged(existing):
+            code, _, err = cli("export", "--storage", existing, "--model", str(model), *bad)
+        one_error_line(code, err, bad[1], bad[0])
+        assert not model.exists()
 
 
 # ---------------------------------------------------------------- 10: a changed search space
@@ -584,13 +624,27 @@ def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # 
 def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
     with unchanged(existing):
         code, _, err = cli(
-            "worker", "--storage", existing, "--set", "train.epochs=3",
+            "worker", "--storage", existing, "--set", "data.image_size=[100, 100]",
             "--set", "model.weights=none", "--set", "data.dir=/nonexistent",
         )  # fmt: skip
-    one_error_line(code, err, "train.epochs=10", "train.epochs=3", "--set study.name=clothing-2")
+    one_error_line(
+        code, err, "data.image_size=[150, 150]", "data.image_size=[100, 100]",
+        "--set study.name=clothing-2",
+    )  # fmt: skip
     with unchanged(existing):  # a weights file is named by its file name only
         code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=/w/x.h5")
     one_error_line(code, err, "model.weights=none", "model.weights=file x.h5")
+
+
+def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:
+    from tuner.search import budget_difference, load_existing_study
+
+    spec = load_spec("clothing", ["model.weights=none"])
+    study = load_existing_study(spec, open_storage(existing, spec))
+    assert budget_difference(study, spec) is None
+    other = load_spec("clothing", ["model.weights=none", "train.epochs=3"])
+    message = budget_difference(study, other)
+    assert message is not None and "train.epochs=10" in message and "train.epochs=3" in message
 
 
 def test_a_first_run_that_fails_on_its_data_creates_no_study(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -130,3 +130,22 @@ def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cl
     assert len(err.strip().splitlines()) == 1
     code, _, err = cli("export", "--study", "clothing", "--storage", url, "--set=study.name=nope")
     assert code == 2 and "study 'nope' does not exist" in err
+
+
+def test_model_export_without_the_trials_files_says_where_to_point(
+    finished: Env, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """Export on a machine that lacks the workers' artifact folder: one line, nothing made."""
+    missing, empty = tmp_path / "elsewhere", tmp_path / "empty"
+    empty.mkdir()
+    for folder, needle in ((missing, "does not exist"), (empty, "are not in")):
+        code, _, err = cli(
+            "export", "--study", "clothing", "--storage", finished.url,
+            "--model", str(tmp_path / "m.keras"), f"--set=storage.artifacts={folder}",
+        )  # fmt: skip
+        assert code == 2, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and needle in line and "storage.artifacts" in line
+        assert str(folder) in line
+    assert not missing.exists() and not (tmp_path / "m.keras").exists()
+    assert list(empty.iterdir()) == []

@@ -193,12 +193,16 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export the best learning rate (JSON), the plots and the best model."""
-    from tuner.export import best_result, write_json, write_model, write_plots
+    from tuner.export import best_result, check_output, write_json, write_model, write_plots
     from tuner.search import load_existing_study, stored_spec
-    from tuner.storage import artifact_store_for, open_storage
+    from tuner.storage import artifact_folder, open_storage
 
     if model is not None and model.suffix != ".keras":
         raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
+    for path, option, folder in ((out, "--out", False), (model, "--model", False),
+                                 (plots, "--plots", True)):  # fmt: skip
+        if path is not None:
+            check_output(path, option, folder=folder)
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     result = best_result(found)
@@ -208,7 +212,7 @@ def export(
         for path in write_plots(found, plots):
             say(f"wrote {path}")
     if model is not None:
-        extra = write_model(found, spec, artifact_store_for(url, spec), model, say=say)
+        extra = write_model(found, spec, artifact_folder(url, spec), model, say=say)
         say(f"wrote {model}")
     if out is None:
         typer.echo(json.dumps(result.to_json(spec, extra), indent=2))

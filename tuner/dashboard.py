@@ -42,7 +42,7 @@ def is_loopback(host: str) -> bool:
 def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
     storage = open_storage(url, spec, must_exist=True)
     load_existing_study(spec, storage)
-    app = wsgi(storage, artifact_store=artifact_store_for(url, spec))
+    app = wsgi(storage, artifact_store=artifact_store_for(url, spec, create=False))
     return app, storage.get_study_id_from_name(spec.study.name)
 
 

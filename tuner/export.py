@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError, TunerError
@@ -107,6 +108,25 @@ def _writing(path: Path, option: str) -> Iterator[None]:
         ) from None
 
 
+def check_output(path: Path, option: str, *, folder: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written: a file in the way, no rights.
+
+    Export checks every output first, so a bad ``--out`` does not surface only after
+    the model has been built and saved.
+    """
+    target = path if folder else path.parent
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    with _writing(path, option):
+        if folder and path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder")
+        if not folder and path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        if existing is not None:
+            tempfile.TemporaryFile(dir=existing).close()
+
+
 def _curves(trials: list[FrozenTrial]) -> dict[float, tuple[list[float], list[float]]]:
     curves = {}
     for t in trials:
@@ -144,7 +164,7 @@ def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list
 def write_model(
     study: optuna.Study,
     spec: StudySpec,
-    store: ArtifactStore,
+    artifacts: Path,
     path: str | Path,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -153,6 +173,9 @@ def write_model(
     The model takes raw RGB images (0-255) at the study's input size and returns
     logits. Its class names go beside it in ``PATH.classes.json``. The model is
     checked on the validation split, and on ``test/`` when the dataset has one.
+
+    Args:
+        artifacts: the study's artifact folder (see :func:`tuner.storage.artifact_folder`).
 
     Returns:
         Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
@@ -173,6 +196,12 @@ def write_model(
     path = Path(path)
     if path.suffix != ".keras":
         raise TunerError(f"--model {path} must end in .keras; write it like --model best.keras")
+    if not artifacts.is_dir():
+        raise StudyError(
+            f"artifact folder {artifacts} does not exist, so trial {best.number}'s weights "
+            "cannot be read; point storage.artifacts at the folder the workers write to"
+        )
+    store = ArtifactStore(str(artifacts))
     root = Path(spec.data.dir)
     splits = (
         ("train", "validation", "test") if (root / "test").is_dir() else ("train", "validation")
@@ -181,7 +210,14 @@ def write_model(
     model = build_full_model(spec, len(scan.class_names))
     with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         weights = Path(tmp) / "weights.npz"
-        download_artifact(artifact_store=store, artifact_id=artifact, file_path=str(weights))
+        try:
+            download_artifact(artifact_store=store, artifact_id=artifact, file_path=str(weights))
+        except ArtifactNotFound:
+            raise StudyError(
+                f"the weights of trial {best.number} (artifact {artifact}) are not in "
+                f"{artifacts}; on another machine than the workers', point "
+                "storage.artifacts at the folder they write to"
+            ) from None
         load_trained_weights(model, weights)
     classes = path.with_name(path.name.removesuffix(".keras") + ".classes.json")
     with _writing(path, "--model"):

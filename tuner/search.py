@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.console import warn
 from tuner.errors import SpecError, StudyError
 from tuner.spec import PRUNER_KINDS, StudySpec, spec_from_dict, spec_to_dict
 from tuner.storage import retry_transient
@@ -33,6 +34,7 @@ from tuner.storage import retry_transient
 __all__ = [
     "SPACE_ATTR",
     "CompletedTrialsSnapshot",
+    "budget_difference",
     "build_pruner",
     "build_sampler",
     "check_joinable",
@@ -43,6 +45,7 @@ __all__ = [
     "stored_spec",
     "study_pruner",
     "suggest",
+    "training_budget",
     "training_setup",
 ]
 
@@ -252,6 +255,8 @@ def check_joinable(
     if spec.study.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=spec.study.name, storage=storage)
         _space_changed(study, spec, accept_space_change)
+        if (message := budget_difference(study, spec)) is not None:
+            warn(message)
 
 
 def _space_changed(study: optuna.Study, spec: StudySpec, accept_space_change: bool) -> bool:
@@ -276,11 +281,11 @@ def _space_changed(study: optuna.Study, spec: StudySpec, accept_space_change: bo
 
 
 def training_setup(spec: StudySpec) -> dict[str, Any]:
-    """The settings that decide what a trial trains, as ``key=value`` text by dotted key.
+    """The settings that decide which model a trial trains, by dotted key.
 
-    Trials of one study must agree on these to be comparable, and ``tuner export``
-    rebuilds the best model from them. A weights file is named by its file name,
-    so machines that keep the same file in different folders agree.
+    ``tuner export`` rebuilds the best trial's model from the study's stored spec,
+    so every worker of a study must agree on these. A weights file is named by its
+    file name, so machines that keep the same file in different folders agree.
     """
     weights = spec.model.weights
     if weights not in ("imagenet", "none"):
@@ -291,31 +296,57 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
         "model.trainable_base": spec.model.trainable_base,
         "model.seed": spec.model.seed,
         "data.image_size": list(spec.data.image_size),
-        "data.batch_size": spec.data.batch_size,
         "data.augment": spec.data.augment,
-        "train.epochs": spec.train.epochs,
     }
+
+
+def training_budget(spec: StudySpec) -> dict[str, Any]:
+    """Settings that change how a trial trains but not its model: they may differ, with care."""
+    return {"train.epochs": spec.train.epochs, "data.batch_size": spec.data.batch_size}
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str] | None:
+    differ = [k for k in ours if ours[k] != theirs.get(k)]
+    if not differ:
+        return None
+    return (
+        ", ".join(f"{k}={theirs.get(k)}" for k in differ),
+        ", ".join(f"{k}={ours[k]}" for k in differ),
+    )
+
+
+def _stored(study: optuna.Study) -> StudySpec | None:
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return None
+    try:
+        return spec_from_dict(json.loads(stored), where="the stored spec")
+    except (SpecError, ValueError):  # written by another version of tuner: nothing to compare
+        return None
 
 
 def _check_same_training(study: optuna.Study, spec: StudySpec) -> None:
     """Refuse to join a study whose trials train another model than this worker would."""
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None:
+    if (theirs := _stored(study)) is None:
         return
-    try:
-        theirs = training_setup(spec_from_dict(json.loads(stored), where="the stored spec"))
-    except (SpecError, ValueError):  # written by another version of tuner: nothing to compare
-        return
-    ours = training_setup(spec)
-    differ = [k for k in ours if ours[k] != theirs.get(k)]
-    if differ:
+    if (diff := _differences(training_setup(spec), training_setup(theirs))) is not None:
         name = spec.study.name
-        was = ", ".join(f"{k}={theirs.get(k)}" for k in differ)
-        now = ", ".join(f"{k}={ours[k]}" for k in differ)
         raise StudyError(
-            f"study {name!r} trains with {was}, but this worker has {now}; give this worker "
-            f"the same settings, or start a new study with --set study.name={name}-2"
+            f"study {name!r} trains with {diff[0]}, but this worker has {diff[1]}; give this "
+            f"worker the same settings, or start a new study with --set study.name={name}-2"
         )
+
+
+def budget_difference(study: optuna.Study, spec: StudySpec) -> str | None:
+    """A warning when this worker trains with other epochs or batch size than the study."""
+    if (theirs := _stored(study)) is None:
+        return None
+    if (diff := _differences(training_budget(spec), training_budget(theirs))) is None:
+        return None
+    return (
+        f"study {spec.study.name!r} was created with {diff[0]}, this worker has {diff[1]}; "
+        "its trials are compared with the others as equals"
+    )
 
 
 def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -35,6 +37,7 @@ from tuner.spec import StudySpec
 
 __all__ = [
     "BudgetLock",
+    "artifact_folder",
     "artifact_store_for",
     "open_storage",
     "redact_url",
@@ -151,11 +154,15 @@ def _check_writable_folder(path: Path, url: str) -> None:
             f"cannot use folder {folder} for storage {redact_url(url)!r}: {what}; "
             "create the folder first, or pick another path with --storage"
         )
-    if not os.access(folder, os.W_OK):
+    try:  # os.access alone trusts permission bits: root, /proc and read-only mounts lie
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("permission denied")
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
         raise StorageError(
-            f"folder {folder} for storage {redact_url(url)!r} is not writable; "
-            "pick a writable path with --storage"
-        )
+            f"folder {folder} for storage {redact_url(url)!r} is not writable "
+            f"({getattr(e, 'strerror', None) or e}); pick a writable path with --storage"
+        ) from None
 
 
 def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
@@ -229,6 +236,8 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
             folder that is not writable, or a server that cannot be reached.
     """
     path = sqlite_path(url) or journal_path(url)
+    if path is not None and path.is_dir():
+        raise StorageError(f"storage {redact_url(url)!r} is a folder; name a file in it")
     if must_exist and path is not None and not path.is_file():
         raise StorageError(
             f"storage file {path} does not exist; run `tuner worker --study "
@@ -236,9 +245,25 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         )
     if (journal := journal_path(url)) is not None:
         _check_writable_folder(journal, url)
-        return JournalStorage(JournalFileBackend(str(journal)))
+        try:
+            return JournalStorage(JournalFileBackend(str(journal)))
+        except OSError as e:
+            raise StorageError(
+                f"cannot open journal file {journal} ({e.strerror or e}); "
+                "point journal:// at a readable file or a new one"
+            ) from None
+        except (ValueError, KeyError, AssertionError):  # lines that are not journal entries
+            raise StorageError(
+                f"{journal} is not an Optuna journal file; point journal:// at a journal "
+                "file or at a new file"
+            ) from None
     busy_timeout = spec.storage.busy_timeout
     db_file = sqlite_path(url)
+    if db_file is None and url.startswith("sqlite"):
+        raise StorageError(
+            f"storage {url!r} names no database file, and workers cannot share an in-memory "
+            "one; use sqlite:///FILE.db"
+        )
     try:
         if db_file is None:
             server_url = _with_installed_driver(url)  # messages show the URL as given
@@ -252,6 +277,11 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
             storage = _rdb_storage(url, spec, busy_timeout)
         _harden_sqlite(storage.engine, busy_timeout)
         return storage
+    except FileLockTimeout:
+        raise StorageError(
+            f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
+            "or raise storage.busy_timeout"
+        ) from None
     except ImportError as e:
         extra = "postgres" if "postgres" in url else "mysql"
         raise StorageError(
@@ -268,15 +298,22 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}; {fix}") from None
 
 
-def artifact_store_for(url: str, spec: StudySpec) -> FileSystemArtifactStore:
-    """The artifact store beside the storage: ``NAME-artifacts/`` next to a file storage."""
+def artifact_folder(url: str, spec: StudySpec) -> Path:
+    """Where trial files go: ``storage.artifacts``, or ``NAME-artifacts/`` beside the storage."""
     if spec.storage.artifacts:
-        folder = Path(spec.storage.artifacts)
-    elif (path := sqlite_path(url) or journal_path(url)) is not None:
-        folder = path.with_name(path.stem + "-artifacts")
-    else:
-        folder = Path(f"{spec.study.name}-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
+        return Path(spec.storage.artifacts)
+    if (path := sqlite_path(url) or journal_path(url)) is not None:
+        return path.with_name(path.stem + "-artifacts")
+    return Path(f"{spec.study.name}-artifacts")
+
+
+def artifact_store_for(
+    url: str, spec: StudySpec, *, create: bool = True
+) -> FileSystemArtifactStore:
+    """The study's artifact store; ``create=False`` for commands that only read."""
+    folder = artifact_folder(url, spec)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
 
 
