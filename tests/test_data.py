@@ -72,6 +72,20 @@ def test_download_refuses_a_non_empty_destination(tmp_path: Path) -> None:
     assert (tmp_path / "full" / "x").read_text() == "keep me"
 
 
+def test_download_to_a_place_that_cannot_hold_a_folder(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    cases = {a_file: "is a file", a_file / "x": f"{a_file} is a file"}
+    if Path("/proc/self").is_dir():
+        cases[Path("/proc/tuner-data")] = "cannot create"
+    for dest, needle in cases.items():
+        code, _out, err = cli("data", "download", "clothing", "--dest", str(dest))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        assert str(dest) in err and needle in err and "--dest" in err
+    assert a_file.read_text() == "keep me"
+
+
 def test_not_a_zip_is_reported(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

@@ -677,6 +677,13 @@ def test_accept_space_change_continues_the_study(env: Env) -> None:
     assert after["space"] == {"learning_rate": {"low": 0.001, "high": 0.01, "log": True}}
 
 
+def test_a_pool_larger_than_the_machine_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    cores = os.cpu_count() or 1
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, "--workers", str(cores + 1))
+    one_error_line(code, err, f"--workers {cores + 1}", f"{cores} CPU cores", f"--workers {cores}")
+
+
 # ---------------------------------------------------------------- 6 (skip) and 11: real workers
 
 

@@ -51,6 +51,23 @@ def test_recorder_writes_live_when_epochs_are_slow() -> None:
     assert trial.study.trials[trial.number].user_attrs["train_accuracy"] == [0.5]
 
 
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_pruning_asks_after_every_epoch_but_the_last() -> None:
+    from tuner.objective import PruningBeforeLastEpoch
+
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    trial = study.ask()
+    callback = PruningBeforeLastEpoch(trial, "val_accuracy", epochs=3)
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_epoch_end(1, {"val_accuracy": 0.4})
+    callback.on_epoch_end(2, {"val_accuracy": 0.5})  # the last epoch: reported, not pruned
+    assert study.trials[0].intermediate_values == {1: 0.4, 2: 0.5}
+
+
 def test_recorder_stops_a_diverging_trial_with_the_reason() -> None:
     from tuner.objective import EpochRecorder
 

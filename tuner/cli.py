@@ -120,8 +120,16 @@ def worker(
 ) -> None:
     """Run trials of a study until it holds --n-trials trials. Ctrl-C stops cleanly."""
     from tuner.storage import open_storage
-    from tuner.worker import configure_threads, preflight, run_pool, run_worker
+    from tuner.worker import (
+        check_pool_size,
+        configure_threads,
+        preflight,
+        run_pool,
+        run_worker,
+    )
 
+    if workers > 1:
+        check_pool_size(workers)
     spec, url = _load(study, storage, set_)
     opened = open_storage(url, spec)
     if workers > 1:

@@ -220,9 +220,24 @@ def download_dataset(
     source = DATASETS[name]
     url = url or source.url
     dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise DataError(f"{dest} exists and is not empty; remove it or pick another --dest")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            what = "is a file" if not dest.is_dir() else "exists and is not empty"
+            raise DataError(f"{dest} {what}; remove it or pick another --dest")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _download_into(dest, url, source.folder, progress)
+    except OSError as e:
+        blocker = next((p for p in dest.parents if p.exists()), None)
+        reason = f"{blocker} is a file" if blocker and not blocker.is_dir() else e.strerror or e
+        raise DataError(
+            f"cannot create {dest} ({reason}); pick a writable folder for --dest"
+        ) from None
+
+
+def _download_into(
+    dest: Path, url: str, folder: str, progress: Callable[[int, int | None], None] | None
+) -> Path:
+    """Fetch and unpack next to ``dest``, then move the dataset into place in one rename."""
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".tuner-download-") as tmp:
         archive = Path(tmp) / "archive.zip"
         _fetch(url, archive, dest, progress)
@@ -231,9 +246,9 @@ def download_dataset(
                 zf.extractall(Path(tmp) / "unpacked")
         except zipfile.BadZipFile:
             raise DataError(f"{url} did not return a zip archive; check the URL") from None
-        unpacked = Path(tmp) / "unpacked" / source.folder
+        unpacked = Path(tmp) / "unpacked" / folder
         if not unpacked.is_dir():
-            raise DataError(f"the archive from {url} has no {source.folder}/ folder")
+            raise DataError(f"the archive from {url} has no {folder}/ folder")
         if dest.exists():
             dest.rmdir()
         shutil.move(str(unpacked), dest)

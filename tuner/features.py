@@ -140,7 +140,10 @@ def _discard_partial(entry: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_entry(entry: Path, splits: tuple[str, ...], key: str) -> FeatureSet | None:
+def _read_entry(
+    entry: Path, splits: tuple[str, ...], key: str, *, quiet: bool = False
+) -> FeatureSet | None:
+    """The entry's features, or None when it is missing, incomplete or damaged."""
     meta_path = entry / "meta.json"
     if not meta_path.is_file():
         return None
@@ -155,7 +158,8 @@ def _read_entry(entry: Path, splits: tuple[str, ...], key: str) -> FeatureSet | 
             if not len(features[split]) == len(labels[split]) == meta["counts"][split]:
                 raise ValueError(f"{split}.npz does not hold {meta['counts'][split]} rows")
     except UNREADABLE:
-        log.warning("feature cache entry %s is unreadable; recomputing it", entry)
+        if not quiet:  # said once, by the look taken under the lock
+            log.warning("feature cache entry %s is unreadable; recomputing it", entry)
         return None
     return FeatureSet(features, labels, "hit", key)
 
@@ -187,7 +191,7 @@ def load_or_compute(
             f"cannot create the feature cache folder {entry} ({e.strerror}); set cache.dir "
             "or TUNER_CACHE_DIR to a writable folder, or --set cache.enabled=false"
         ) from None
-    if (found := _read_entry(entry, splits, key)) is not None:
+    if (found := _read_entry(entry, splits, key, quiet=True)) is not None:
         return found
     with FileLock(str(entry) + ".lock"):
         # Another worker may have finished the entry while this one waited.

@@ -149,6 +149,27 @@ class EpochRecorder(keras.callbacks.Callback):
         self._flushed = time.perf_counter()
 
 
+class PruningBeforeLastEpoch(KerasPruningCallback):
+    """``optuna_integration``'s Keras pruning callback, except after the last epoch.
+
+    After the last epoch the value is still reported, but the pruner is not asked:
+    a trial that has trained all its epochs has nothing left to save, so it ends
+    COMPLETE with its final value rather than PRUNED.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str, epochs: int) -> None:
+        super().__init__(trial, monitor)
+        self._epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch + 1 < self._epochs:
+            super().on_epoch_end(epoch, logs)
+            return
+        value = (logs or {}).get(self._monitor)
+        if value is not None:
+            self._trial.report(float(value), step=epoch)
+
+
 def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset:
     """The training images, in an order drawn from ``seed`` alone.
 
@@ -188,7 +209,14 @@ def _fit(
     model = build_full_model(spec, data.num_classes, data.extractor)
     compile_model(model, lr)
     train = _train_split(spec, data, seed)
-    model.fit(train, validation_data=data.val_ds, epochs=epochs, verbose=0, callbacks=callbacks)
+    model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
+        train,
+        validation_data=data.val_ds,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
     return model
 
 
@@ -232,7 +260,7 @@ def make_objective(
         seed = spec.model.seed + trial.number
         keras.utils.set_random_seed(seed)
         recorder = EpochRecorder(trial, spec.train.epochs, say)
-        pruning = KerasPruningCallback(trial, monitor="val_accuracy")
+        pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
         try:
             model = _fit(spec, data, lr, seed, [recorder, pruning])
         except optuna.TrialPruned:

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.console import warn
 from tuner.errors import SpecError, StudyError
-from tuner.spec import PRUNER_KINDS, StudySpec, spec_from_dict, spec_to_dict
+from tuner.spec import PRUNER_KINDS, StudySpec, spec_from_dict, spec_to_dict, worker_command
 from tuner.storage import retry_transient
 
 __all__ = [
@@ -361,7 +361,7 @@ def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
         held = (", ".join(names[:10]) or "none") + more  # a shared server may hold hundreds
         raise StudyError(
             f"study {spec.study.name!r} does not exist in this storage (studies there: {held}); "
-            f"run `tuner worker --study {spec.study.name}` first, or check --storage"
+            f"run `{worker_command(spec)}` first, or check --storage / TUNER_STORAGE"
         )
     return optuna.load_study(study_name=spec.study.name, storage=storage)
 

@@ -393,6 +393,21 @@ def _validate(spec: StudySpec, where: str, origins: dict[str, str] | None = None
         )
 
 
+def worker_command(spec: StudySpec) -> str:
+    """The ``tuner worker`` command that runs this spec's study, for advice in errors."""
+    path = Path(spec.spec_file) if spec.spec_file else None
+    if path is None:
+        study = spec.study.name
+    elif path.parent.resolve() in {d.resolve() for d in _studies_dirs()}:
+        study = path.stem  # found by name
+    else:
+        study = str(path)
+    command = f"tuner worker --study {study}"
+    if path is None or spec.study.name != path.stem:
+        command += f" --set study.name={spec.study.name}"
+    return command
+
+
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     """The spec as plain data (lists, not tuples), for JSON and notes."""
     data = dataclasses.asdict(spec)

@@ -33,7 +33,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.errors import StorageError
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, worker_command
 
 __all__ = [
     "BudgetLock",
@@ -240,8 +240,8 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         raise StorageError(f"storage {redact_url(url)!r} is a folder; name a file in it")
     if must_exist and path is not None and not path.is_file():
         raise StorageError(
-            f"storage file {path} does not exist; run `tuner worker --study "
-            f"{spec.study.name}` first, or check --storage"
+            f"storage file {path} does not exist; run `{worker_command(spec)}` first, or "
+            "check --storage / TUNER_STORAGE"
         )
     if (journal := journal_path(url)) is not None:
         _check_writable_folder(journal, url)

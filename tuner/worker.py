@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.console import download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
-from tuner.errors import DataError
+from tuner.errors import DataError, TunerError
 from tuner.search import check_joinable, open_study, pruner_name
 from tuner.spec import StudySpec
 from tuner.storage import BudgetLock, artifact_store_for, redact_url
@@ -196,7 +196,9 @@ def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
         outcome = f"finished val_acc={trial.value:.4f}"
     elif trial.state == TrialState.PRUNED:
         reason = trial.user_attrs.get("prune_reason") or "pruned by " + pruner_name(study.pruner)
-        outcome = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')} ({reason})"
+        epoch = trial.user_attrs.get("pruned_at_epoch")
+        after = f"after epoch {epoch + 1}" if isinstance(epoch, int) else "early"
+        outcome = f"pruned {after} ({reason})"
     else:
         outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log above')})"
     try:
@@ -326,6 +328,23 @@ def pool_environment(index: int, workers: int, cores: int, gpus: Sequence[str]) 
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env
+
+
+def check_pool_size(workers: int) -> None:
+    """Refuse a pool larger than the cores (or GPUs) that its workers would share.
+
+    Raises:
+        TunerError: naming the most workers this machine can give a core or GPU each.
+    """
+    cores, gpus = os.cpu_count() or 1, _visible_gpus()
+    limit = max(cores, len(gpus))
+    if workers > limit:
+        what = f"{cores} CPU cores" + (f" and {len(gpus)} GPUs" if gpus else "")
+        raise TunerError(
+            f"--workers {workers} is more than this machine's {what}, so workers would "
+            f"fight over them; use --workers {limit} or fewer, and start more workers on "
+            "other machines against the same --storage"
+        )
 
 
 def run_pool(argv: Sequence[str], workers: int) -> int:
