@@ -50,7 +50,7 @@ def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
     def extract(
-        _extractor: object, scan: DatasetScan, split: str, _spec: StudySpec
+        _extractor: object, scan: DatasetScan, split: str, _spec: StudySpec, _progress: object
     ) -> tuple[np.ndarray, np.ndarray]:
         calls.append(split)
         n, k = scan.count(split), len(scan.class_names)
@@ -197,7 +197,7 @@ from tuner.spec import load_spec
 
 flag = Path(sys.argv[1])
 spec = load_spec("clothing", sys.argv[2:])
-def extract(_e, scan, split, _s):
+def extract(_e, scan, split, _s, _p):
     return np.zeros((scan.count(split), 2048), np.float32), np.zeros((scan.count(split), 10))
 def stuck_savez(f, **arrays):
     f.write(b"PK\\x03\\x04 a partial archive")
@@ -288,7 +288,13 @@ def test_two_processes_compute_an_entry_once(env: Env, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path) -> None:
     spec, scan = _spec(env), scan_dataset(env.data)
-    fs = features.load_or_compute(spec, scan)
+    seen: list[tuple[str, int, int]] = []
+    fs = features.load_or_compute(spec, scan, progress=lambda *a: seen.append(a))
+    for split in ("train", "validation"):  # progress per batch of 8, ending at the split's size
+        counts = [done for part, done, total in seen if part == split and total == len(
+            fs.labels[split])]  # fmt: skip
+        assert counts == sorted(counts) and counts[-1] == len(fs.labels[split])
+        assert len(counts) == -(-len(fs.labels[split]) // 8)
     keras.utils.set_random_seed(7)
     head = build_head(len(scan.class_names))
     compile_model(head, 1e-2)

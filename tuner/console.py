@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
-__all__ = ["download_progress", "err_console", "say", "warn"]
+__all__ = ["count_progress", "download_progress", "err_console", "say", "warn"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -51,6 +53,31 @@ def download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]
         if not progress.live.is_started:
             progress.start()
         progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+@contextmanager
+def count_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """One bar per part of a long count, such as the images of each split.
+
+    Yields the callback ``(part, done, total)`` that
+    :func:`tuner.features.load_or_compute` takes. Nothing shows until it is called.
+    """
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    progress = Progress("{task.description}", *columns, console=err_console)
+    tasks: dict[str, object] = {}
+
+    def update(part: str, done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        if part not in tasks:
+            tasks[part] = progress.add_task(f"{_prefix()}{label} {part}", total=total)
+        progress.update(tasks[part], completed=done)  # type: ignore[arg-type]
 
     try:
         yield update

@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from tuner.data import DatasetScan, load_split
 from tuner.errors import CacheError
 from tuner.model import build_feature_extractor, weights_identity
 from tuner.spec import StudySpec
+
+# (split, images done, images in the split), called as the extraction goes
+Progress = Callable[[str, int, int], None]
 
 __all__ = [
     "BASE_MODEL",
@@ -99,21 +103,31 @@ def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
 
 
 def extract_features(
-    extractor: keras.Model, scan: DatasetScan, split: str, spec: StudySpec
+    extractor: keras.Model,
+    scan: DatasetScan,
+    split: str,
+    spec: StudySpec,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the extractor over one split through Keras's compiled predict step.
 
     The pipeline is prefetched, and features and labels come from the same batches,
     so every image is decoded once. ``predict_on_batch`` reuses the model's traced
     predict function, the one ``predict`` uses, so no split traces the base again.
+    ``progress`` is called after each batch with the split, the images done and the
+    split's total.
     """
     import tensorflow as tf
 
     ds = load_split(scan, split, spec.data.image_size, spec.data.batch_size)
     features, labels = [], []
+    done, total = 0, scan.count(split)
     for images, onehot in ds.prefetch(tf.data.AUTOTUNE):
         features.append(extractor.predict_on_batch(images))
         labels.append(onehot.numpy())
+        done += len(labels[-1])
+        if progress is not None:
+            progress(split, done, total)
     return (
         np.concatenate(features).astype(np.float32),
         np.concatenate(labels).astype(np.float32),
@@ -170,6 +184,7 @@ def load_or_compute(
     splits: tuple[str, ...] = ("train", "validation"),
     *,
     on_compute: object = None,
+    progress: Progress | None = None,
 ) -> FeatureSet:
     """The cached features for the spec and dataset, computing them once if needed.
 
@@ -178,6 +193,7 @@ def load_or_compute(
         scan: the validated dataset.
         splits: the splits to cache.
         on_compute: called with a message before a (slow) extraction starts.
+        progress: called during the extraction, see :func:`extract_features`.
 
     Raises:
         CacheError: when the cache folder cannot be created or written.
@@ -205,7 +221,7 @@ def load_or_compute(
         features, labels, counts = {}, {}, {}
         try:
             for split in splits:
-                x, y = extract_features(extractor, scan, split, spec)
+                x, y = extract_features(extractor, scan, split, spec, progress)
                 features[split], labels[split], counts[split] = x, y, len(x)
                 _write_atomic(
                     entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)

@@ -68,11 +68,19 @@ class TrialData:
         return len(self.scan.class_names)
 
 
-def prepare_data(spec: StudySpec, scan: DatasetScan, say: Say = print) -> TrialData:
-    """Cached features when the cache applies, else the full image pipeline."""
+def prepare_data(
+    spec: StudySpec,
+    scan: DatasetScan,
+    say: Say = print,
+    progress: feature_cache.Progress | None = None,
+) -> TrialData:
+    """Cached features when the cache applies, else the full image pipeline.
+
+    ``progress`` follows a feature extraction, see :func:`tuner.features.extract_features`.
+    """
     reason = feature_cache.cache_reason(spec)
     if reason is None:
-        fs = feature_cache.load_or_compute(spec, scan, on_compute=say)
+        fs = feature_cache.load_or_compute(spec, scan, on_compute=say, progress=progress)
         if fs.status == "hit":
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(scan, fs.status, features=fs)

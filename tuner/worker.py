@@ -23,7 +23,7 @@ from filelock import FileLock
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.console import download_progress, say, warn
+from tuner.console import count_progress, download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError, TunerError
 from tuner.search import check_joinable, open_study, pruner_name
@@ -251,7 +251,8 @@ def run_worker(
     from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
     target = n_trials or spec.search.n_trials
-    data = prepare_data(spec, scan, say)
+    with count_progress("frozen-base features:") as progress:
+        data = prepare_data(spec, scan, say, progress)
     objective = make_objective(spec, data, artifact_store_for(url, spec), say)
     lock = BudgetLock(storage, url, study.study_name)
     guard = _SignalGuard()
