@@ -289,8 +289,10 @@ def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
     one_error_line(code, err, "'wroker'", "tuner --help")
 
 
-def test_debug_shows_the_traceback(cli) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = cli("status", "--study", "no-such-study", "--debug")
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_debug_shows_the_traceback(where: str, cli) -> None:  # type: ignore[no-untyped-def]
+    args = ["status", "--study", "no-such-study"]
+    code, _, err = cli(*([*args, "--debug"] if where == "after" else ["--debug", *args]))
     assert code == 2
     assert "Traceback" in err and "SpecError" in err
     assert err.strip().splitlines()[-1].startswith("error: unknown study 'no-such-study'")

@@ -149,3 +149,21 @@ def test_model_export_without_the_trials_files_says_where_to_point(
         assert str(folder) in line
     assert not missing.exists() and not (tmp_path / "m.keras").exists()
     assert list(empty.iterdir()) == []
+
+
+def test_model_export_with_unreachable_imagenet_weights_fails_first(
+    finished: Env, tmp_path: Path
+) -> None:
+    """Export checks the weights before it builds anything, as the worker does."""
+    proxy = "http://127.0.0.1:9"  # the discard port: nothing listens
+    done = run_tuner(
+        "export", "--study", "clothing", "--storage", finished.url,
+        "--model", str(tmp_path / "m.keras"), "--set=model.weights=imagenet",
+        env={"https_proxy": proxy, "HTTPS_PROXY": proxy, "KERAS_HOME": str(tmp_path / "k")},
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "ImageNet" in lines[0]
+    assert "Downloading" not in done.stdout + done.stderr
+    assert not (tmp_path / "m.keras").exists()

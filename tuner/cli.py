@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug and len(args) > 1:  # each command takes it, so move it behind the command
+        args = [a for a in args if a != "--debug"] + ["--debug"]
     # Optuna logs each failed trial with a traceback; tuner prints its own reason line.
     optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError, TunerError
 from tuner.spec import StudySpec, spec_to_dict
+from tuner.weights import check_weights
 
 __all__ = ["BestResult", "best_result", "write_json", "write_model", "write_plots"]
 
@@ -202,6 +203,7 @@ def write_model(
             "cannot be read; point storage.artifacts at the folder the workers write to"
         )
     store = ArtifactStore(str(artifacts))
+    check_weights(spec)  # before Keras starts a download it cannot finish
     root = Path(spec.data.dir)
     splits = (
         ("train", "validation", "test") if (root / "test").is_dir() else ("train", "validation")
