@@ -6,7 +6,7 @@ Each worker is a spawned process that opens the storage with
 and claims trials with the worker loop's protocol: under the study's
 :class:`~tuner.storage.BudgetLock` it fails stale trials, counts, and starts
 one trial. The objective does no work but talks to the storage exactly like a
-real cached trial: 10 epochs, each with ``trial.report`` and ``should_prune``,
+real cached trial: 10 epochs, each with ``trial.report`` and (but the last) ``should_prune``,
 then the contract's attributes (``train_accuracy``, ``val_loss``, ``gap``,
 ``epoch_seconds``) written once, plus ``cache``, ``worker`` and the two artifact
 ids (the artifacts' files themselves are part of the cached trial's time).
@@ -67,7 +67,8 @@ def trivial_objective(spec: StudySpec) -> Callable[[optuna.Trial], float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for epoch in range(EPOCHS):
             trial.report(0.5, epoch)  # equal everywhere, so the median pruner never prunes
-            if trial.should_prune():
+            # tuner.objective.PruningBeforeLastEpoch does not ask after the last epoch
+            if epoch + 1 < EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned()
         # tuner.objective.EpochRecorder writes the per-epoch lists once at the end of a
         # cached trial (its epochs take milliseconds; it flushes at most every 5 s).
