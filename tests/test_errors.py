@@ -394,6 +394,26 @@ def test_weights_file_missing_or_corrupt(tmp_path: Path, existing: str, cli) -> 
     assert "other" not in optuna.study.get_all_study_names(existing)  # nothing created
 
 
+@pytest.mark.slow
+def test_weights_file_of_another_model_is_an_error_not_a_partial_load(tmp_path: Path) -> None:
+    import warnings
+
+    import keras
+
+    from tuner.errors import WeightsError
+    from tuner.model import build_feature_extractor
+
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    spec = load_spec("clothing", [f"model.weights={path}", "data.image_size=[71, 71]"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError, match=r"could not be loaded.*model\.weights=none"):
+            build_feature_extractor(spec)
+    assert not [w for w in caught if issubclass(w.category, UserWarning)]  # no extra lines
+
+
 def test_imagenet_download_that_hangs_fails_fast(
     tmp_path: Path, existing: str, silent_server: int
 ) -> None:

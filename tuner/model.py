@@ -13,6 +13,7 @@ every weight for ``small-cnn``. Trials keep only that part.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import keras
@@ -67,7 +68,12 @@ def _xception(spec: StudySpec) -> keras.Model:
             base = keras.applications.Xception(weights=None, **kwargs)
             if weights != "none":
                 weights_identity(spec)  # raises a clear error for a missing file
-                base.load_weights(str(Path(weights).expanduser()))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    base.load_weights(str(Path(weights).expanduser()))
+                # Keras only warns about layers it could not fill: a partial load is an error
+                if problems := [w for w in caught if issubclass(w.category, UserWarning)]:
+                    raise ValueError(str(problems[0].message))
     except WeightsError:
         raise
     except Exception as e:
