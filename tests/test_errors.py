@@ -218,6 +218,7 @@ BAD_SPEC_VALUES = [
     ("model.recipe=resnet", ["model.recipe", "xception-head", "small-cnn"]),
     ("data.image_size=[150]", ["data.image_size", "a list of 2", "[150, 150]"]),
     ("train.epochs=0", ["train.epochs", "at least 1"]),
+    ("study.name=", ["study.name is empty", "'clothing'"]),
     ("pruner.patience=-1", ["pruner.patience", "at least 0"]),
     ("pruner.n_warmup_steps=-2", ["pruner.n_warmup_steps", "at least 0"]),
     ("pruner.reduction_factor=1", ["pruner.reduction_factor", "at least 2"]),

@@ -226,6 +226,11 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
         origins[key] = f"{path} with --set {text}"
     spec = _build(StudySpec, raw, where=str(path), prefix="", origins=origins)
     if not spec.study.name:
+        if "study.name" in origins:
+            raise SpecError(
+                f"{origins['study.name']}: study.name is empty; give the study a name, "
+                f"or leave it out to use {path.stem!r}"
+            )
         spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=path.stem))
     spec = dataclasses.replace(spec, spec_file=str(path))
     _validate(spec, str(path), origins)
