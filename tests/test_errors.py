@@ -193,6 +193,17 @@ def test_unknown_study_name_lists_the_available_ones(command: str, existing: str
 def test_missing_spec_file_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("status", "--study", str(tmp_path / "nope.toml"))
     one_error_line(code, err, str(tmp_path / "nope.toml"), "does not exist")
+    (tmp_path / "dir.toml").mkdir()
+    code, _, err = cli("status", "--study", str(tmp_path / "dir.toml"))
+    one_error_line(code, err, str(tmp_path / "dir.toml"), "is a folder")
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    a_file = tmp_path / "best.json"
+    a_file.write_text("{}")
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, a_file)
+    one_error_line(code, err, str(a_file), "is a file, not a folder", "data.dir")
 
 
 def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]

@@ -112,8 +112,9 @@ def scan_dataset(
     """
     root = Path(root)
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"data folder {root} does not exist; set data.dir to a folder with "
+            f"data folder {root} {what}; set data.dir to a folder with "
             f"{' and '.join(s + '/' for s in splits)} (or run `tuner data download clothing`)"
         )
     missing = [s for s in splits if not (root / s).is_dir()]

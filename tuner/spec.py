@@ -159,7 +159,8 @@ def find_spec_file(name_or_path: str) -> Path:
     if path.suffix == ".toml" or os.sep in name_or_path:
         if path.is_file():
             return path
-        raise SpecError(f"study spec file {path} does not exist; check the path")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise SpecError(f"study spec file {path} {what}; check the path")
     for d in _studies_dirs():
         candidate = d / f"{name_or_path}.toml"
         if candidate.is_file():
