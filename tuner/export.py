@@ -182,6 +182,7 @@ def write_model(
         Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
         with a test split, ``test_accuracy``.
     """
+    check_weights(spec)  # before TensorFlow loads, and before Keras starts a download
     import keras
 
     from tuner.data import load_split, scan_dataset
@@ -203,7 +204,6 @@ def write_model(
             "cannot be read; point storage.artifacts at the folder the workers write to"
         )
     store = ArtifactStore(str(artifacts))
-    check_weights(spec)  # before Keras starts a download it cannot finish
     root = Path(spec.data.dir)
     splits = (
         ("train", "validation", "test") if (root / "test").is_dir() else ("train", "validation")
