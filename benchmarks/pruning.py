@@ -202,10 +202,15 @@ def print_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) 
                 "lr (geo. mean)", "pruned", "best pruned", "pruned leaders",
                 "none's winner cut"):  # fmt: skip
         table.add_column(col, justify="left" if col == "pruner" else "right")
+
+    def vs(value: float, text: str) -> str:  # "-" where no none run of the same seeds exists
+        return "-" if math.isnan(value) else text
+
     for kind, s in summary.items():
         table.add_row(
-            kind, str(len(s["seeds"])), f"{s['epochs']:.1f}", f"{s['epochs_vs_none']:.0%}",
-            f"{s['wall_s']:.0f}", f"{s['best_value']:.3f}", f"{100 * s['best_vs_none']:+.1f} pt",
+            kind, str(len(s["seeds"])), f"{s['epochs']:.1f}",
+            vs(s["epochs_vs_none"], f"{s['epochs_vs_none']:.0%}"), f"{s['wall_s']:.0f}",
+            f"{s['best_value']:.3f}", vs(s["best_vs_none"], f"{100 * s['best_vs_none']:+.1f} pt"),
             f"{s['best_lr_geomean']:.2g}", f"{s['pruned']:.1f}", f"{s['best_pruned']:.0%}",
             str(s["pruned_leaders"]), s["winner_cut"],
         )  # fmt: skip
