@@ -632,12 +632,17 @@ def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None
 # ---------------------------------------------------------------- 10: a changed search space
 
 
-def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def _join(existing: str, cli, *sets: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """A worker joining ``existing`` with ``sets``; the study checks come before the data's."""
     with unchanged(existing):
-        code, _, err = cli(
-            "worker", "--storage", existing, "--set", "search.learning_rate.high=0.5",
-            "--set", "data.dir=/nonexistent", "--set", "model.weights=none",
+        return cli(  # type: ignore[no-any-return]
+            "worker", "--storage", existing, "--set=data.dir=/nonexistent",
+            "--set=model.weights=none", *(f"--set={s}" for s in sets),
         )  # fmt: skip
+
+
+def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = _join(existing, cli, "search.learning_rate.high=0.5")
     one_error_line(
         code,
         err,
@@ -646,21 +651,12 @@ def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # 
         "--set study.name=clothing-2",
         "--accept-space-change",
     )
-    # (The space check comes first: the data folder above does not exist either.)
-    with unchanged(existing):
-        code, _, err = cli(
-            "worker", "--storage", existing, "--set=search.learning_rate.log=false",
-            "--set=model.weights=none",
-        )  # fmt: skip
+    code, _, err = _join(existing, cli, "search.learning_rate.log=false")
     one_error_line(code, err, "(log)", "--accept-space-change")
 
 
 def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
-    with unchanged(existing):
-        code, _, err = cli(
-            "worker", "--storage", existing, "--set", "data.image_size=[100, 100]",
-            "--set", "model.weights=none", "--set", "data.dir=/nonexistent",
-        )  # fmt: skip
+    code, _, err = _join(existing, cli, "data.image_size=[100, 100]")
     one_error_line(
         code, err, "data.image_size=[150, 150]", "data.image_size=[100, 100]",
         "--set study.name=clothing-2",
