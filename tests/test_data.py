@@ -117,3 +117,25 @@ def test_fingerprint_follows_content(tmp_path: Path) -> None:
     image = next((data / "train").rglob("*.jpg"))
     image.write_bytes(image.read_bytes() + b"\0")  # still a valid JPEG, other bytes
     assert scan_dataset(data).fingerprint() != before
+
+
+def test_pool_children_skip_decoding_only_the_folder_their_parent_checked(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from tuner.spec import load_spec
+    from tuner.worker import CHECKED_DATA_ENV, ensure_dataset
+
+    data = shutil.copytree(tiny_data, tmp_path / "data")
+    first = sorted(p for p in (data / "train").iterdir())[0]
+    (first / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    spec = load_spec("clothing", [f"data.dir={data}"])
+    with pytest.raises(DataError, match=r"broken\.jpg"):
+        ensure_dataset(spec)  # decoded: the bad file is found
+    monkeypatch.setenv(CHECKED_DATA_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match=r"broken\.jpg"):
+        ensure_dataset(spec)  # another folder was checked: this one is decoded
+    monkeypatch.setenv(CHECKED_DATA_ENV, str(data.resolve()))
+    scan = ensure_dataset(spec)  # the parent checked this very folder: not decoded again
+    assert first / "broken.jpg" in scan.files["train"]

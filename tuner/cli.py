@@ -133,13 +133,13 @@ def worker(
     spec, url = _load(study, storage, set_)
     opened = open_storage(url, spec)
     if workers > 1:
-        preflight(spec, opened, accept_space_change=accept_space_change)  # download once
+        _, scan = preflight(spec, opened, accept_space_change=accept_space_change)  # download once
         os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
         argv = ["--study", study, *(f"--set={s}" for s in set_ or [])]
         argv += [f"--n-trials={n_trials}"] if n_trials else []
         argv += [f"--timeout={timeout}"] if timeout else []
         argv += ["--accept-space-change"] if accept_space_change else []
-        raise typer.Exit(run_pool(argv, workers))
+        raise typer.Exit(run_pool(argv, workers, scan))
     threads = int(os.environ.get("TUNER_THREADS", "0")) or None
     configure_threads(threads)
     report = run_worker(

@@ -107,6 +107,10 @@ def _download(spec: StudySpec, folder: Path) -> None:
         download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
 
 
+# Set by a pool for its children: a data folder whose images all decoded a moment ago.
+CHECKED_DATA_ENV = "TUNER_CHECKED_DATA"
+
+
 def ensure_dataset(spec: StudySpec) -> DatasetScan:
     """Validate ``data.dir``, downloading the spec's known dataset first if it is missing."""
     folder = Path(spec.data.dir)
@@ -116,7 +120,9 @@ def ensure_dataset(spec: StudySpec) -> DatasetScan:
         with FileLock(f"{folder}.download.lock"):
             if not folder.exists():
                 _download(spec, folder)
-    scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files)
+    # A pool's parent has just decoded every image; its children need not do it again.
+    checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
+    scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
     if scan.bad_files:
         names = ", ".join(str(p) for p in scan.bad_files[:5])
         more = f" and {len(scan.bad_files) - 5} more" if len(scan.bad_files) > 5 else ""
@@ -348,8 +354,11 @@ def check_pool_size(workers: int) -> None:
         )
 
 
-def run_pool(argv: Sequence[str], workers: int) -> int:
+def run_pool(argv: Sequence[str], workers: int, checked: DatasetScan | None = None) -> int:
     """Run ``tuner worker`` ``workers`` times in child processes; forward Ctrl-C and SIGTERM.
+
+    ``checked`` is the dataset as this process just validated it: when all its
+    images decoded, the children skip decoding them again.
 
     Returns:
         0 when every child exited 0, else the first non-zero exit code.
@@ -363,6 +372,8 @@ def run_pool(argv: Sequence[str], workers: int) -> int:
     children = []
     for i in range(workers):
         env = {**os.environ, **pool_environment(i, workers, cores, gpus)}
+        if checked is not None and not checked.bad_files:
+            env[CHECKED_DATA_ENV] = str(checked.root.resolve())
         cmd = [sys.executable, "-m", "tuner", "worker", *argv, "--workers", "1"]
         # Own sessions: a terminal's Ctrl-C reaches only this parent, which forwards it
         # once. A second signal would stop a child at once, perhaps mid-write.
