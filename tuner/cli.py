@@ -128,8 +128,7 @@ def worker(
         run_worker,
     )
 
-    if workers > 1:
-        check_pool_size(workers)
+    check_pool_size(workers)
     spec, url = _load(study, storage, set_)
     opened = open_storage(url, spec)
     if workers > 1:

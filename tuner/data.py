@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, UnidentifiedImageError
 
 from tuner.errors import DataError
+from tuner.paths import nearest_existing
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -232,7 +233,7 @@ def download_dataset(
         dest.parent.mkdir(parents=True, exist_ok=True)
         return _download_into(dest, url, source.folder, progress)
     except OSError as e:
-        blocker = next((p for p in dest.parents if p.exists()), None)
+        blocker = nearest_existing(dest.parent)
         reason = f"{blocker} is a file" if blocker and not blocker.is_dir() else e.strerror or e
         raise DataError(
             f"cannot create {dest} ({reason}); pick a writable folder for --dest"

@@ -17,6 +17,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError, TunerError
+from tuner.paths import nearest_existing, probe_writable
 from tuner.spec import StudySpec, spec_to_dict
 from tuner.weights import check_weights
 
@@ -115,8 +116,7 @@ def check_output(path: Path, option: str, *, folder: bool = False) -> None:
     Export checks every output first, so a bad ``--out`` does not surface only after
     the model has been built and saved.
     """
-    target = path if folder else path.parent
-    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    existing = nearest_existing(path if folder else path.parent)
     with _writing(path, option):
         if folder and path.exists() and not path.is_dir():
             raise NotADirectoryError(20, "it is a file, not a folder")
@@ -125,7 +125,7 @@ def check_output(path: Path, option: str, *, folder: bool = False) -> None:
         if existing is not None and not existing.is_dir():
             raise NotADirectoryError(20, f"{existing} is a file, not a folder")
         if existing is not None:
-            tempfile.TemporaryFile(dir=existing).close()
+            probe_writable(existing)
 
 
 def _curves(trials: list[FrozenTrial]) -> dict[float, tuple[list[float], list[float]]]:

@@ -235,7 +235,7 @@ def open_study(
             study.enqueue_trial({"learning_rate": rate}, user_attrs={"warm_start": True})
         _write_note(study, spec)
         return study
-    if _space_changed(study, spec, accept_space_change):
+    if _check_fit(study, spec, accept_space_change):
         study.set_user_attr(SPACE_ATTR, space)
     return study
 
@@ -254,13 +254,13 @@ def check_joinable(
     """
     if spec.study.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=spec.study.name, storage=storage)
-        _space_changed(study, spec, accept_space_change)
+        _check_fit(study, spec, accept_space_change)
         if (message := budget_difference(study, spec)) is not None:
             warn(message)
 
 
-def _space_changed(study: optuna.Study, spec: StudySpec, accept_space_change: bool) -> bool:
-    """Whether the stored study searches another space, which ``accept_space_change`` allows.
+def _check_fit(study: optuna.Study, spec: StudySpec, accept_space_change: bool) -> bool:
+    """Check that the spec fits the stored study; True when it searches an accepted new space.
 
     Raises:
         StudyError: when the study trains another model than the spec (always), or

@@ -16,7 +16,6 @@ import importlib.util
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.errors import StorageError
+from tuner.paths import nearest_existing, probe_writable
 from tuner.spec import StudySpec, worker_command
 
 __all__ = [
@@ -148,20 +148,18 @@ def journal_path(url: str) -> Path | None:
 def _check_writable_folder(path: Path, url: str) -> None:
     folder = path.resolve().parent
     if not folder.is_dir():
-        blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        blocker = nearest_existing(folder) or folder
         what = f"{blocker} is a file, not a folder" if blocker.is_file() else "it does not exist"
         raise StorageError(
             f"cannot use folder {folder} for storage {redact_url(url)!r}: {what}; "
             "create the folder first, or pick another path with --storage"
         )
-    try:  # os.access alone trusts permission bits: root, /proc and read-only mounts lie
-        if not os.access(folder, os.W_OK):
-            raise PermissionError("permission denied")
-        tempfile.TemporaryFile(dir=folder).close()
+    try:
+        probe_writable(folder)
     except OSError as e:
         raise StorageError(
             f"folder {folder} for storage {redact_url(url)!r} is not writable "
-            f"({getattr(e, 'strerror', None) or e}); pick a writable path with --storage"
+            f"({e.strerror or e}); pick a writable path with --storage"
         ) from None
 
 
