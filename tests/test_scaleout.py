@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import MYSQL_URL, PG_URL, Env, _server_reachable, tuner_cmd, unique_name
-from tuner.worker import pool_environment
+from tuner.pool import pool_environment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -128,7 +128,7 @@ def test_pool_environment_gives_each_worker_its_own_gpu_and_core_share() -> None
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.worker import _visible_gpus
+    from tuner.pool import visible_gpus as _visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
     assert _visible_gpus() == ["3", "1"]

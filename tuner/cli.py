@@ -12,7 +12,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from tuner.console import err_console, say
 from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    from tuner.signals import StopSignals
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -95,8 +98,9 @@ def worker(
         typer.Option(
             "--n-trials",
             min=1,
-            help="Stop once the study holds N complete, pruned or running trials, counted "
-            "over all workers (default: the spec's search.n_trials).",
+            help="Stop once the study holds N complete or pruned trials, counted over all "
+            "workers; a worker waits for other workers' running trials (and retries those "
+            "whose worker died) before it stops (default: the spec's search.n_trials).",
         ),
     ] = None,
     timeout: Annotated[
@@ -118,29 +122,47 @@ def worker(
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run trials of a study until it holds --n-trials trials. Ctrl-C stops cleanly."""
+    """Run trials of a study until it holds --n-trials finished trials. Ctrl-C stops cleanly."""
+    from tuner.signals import Interrupted, StopSignals
+
+    signals = StopSignals()
+    with signals.installed():
+        try:
+            code = _worker(study, storage, set_, n_trials, timeout, workers,
+                           accept_space_change, signals)  # fmt: skip
+        except Interrupted as stop:
+            say(f"stopped by {stop.name} during start-up; no trial was started")
+            code = 128 + stop.signum
+    raise typer.Exit(code)
+
+
+def _worker(
+    study: str,
+    storage: str | None,
+    set_: list[str] | None,
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    accept_space_change: bool,
+    signals: StopSignals,
+) -> int:
+    from tuner.pool import check_pool_size, pool_argv, run_pool
     from tuner.storage import open_storage
-    from tuner.worker import (
-        check_pool_size,
-        configure_threads,
-        preflight,
-        run_pool,
-        run_worker,
-    )
+    from tuner.worker import configure_threads, preflight, run_worker
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)
     opened = open_storage(url, spec)
     if workers > 1:
-        _, scan = preflight(spec, opened, accept_space_change=accept_space_change)  # download once
+        # Check and download once, here; the children then find the data ready.
+        _, scan = preflight(
+            spec, opened, accept_space_change=accept_space_change, check=signals.check
+        )
         os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
-        argv = ["--study", study, *(f"--set={s}" for s in set_ or [])]
-        argv += [f"--n-trials={n_trials}"] if n_trials else []
-        argv += [f"--timeout={timeout}"] if timeout else []
-        argv += ["--accept-space-change"] if accept_space_change else []
-        raise typer.Exit(run_pool(argv, workers, scan))
-    threads = int(os.environ.get("TUNER_THREADS", "0")) or None
-    configure_threads(threads)
+        argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
+        return run_pool(argv, workers, scan)
+    signals.check()
+    configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
     report = run_worker(
         spec,
         opened,
@@ -149,12 +171,13 @@ def worker(
         timeout=timeout,
         worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
         accept_space_change=accept_space_change,
+        signals=signals,
     )
     say(
         f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "
         f"pruned, {report.failed} failed)"
     )
-    raise typer.Exit(report.exit_code)
+    return report.exit_code
 
 
 @app.command()

@@ -62,11 +62,14 @@ def download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]
 
 
 @contextmanager
-def count_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+def count_progress(
+    label: str, check: Callable[[], None] = lambda: None
+) -> Iterator[Callable[[str, int, int], None]]:
     """One bar per part of a long count, such as the images of each split.
 
     Yields the callback ``(part, done, total)`` that
     :func:`tuner.features.load_or_compute` takes. Nothing shows until it is called.
+    ``check`` runs at every update and may raise to stop the count (a signal).
     """
     columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     progress = Progress("{task.description}", *columns, console=err_console)
@@ -78,6 +81,7 @@ def count_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
         if part not in tasks:
             tasks[part] = progress.add_task(f"{_prefix()}{label} {part}", total=total)
         progress.update(tasks[part], completed=done)  # type: ignore[arg-type]
+        check()
 
     try:
         yield update

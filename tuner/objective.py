@@ -23,10 +23,12 @@ import optuna
 import tensorflow as tf
 from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import upload_artifact
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna_integration import KerasPruningCallback
 
 from tuner import features as feature_cache
 from tuner.data import DatasetScan, load_split
+from tuner.errors import StorageError
 from tuner.export import WEIGHTS_ATTR
 from tuner.model import (
     build_feature_extractor,
@@ -37,6 +39,7 @@ from tuner.model import (
 )
 from tuner.plots import learning_curve_figure, save_figure
 from tuner.search import suggest
+from tuner.signals import TrialLost
 from tuner.spec import StudySpec
 
 tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
@@ -233,12 +236,43 @@ def _upload(
 ) -> None:
     if store is None:
         return
-    with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
-        path = Path(tmp) / name
-        write(path)
-        trial.set_user_attr(
-            attr, upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-        )
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
+            path = Path(tmp) / name
+            write(path)
+            artifact = upload_artifact(
+                artifact_store=store, file_path=str(path), study_or_trial=trial
+            )
+    except OSError as e:  # a full or read-only disk: no later trial could keep its files
+        trial.set_user_attr("fail_reason", f"could not save {name}: {e.strerror or e}")
+        where = e.filename or "the artifact folder"
+        raise StorageError(
+            f"cannot write trial files to {where} ({e.strerror or e}); free space, or point "
+            "storage.artifacts at another folder"
+        ) from None
+    trial.set_user_attr(attr, artifact)
+
+
+class StopCheck(keras.callbacks.Callback):
+    """Calls ``check`` after every training and validation batch, a safe point to stop.
+
+    The worker's check raises on SIGINT/SIGTERM, on a storage it gave up on, and
+    when another worker has failed this trial, so a trial ends within one batch.
+    """
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        super().__init__()
+        self.check = check
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.check()
+
+
+# Raised through the objective untouched: the worker, not the trial, handles them.
+_WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
 
 
 def make_objective(
@@ -246,6 +280,7 @@ def make_objective(
     data: TrialData,
     artifact_store: ArtifactStore | None = None,
     say: Say = print,
+    check: Callable[[], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: train at the trial's learning rate, return final validation accuracy.
 
@@ -254,9 +289,16 @@ def make_objective(
         data: prepared once per worker by :func:`prepare_data`.
         artifact_store: where trial weights and learning curves go; None keeps none.
         say: receives one progress line per epoch.
+        check: called after every batch; may raise to stop the trial (see :class:`StopCheck`).
     """
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return train_trial(trial)
+        except UpdateFinishedTrialError as e:  # another worker failed this trial as stale
+            raise TrialLost(str(e)) from None
+
+    def train_trial(trial: optuna.Trial) -> float:
         lr = suggest(trial, spec)["learning_rate"]
         # A retried trial inherits the failed one's attributes; clear what no longer holds.
         for stale in STALE_ATTRS & trial.user_attrs.keys():
@@ -269,8 +311,12 @@ def make_objective(
         keras.utils.set_random_seed(seed)
         recorder = EpochRecorder(trial, spec.train.epochs, say)
         pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
+        callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
+        callbacks += [StopCheck(check)] if check is not None else []
         try:
-            model = _fit(spec, data, lr, seed, [recorder, pruning])
+            model = _fit(spec, data, lr, seed, callbacks)
+        except _WORKER_STOPS:
+            raise
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)

@@ -22,4 +22,7 @@ def probe_writable(folder: Path) -> None:
     """
     if not os.access(folder, os.W_OK):
         raise PermissionError(13, "Permission denied", str(folder))
-    tempfile.TemporaryFile(dir=folder).close()
+    with tempfile.TemporaryFile(dir=folder) as probe:  # a few pages, so a full disk shows
+        probe.write(bytes(16384))
+        probe.flush()
+        os.fsync(probe.fileno())

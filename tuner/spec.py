@@ -114,6 +114,7 @@ class StorageSection:
     max_retry: int = 3
     busy_timeout: float = 60.0
     connect_timeout: float = 10.0
+    outage_tolerance: float = 120.0
     artifacts: str = ""
 
 
@@ -384,6 +385,11 @@ def _validate(spec: StudySpec, where: str, origins: dict[str, str] | None = None
         (spec.model.download_timeout > 0, "model.download_timeout must be > 0 seconds"),
         (hb >= 1, f"storage.heartbeat_interval must be >= 1 second, got {hb}"),
         (grace > hb, f"storage.grace_period ({grace}) must exceed .heartbeat_interval ({hb})"),
+        (
+            spec.storage.outage_tolerance >= 0,
+            f"storage.outage_tolerance must be at least 0 seconds, "
+            f"got {spec.storage.outage_tolerance:g}",
+        ),
         (spec.data.dir != "", "data.dir is empty; set it to the dataset folder"),
     ]
     for ok, message in checks:

@@ -11,12 +11,14 @@ lock taken at the start of the transaction, the read-check-write in Optuna's
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,19 +28,23 @@ import sqlalchemy
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.errors import StorageError
+from tuner.faults import Fault, StorageWatch, classify
 from tuner.paths import nearest_existing, probe_writable
+from tuner.retries import RetryOrGiveUp
 from tuner.spec import StudySpec, worker_command
+from tuner.sqlite import SQLiteStorage
 
 __all__ = [
     "BudgetLock",
     "artifact_folder",
     "artifact_store_for",
+    "fatal_message",
     "open_storage",
     "redact_url",
     "resolve_url",
@@ -157,6 +163,11 @@ def _check_writable_folder(path: Path, url: str) -> None:
     try:
         probe_writable(folder)
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StorageError(
+                f"database or disk is full: {folder} has no free space; free space or point "
+                "--storage elsewhere"
+            ) from None
         raise StorageError(
             f"folder {folder} for storage {redact_url(url)!r} is not writable "
             f"({e.strerror or e}); pick a writable path with --storage"
@@ -175,45 +186,59 @@ def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
     raise AssertionError("unreachable")
 
 
-def _harden_sqlite(engine: sqlalchemy.engine.Engine, busy_timeout: float) -> None:
-    ms = int(busy_timeout * 1000)
+def fatal_message(fault: Fault, url: str) -> str:
+    """The one-line error for a storage fault that waiting cannot mend."""
+    where = sqlite_path(url)
+    reason = _scrub(fault.reason, url)
+    if fault.kind == "full":
+        if where is not None:
+            return f"database or disk is full: {where}; free space or point --storage elsewhere"
+        return (
+            f"the database server of {redact_url(url)!r} is out of space ({reason}); "
+            "free space on the server"
+        )
+    if fault.kind == "readonly":
+        return (
+            f"storage {where or redact_url(url)} is read-only ({reason}); make it writable, "
+            "or point --storage elsewhere"
+        )
+    return (
+        f"storage {where or redact_url(url)} is damaged ({reason}); restore it from a backup, "
+        "or point --storage at a new file"
+    )
 
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not pysqlite, emit BEGIN, so it can be BEGIN IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
 
-    @sqlalchemy.event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _check_sqlite_file(path: Path, url: str, busy_timeout: float) -> None:
+    """Refuse a SQLite file that is damaged, before any work starts.
 
-    # Connections opened while Optuna created the tables predate the listeners.
-    engine.dispose()
+    SQLite reads only the pages a query touches, so garbage in the middle of a
+    file would otherwise surface minutes later, in the middle of a trial.
+    """
+    with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout)) as conn:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
 
 
 def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> RDBStorage:
     parsed = _parse(url)
-    backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if backend == "sqlite":
+    if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": busy_timeout}
     else:
         # Fail fast on an unreachable server instead of hanging on TCP retries.
         engine_kwargs["connect_args"] = {"connect_timeout": int(spec.storage.connect_timeout)}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=spec.storage.heartbeat_interval,
-        grace_period=spec.storage.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-            max_retry=spec.storage.max_retry, inherit_intermediate_values=False
-        ),
-    )
+    with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        options: dict[str, Any] = {
+            "engine_kwargs": engine_kwargs,
+            "heartbeat_interval": spec.storage.heartbeat_interval,
+            "grace_period": spec.storage.grace_period,
+            "heartbeat_stale_trial_callback": RetryOrGiveUp(spec.storage.max_retry),
+        }
+        if parsed.get_backend_name() == "sqlite":
+            return SQLiteStorage(url, busy_timeout, **options)
+        return RDBStorage(url, **options)
 
 
 def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
@@ -272,9 +297,8 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         with FileLock(f"{db_file}.lock", timeout=busy_timeout):
             with contextlib.closing(sqlite3.connect(db_file, timeout=busy_timeout)) as conn:
                 conn.execute("PRAGMA journal_mode = WAL")
-            storage = _rdb_storage(url, spec, busy_timeout)
-        _harden_sqlite(storage.engine, busy_timeout)
-        return storage
+            _check_sqlite_file(db_file, url, busy_timeout)
+            return _rdb_storage(url, spec, busy_timeout)
     except FileLockTimeout:
         raise StorageError(
             f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
@@ -286,7 +310,9 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
             f"no database driver for {redact_url(url)!r} ({e}); "
             f"install it with: pip install 'tuner[{extra}]'"
         ) from None
-    except (sa_exc.SQLAlchemyError, sqlite3.Error) as e:
+    except (sa_exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
+        if (fault := classify(e)) is not None and fault.fatal:
+            raise StorageError(fatal_message(fault, url)) from None
         reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
         fix = (
             f"check that {db_file} is a writable SQLite database, or pick another file"
@@ -324,32 +350,42 @@ class BudgetLock:
     machines take the same lock. ``release`` may be called early and more than once.
     """
 
-    def __init__(self, storage: BaseStorage, url: str, study_name: str) -> None:
+    def __init__(
+        self, storage: BaseStorage, url: str, study_name: str, watch: StorageWatch | None = None
+    ) -> None:
         self._path = sqlite_path(url) or journal_path(url)
         self._engine = storage.engine if isinstance(storage, RDBStorage) else None
         digest = hashlib.blake2b(study_name.encode(), digest_size=8).digest()
         self._key = int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
         self._file_lock = FileLock(f"{self._path}.budget.lock") if self._path else None
         self._conn: sqlalchemy.engine.Connection | None = None
+        self._watch = watch
 
     def acquire(self) -> None:
         if self._file_lock is not None:
             self._file_lock.acquire()
-        elif self._engine is not None:
-            self._conn = self._engine.connect()
-            if self._engine.dialect.name == "postgresql":
-                self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
-                return
-            # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
-            # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
-            query = f"SELECT GET_LOCK('tuner{self._key}', 60)"
-            while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
-                if got is None:
-                    self.release()
-                    raise StorageError(
-                        "the database refused the study's budget lock (GET_LOCK); "
-                        "check the server's log"
-                    )
+        elif self._watch is not None:
+            self._watch.call(self._acquire_server_lock)
+        else:
+            self._acquire_server_lock()
+
+    def _acquire_server_lock(self) -> None:
+        assert self._engine is not None
+        self.release()  # a connection a fault broke mid-acquire
+        self._conn = self._engine.connect()
+        if self._engine.dialect.name == "postgresql":
+            self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
+            return
+        # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
+        # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
+        query = f"SELECT GET_LOCK('tuner{self._key}', 60)"
+        while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
+            if got is None:
+                self.release()
+                raise StorageError(
+                    "the database refused the study's budget lock (GET_LOCK); "
+                    "check the server's log"
+                )
 
     def release(self) -> None:
         if self._file_lock is not None and self._file_lock.is_locked:
@@ -362,9 +398,10 @@ class BudgetLock:
                 if self._engine.dialect.name == "postgresql"
                 else f"SELECT RELEASE_LOCK('tuner{self._key}')"
             )
-            with contextlib.suppress(sa_exc.SQLAlchemyError):
+            with contextlib.suppress(sa_exc.SQLAlchemyError):  # a restarted server holds none
                 conn.exec_driver_sql(unlock)
-            conn.close()
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                conn.close()
 
     def __enter__(self) -> BudgetLock:
         self.acquire()

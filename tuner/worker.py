@@ -9,48 +9,41 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import optuna
 from filelock import FileLock
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.console import count_progress, download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
-from tuner.errors import DataError, TunerError
+from tuner.errors import DataError, StorageError, TunerError
+from tuner.faults import StorageWatch
+from tuner.pool import CHECKED_DATA_ENV
+from tuner.resilient import ResilientStorage
+from tuner.retries import OWNER_ATTR, owner_record, reap
 from tuner.search import check_joinable, open_study, pruner_name
+from tuner.signals import Interrupted, StopSignals, TrialLost
 from tuner.spec import StudySpec
-from tuner.storage import BudgetLock, artifact_store_for, redact_url
+from tuner.storage import BudgetLock, artifact_store_for, fatal_message, redact_url
 from tuner.weights import check_weights
 
 __all__ = [
-    "Interrupted",
+    "CHECKED_DATA_ENV",
     "WorkerReport",
     "configure_threads",
     "ensure_dataset",
     "preflight",
-    "run_pool",
     "run_worker",
 ]
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread on SIGINT or SIGTERM, to end the current trial."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,7 @@ def configure_threads(threads: int | None) -> None:
     )
 
 
-def _download(spec: StudySpec, folder: Path) -> None:
+def _download(spec: StudySpec, folder: Path, check: Callable[[], None]) -> None:
     """Download the spec's known dataset into ``folder``, with a progress bar."""
     if spec.data.source not in DATASETS:
         raise DataError(
@@ -103,23 +96,23 @@ def _download(spec: StudySpec, folder: Path) -> None:
                 say(message)
                 message = ""
             bar(done, total)
+            check()  # a signal stops the download between chunks
 
         download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
 
 
-# Set by a pool for its children: a data folder whose images all decoded a moment ago.
-CHECKED_DATA_ENV = "TUNER_CHECKED_DATA"
+def ensure_dataset(spec: StudySpec, check: Callable[[], None] = lambda: None) -> DatasetScan:
+    """Validate ``data.dir``, downloading the spec's known dataset first if it is missing.
 
-
-def ensure_dataset(spec: StudySpec) -> DatasetScan:
-    """Validate ``data.dir``, downloading the spec's known dataset first if it is missing."""
+    ``check`` is called between download chunks, and may raise to stop.
+    """
     folder = Path(spec.data.dir)
     if not folder.exists() and spec.data.source:
         # Workers started together download once: the others wait, then find the folder.
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{folder}.download.lock"):
             if not folder.exists():
-                _download(spec, folder)
+                _download(spec, folder, check)
     # A pool's parent has just decoded every image; its children need not do it again.
     checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
@@ -136,6 +129,7 @@ def preflight(
     *,
     worker_index: int = 0,
     accept_space_change: bool = False,
+    check: Callable[[], None] = lambda: None,
 ) -> tuple[optuna.Study, DatasetScan]:
     """Check the study, the data and the weights, then join the study, before TensorFlow loads.
 
@@ -148,52 +142,13 @@ def preflight(
         StudyError, DataError, WeightsError: naming what is wrong and how to fix it.
     """
     check_joinable(spec, storage, accept_space_change=accept_space_change)
-    scan = ensure_dataset(spec)
+    scan = ensure_dataset(spec, check)
+    check()
     check_weights(spec)
     study = open_study(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
     )
     return study, scan
-
-
-class _SignalGuard:
-    """SIGINT/SIGTERM interrupt a running objective at once, and otherwise stop the loop.
-
-    Outside the objective (while Optuna creates or finishes a trial) a signal only
-    sets ``stop``, so the storage is never left half-written.
-    """
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.stop: int | None = None
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.stop = signum
-        # Restore the defaults so that a second signal stops the process at once.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if self.armed:
-            raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_SignalGuard]:
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, self._handle) for s in signals}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        if self.stop is not None:
-            raise Interrupted(self.stop)
-        self.armed = True
-        try:
-            yield
-        finally:
-            self.armed = False
 
 
 def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -216,13 +171,66 @@ def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
     say(f"trial {trial.number} lr={lr:.3g} {outcome}; {best_text}")
 
 
-def _retry_interrupted(study: optuna.Study, storage: BaseStorage, number: int) -> None:
-    """Queue an interrupted trial again, the way stale trials are retried."""
+class _Waiting:
+    """Says once what the worker waits for while other workers' trials run."""
+
+    def __init__(self, heartbeat: bool, grace: float) -> None:
+        self.heartbeat, self.grace = heartbeat, grace
+        self._said: frozenset[int] = frozenset()
+
+    def on(self, running: list[FrozenTrial], finished: int, target: int) -> None:
+        numbers = frozenset(t.number for t in running)
+        if numbers <= self._said:
+            return
+        self._said = numbers
+        names = ", ".join(
+            f"trial {t.number} ({t.user_attrs.get('worker', 'worker unknown')})" for t in running
+        )
+        if self.heartbeat:
+            how = (
+                f"a dead worker's trial is failed and retried after {self.grace:g} s without "
+                "heartbeat (storage.grace_period)"
+            )
+        else:
+            how = (
+                "this storage keeps no heartbeat, so a trial whose worker died on another "
+                "machine cannot be told from a slow one"
+            )
+        say(
+            f"study holds {finished} of {target} finished trials; waiting for {names} "
+            f"to finish; {how}"
+        )
+
+
+@dataclass
+class _Run:
+    """The trial loop's view of the trial now running in this worker."""
+
+    number: int | None = None
+    trial_id: int | None = None
+    stop: Exception | None = None  # why the objective stopped for the worker's sake
+
+
+def _stopped_line(stop: Interrupted, run: _Run, requeued: bool) -> str:
+    if run.number is None:
+        return f"stopped by {stop.name} between trials; no trial was running"
+    if requeued:
+        return f"stopped by {stop.name}: trial {run.number} ended as FAIL and is queued again"
+    return (
+        f"stopped by {stop.name}: trial {run.number} could not be ended (storage unreachable); "
+        "it is failed and retried once its heartbeat is older than storage.grace_period"
+    )
+
+
+def _requeue(study: optuna.Study, number: int) -> bool:
+    """Queue an interrupted trial again, the way stale trials are retried; True if done."""
     trial = study.get_trials(deepcopy=False)[number]
-    if trial.state == TrialState.FAIL:
-        callback = getattr(storage, "heartbeat_stale_trial_callback", None)
-        callback = callback or RetryHeartbeatStaleTrialCallback(max_retry=3)
+    if trial.state != TrialState.FAIL:
+        return False
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
         callback(study, trial)
+    return True
 
 
 def run_worker(
@@ -234,160 +242,178 @@ def run_worker(
     timeout: float | None = None,
     worker_index: int = 0,
     accept_space_change: bool = False,
+    signals: StopSignals | None = None,
 ) -> WorkerReport:
-    """Join the spec's study and run trials until the study-wide budget is reached.
+    """Join the spec's study and run trials until it holds the budget of finished trials.
 
     Args:
         spec: the study spec.
         storage: an opened storage (see :func:`tuner.storage.open_storage`).
         url: the storage URL; it places the budget lock and the artifact store.
-        n_trials: stop once the study holds this many complete, pruned or running
-            trials, counted over all workers; defaults to ``search.n_trials``.
+        n_trials: stop once the study holds this many complete or pruned trials,
+            counted over all workers; defaults to ``search.n_trials``. While other
+            workers' trials run, the worker waits for them (or for their retries).
         timeout: start no new trial after this many seconds.
         worker_index: this worker's index in a pool; offsets the sampler seed.
         accept_space_change: continue a study whose stored space differs from the spec.
+        signals: the installed SIGINT/SIGTERM flag; one is installed here if not given.
 
     Returns:
         A report; its ``exit_code`` is 128 + the signal number after SIGINT or SIGTERM.
+
+    Raises:
+        StorageError: when the storage stays unreachable for longer than
+            ``storage.outage_tolerance``, or has a fatal fault (full, read-only, damaged).
     """
-    study, scan = preflight(
-        spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
+    signals = signals or StopSignals()
+    with signals.installed():
+        try:
+            return _run(spec, storage, url, n_trials, timeout, worker_index,
+                        accept_space_change, signals)  # fmt: skip
+        except Interrupted as stop:
+            say(f"stopped by {stop.name} during start-up; no trial was started")
+            return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
+
+
+def _run(
+    spec: StudySpec,
+    raw_storage: BaseStorage,
+    url: str,
+    n_trials: int | None,
+    timeout: float | None,
+    worker_index: int,
+    accept_space_change: bool,
+    signals: StopSignals,
+) -> WorkerReport:
+    watch = StorageWatch(
+        spec.storage.outage_tolerance,
+        redact_url(url),
+        say,
+        fatal_message=lambda fault: fatal_message(fault, url),
+        check=signals.check,
+        sleep=signals.wait,
     )
+    storage = ResilientStorage(raw_storage, watch)
+    study, scan = preflight(
+        spec, storage, worker_index=worker_index, accept_space_change=accept_space_change,
+        check=signals.check,
+    )  # fmt: skip
     say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
     from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
+    signals.check()
     target = n_trials or spec.search.n_trials
-    with count_progress("frozen-base features:") as progress:
+    with count_progress("frozen-base features:", check=signals.check) as progress:
         data = prepare_data(spec, scan, say, progress)
-    objective = make_objective(spec, data, artifact_store_for(url, spec), say)
-    lock = BudgetLock(storage, url, study.study_name)
-    guard = _SignalGuard()
-    current: list[int] = []
+    run = _Run()
+
+    def check() -> None:
+        """Between batches: stop on a signal, a storage given up on, or a trial taken away."""
+        signals.check()
+        if watch.dead is not None:
+            raise watch.dead
+        if run.trial_id is not None and storage.is_lost(run.trial_id):
+            raise TrialLost(f"trial {run.number} was failed by another worker")
+
+    objective = make_objective(spec, data, artifact_store_for(url, spec), say, check=check)
+    lock = BudgetLock(raw_storage, url, study.study_name, watch)
 
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
-        current.append(trial.number)
-        with guard.interruptible():
+        run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
+        try:
+            storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
+        except (StorageError, TrialLost) as e:
+            run.stop = e
+            raise
+        except Exception as e:  # every FAIL trial says why
+            if not trial.user_attrs.get("fail_reason"):
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
 
     deadline = time.monotonic() + timeout if timeout else math.inf
     ran: list[FrozenTrial] = []
+    waiting = _Waiting(is_heartbeat_enabled(storage), spec.storage.grace_period)
     failures = 0
-    with guard.installed():
-        while guard.stop is None and time.monotonic() < deadline:
-            with lock:
-                # A killed worker's trial stays RUNNING until failed; do it before counting.
-                optuna.storages.fail_stale_trials(study)
-                held = len(study.get_trials(deepcopy=False, states=COUNTED))
-                if held >= target:
-                    say(f"study {study.study_name!r} holds {held} of {target} trials; done")
-                    break
-                try:
-                    study.optimize(
-                        claimed_then_run,
-                        n_trials=1,
-                        catch=(Exception,),
-                        callbacks=[lambda s, t: ran.append(t), _announce],
-                    )
-                except Interrupted:
-                    break
-            failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                warn(f"stopping after {failures} failed trials in a row; see the errors above")
+    try:
+        while True:
+            signals.check()
+            if time.monotonic() >= deadline:
+                say(f"--timeout {timeout:g} s reached; starting no new trial")
                 break
-    if guard.stop is not None:
-        name = signal.Signals(guard.stop).name
-        if current:
-            _retry_interrupted(study, storage, current[-1])
-        say(f"stopped by {name}; no trial is left RUNNING (an interrupted one is queued again)")
+            with lock:
+                reap(study, spec.storage.grace_period)
+                trials = study.get_trials(deepcopy=False)
+                finished = sum(t.state in FINISHED for t in trials)
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if finished >= target:
+                    say(f"study {study.study_name!r} holds {finished} of {target} trials; done")
+                    break
+                if finished + len(running) < target:
+                    run.number = run.trial_id = None
+                    _run_one(study, claimed_then_run, ran, run, watch)
+                    failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
+                    run.number = run.trial_id = None
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        reason = ran[-1].user_attrs.get("fail_reason", "see the lines above")
+                        raise TunerError(
+                            f"stopping after {failures} failed trials in a row (last: {reason}); "
+                            "fix the cause and start the worker again"
+                        )
+                    continue
+            waiting.on(running, finished, target)
+            signals.wait(min(2.0, spec.storage.heartbeat_interval))
+    except Interrupted as stop:
+        requeued = run.number is not None and _requeue(study, run.number)
+        if run.number is not None:
+            ran.append(study.get_trials(deepcopy=False)[run.number])
+        say(_stopped_line(stop, run, requeued))
+        return _report(ran, stop.signum)
+    return _report(ran, None)
+
+
+def _run_one(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    ran: list[FrozenTrial],
+    run: _Run,
+    watch: StorageWatch,
+) -> None:
+    """Run one trial with Optuna's machinery (heartbeat thread, tell, callbacks)."""
+    try:
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=[lambda s, t: ran.append(t), _announce],
+        )
+    except Interrupted:
+        raise
+    except Exception:
+        if watch.dead is not None:  # Optuna's own clean-up failed on the storage too
+            raise watch.dead from None
+        if run.stop is None:
+            raise
+    if isinstance(run.stop, TrialLost):
+        # Another worker failed this trial as stale while it trained here (its heartbeat
+        # could not be written in time), and queued its retry.
+        say(
+            f"trial {run.number} was failed by another worker while it trained here (no "
+            "heartbeat within storage.grace_period); its retry runs instead; going on"
+        )
+    elif run.stop is not None:  # files could not be written: stop, and let the trial run again
+        assert run.number is not None
+        _requeue(study, run.number)
+        raise run.stop
+
+
+def _report(ran: list[FrozenTrial], signum: int | None) -> WorkerReport:
     states = [t.state for t in ran]
     return WorkerReport(
         ran=len(ran),
         complete=states.count(TrialState.COMPLETE),
         pruned=states.count(TrialState.PRUNED),
         failed=states.count(TrialState.FAIL),
-        interrupted=guard.stop,
+        interrupted=signum,
     )
-
-
-def _visible_gpus() -> list[str]:
-    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
-        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def pool_environment(index: int, workers: int, cores: int, gpus: Sequence[str]) -> dict[str, str]:
-    """The environment of pool worker ``index``: its CPU share, and its own GPU if any."""
-    env = {
-        "TUNER_WORKER_INDEX": str(index),
-        "TUNER_THREADS": str(max(1, cores // workers)),
-    }
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    return env
-
-
-def check_pool_size(workers: int) -> None:
-    """Refuse a pool larger than the cores (or GPUs) that its workers would share.
-
-    Raises:
-        TunerError: naming the most workers this machine can give a core or GPU each.
-    """
-    cores, gpus = os.cpu_count() or 1, _visible_gpus()
-    limit = max(cores, len(gpus))
-    if workers > limit:
-        what = f"{cores} CPU cores" + (f" and {len(gpus)} GPUs" if gpus else "")
-        raise TunerError(
-            f"--workers {workers} is more than this machine's {what}, so workers would "
-            f"fight over them; use --workers {limit} or fewer, and start more workers on "
-            "other machines against the same --storage"
-        )
-
-
-def run_pool(argv: Sequence[str], workers: int, checked: DatasetScan | None = None) -> int:
-    """Run ``tuner worker`` ``workers`` times in child processes; forward Ctrl-C and SIGTERM.
-
-    ``checked`` is the dataset as this process just validated it: when all its
-    images decoded, the children skip decoding them again.
-
-    Returns:
-        0 when every child exited 0, else the first non-zero exit code.
-    """
-    cores = os.cpu_count() or 1
-    gpus = _visible_gpus()
-    say(
-        f"starting {workers} workers, {max(1, cores // workers)} CPU threads each"
-        + (f", GPUs {', '.join(gpus)}" if gpus else "")
-    )
-    children = []
-    for i in range(workers):
-        env = {**os.environ, **pool_environment(i, workers, cores, gpus)}
-        if checked is not None and not checked.bad_files:
-            env[CHECKED_DATA_ENV] = str(checked.root.resolve())
-        cmd = [sys.executable, "-m", "tuner", "worker", *argv, "--workers", "1"]
-        # Own sessions: a terminal's Ctrl-C reaches only this parent, which forwards it
-        # once. A second signal would stop a child at once, perhaps mid-write.
-        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [child.wait() for child in children]
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    return next((c for c in codes if c != 0), 0)

@@ -1,0 +1,223 @@
+"""Storage faults: which are transient, which are fatal, and riding out the transient ones.
+
+A database that restarts, a dropped connection or a SQLite file locked for
+longer than the busy timeout is *transient*: the same call succeeds once the
+server is back. A full disk, a read-only file or a damaged database is
+*fatal*: waiting does not help, and the user must act. :func:`classify` tells
+them apart from the exception chain, and :class:`StorageWatch` retries
+transient faults with backoff for up to ``storage.outage_tolerance`` seconds,
+saying once when it starts waiting and once when the storage is back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tuner.errors import StorageError
+
+__all__ = ["Fault", "StorageWatch", "classify"]
+
+_T = TypeVar("_T")
+
+# psycopg2 SQLSTATE classes and codes: connection exceptions, operator
+# intervention (shutdown, crash, "starting up"), resources, and transaction
+# rollbacks (serialization failures, deadlocks) pass; a full disk does not.
+_PG_TRANSIENT_CLASSES = ("08", "57", "53", "40")
+_PG_FULL = ("53100",)
+# PyMySQL error numbers: cannot connect, gone away, lost connection, shutdown in
+# progress, lock wait timeout, deadlock, killed, idle disconnect.
+_MYSQL_TRANSIENT = {0, 1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+_MYSQL_FULL = {1021, 1114}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A storage fault: ``kind`` is ``transient``, ``full``, ``readonly`` or ``damaged``."""
+
+    kind: str
+    reason: str
+
+    @property
+    def fatal(self) -> bool:
+        return self.kind != "transient"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the driver error SQLAlchemy wraps, and the causes behind them."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sqlite_fault(e: sqlite3.Error) -> Fault | None:
+    name = getattr(e, "sqlite_errorname", "")  # Python 3.11+
+    text = str(e).lower()
+    reason = _first_line(e)
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return Fault("full", "database or disk is full")
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return Fault("readonly", "the database file is read-only")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+        "malformed" in text or "not a database" in text
+    ):
+        return Fault("damaged", reason)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return Fault("transient", reason)
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        return Fault("full" if "full" in text else "damaged", reason)
+    return None
+
+
+def _server_fault(e: BaseException) -> Fault | None:
+    module = type(e).__module__.split(".", 1)[0]
+    reason = _first_line(e)
+    if module == "psycopg2":
+        code = getattr(e, "pgcode", None)
+        if code in _PG_FULL:
+            return Fault("full", reason)
+        if code is None and type(e).__name__ in ("OperationalError", "InterfaceError"):
+            return Fault("transient", reason)  # refused, closed, or reset connections
+        if code and code.startswith(_PG_TRANSIENT_CLASSES):
+            return Fault("transient", reason)
+    if module == "pymysql" and e.args and isinstance(e.args[0], int):
+        if e.args[0] in _MYSQL_FULL:
+            return Fault("full", reason)
+        if e.args[0] in _MYSQL_TRANSIENT:
+            return Fault("transient", reason)
+    return None
+
+
+def classify(exc: BaseException) -> Fault | None:
+    """The storage fault behind ``exc``, or None when it is not one (a bug, a bad call).
+
+    Looks through Optuna's ``StorageInternalError`` and SQLAlchemy's wrappers to
+    the driver's own error, whose code says what happened.
+    """
+    for e in _chain(exc):
+        if isinstance(e, sqlite3.Error):
+            fault = _sqlite_fault(e)
+        elif getattr(e, "connection_invalidated", False):
+            fault = Fault("transient", _first_line(getattr(e, "orig", None) or e))
+        else:
+            fault = _server_fault(e)
+        if fault is not None:
+            return fault
+    return None
+
+
+class StorageWatch:
+    """Runs storage calls, riding out transient faults for up to ``tolerance`` seconds.
+
+    One watch serves every thread of a worker (the trial loop and Optuna's
+    heartbeat thread), so an outage is announced once, however many calls
+    wait on it. Once the tolerance has run out, or a fatal fault was seen,
+    every later call fails at once with the same :class:`StorageError`
+    (``dead``), so the worker stops instead of waiting again at each step.
+
+    Args:
+        tolerance: seconds an outage may last before the worker gives up.
+        describe: names the storage in messages (with the password masked).
+        say: prints one progress line.
+        check: called between retries in the main thread; may raise to stop waiting
+            (a signal).
+        fatal_message: turns a fatal fault into the user's one-line error.
+    """
+
+    def __init__(
+        self,
+        tolerance: float,
+        describe: str,
+        say: Callable[[str], None],
+        fatal_message: Callable[[Fault], str],
+        check: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.tolerance, self.describe, self.say = tolerance, describe, say
+        self.fatal_message, self.check = fatal_message, check
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self.dead: StorageError | None = None
+        self.outages = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, retried while the storage has a transient fault.
+
+        Raises:
+            StorageError: for a fatal fault, or once an outage outlasts the tolerance.
+        """
+        delay = 0.25
+        while True:
+            if self.dead is not None:
+                raise self.dead
+            try:
+                result = fn()
+            except Exception as e:
+                fault = classify(e)
+                if fault is None:
+                    raise
+                self._fault(fault)
+            else:
+                self._recovered()
+                return result
+            if threading.current_thread() is threading.main_thread():
+                self.check()
+            self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _fault(self, fault: Fault) -> None:
+        with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            if fault.fatal:
+                self.dead = StorageError(self.fatal_message(fault))
+                raise self.dead from None
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+                self.outages += 1
+                self.say(
+                    f"storage {self.describe} unreachable ({fault.reason}); retrying for up "
+                    f"to {self.tolerance:g} s (storage.outage_tolerance)"
+                )
+            elif now - self._since > self.tolerance:
+                self.dead = StorageError(
+                    f"storage {self.describe} unreachable for over {self.tolerance:g} s "
+                    f"({fault.reason}); check the database server, or raise "
+                    "storage.outage_tolerance"
+                )
+                raise self.dead from None
+
+    def _recovered(self) -> None:
+        if self._since is None:  # the common case: no lock needed
+            return
+        with self._lock:
+            if self._since is not None:
+                self.say(f"storage is back after {self._clock() - self._since:.1f} s")
+                self._since = None

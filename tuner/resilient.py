@@ -1,0 +1,155 @@
+"""A storage that rides out database outages: every call goes through a :class:`StorageWatch`.
+
+Workers wrap their storage in :class:`ResilientStorage`, so a database restart
+or a dropped connection pauses the trial loop and Optuna's heartbeat thread
+alike, instead of killing them, for up to ``storage.outage_tolerance`` seconds.
+Each of Optuna's storage methods is one transaction, so running it again after
+a fault is safe; the one write whose second run can see its own first
+(finishing a trial whose commit went through just before the connection
+dropped) is recognised. The heartbeat also notices when another worker has
+failed this worker's trial as stale, so the owner can stop it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import StorageError
+from tuner.faults import StorageWatch
+
+__all__ = ["ResilientStorage"]
+
+# Every public method of Optuna's storage interface, delegated through the watch.
+_DELEGATED = [
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "get_trial_params",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "check_trial_is_updatable",
+    "_get_stale_trial_ids",
+]
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(self.inner, name)
+        return self.watch.call(lambda: inner(*args, **kwargs))
+
+    method.__name__ = name
+    method.__doc__ = f"``{name}`` of the wrapped storage, riding out transient faults."
+    return method
+
+
+class ResilientStorage(BaseStorage, BaseHeartbeat):
+    """Optuna storage whose calls survive transient faults; see the module docstring.
+
+    Args:
+        inner: the storage to wrap (an RDB storage is wrapped in Optuna's cache first).
+        watch: retries transient faults and turns fatal ones into one-line errors.
+    """
+
+    def __init__(self, inner: BaseStorage, watch: StorageWatch) -> None:
+        self.inner = optuna.storages.get_storage(inner)  # type: ignore[arg-type]
+        self.watch = watch
+        self.lost: set[int] = set()  # trials of this worker that another worker failed
+        self._lost_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lost_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lost_lock = threading.Lock()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Finish or claim a trial; a retry that finds its own earlier write succeeded says so."""
+        attempts = 0
+
+        def write() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return self.inner.set_trial_state_values(trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if attempts > 1 and self.inner.get_trial(trial_id).state == state:
+                    return True  # the first attempt committed before its connection dropped
+                raise
+
+        return self.watch.call(write)
+
+    def remove_session(self) -> None:
+        self.inner.remove_session()
+
+    # Heartbeat: delegated when the wrapped storage has one.
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a heartbeat, and notice a trial that another worker failed as stale.
+
+        Runs in Optuna's heartbeat thread, which must never die of a storage
+        fault: once the worker has given up on the storage, the trial loop
+        reports it, so this thread only stops beating.
+        """
+        assert isinstance(self.inner, BaseHeartbeat)
+        heartbeat = self.inner
+        try:
+            self.watch.call(lambda: heartbeat.record_heartbeat(trial_id))
+            state = self.watch.call(lambda: self.inner.get_trial(trial_id).state)
+        except StorageError:
+            return
+        if state != TrialState.RUNNING:
+            with self._lost_lock:
+                self.lost.add(trial_id)
+
+    def is_lost(self, trial_id: int) -> bool:
+        """Whether another worker failed this running trial (its heartbeat seemed stale)."""
+        with self._lost_lock:
+            return trial_id in self.lost
+
+    def get_heartbeat_interval(self) -> int | None:
+        if not isinstance(self.inner, BaseHeartbeat):
+            return None
+        return self.inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        if not isinstance(self.inner, BaseHeartbeat):
+            return None
+        return self.inner.get_heartbeat_stale_trial_callback()
+
+
+for _name in _DELEGATED:
+    setattr(ResilientStorage, _name, _delegate(_name))
+ResilientStorage.__abstractmethods__ = frozenset()  # filled in by the loop above
