@@ -1,0 +1,224 @@
+"""Fault injection for the reliability tests: worker processes, a PostgreSQL server of the
+test's own, a small filesystem, and the invariants every fault must leave intact."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from tests.conftest import Env, tuner_cmd
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+BAD_OUTPUT = ("Traceback", "Exception ignored", "internal error", "Cannot tell")
+
+
+@dataclass
+class Worker:
+    """A ``tuner worker`` process whose output goes to a file (read it at any time)."""
+
+    proc: subprocess.Popen[str]
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signum)
+
+
+def start_worker(
+    env: Env, url: str, *args: str, name: str = "w", prefix: tuple[str, ...] = ()
+) -> Worker:
+    log = env.root / f"{name}-{time.monotonic_ns()}.log"
+    cmd = [*prefix, *tuner_cmd("worker", "--study", "clothing", "--storage", url, *args)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=env.root, stdout=out, stderr=subprocess.STDOUT, text=True)
+    return Worker(proc, log)
+
+
+def load(url: str, name: str = "clothing") -> optuna.Study:
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url, load_spec("clothing")))
+
+
+def trials(url: str, name: str = "clothing") -> list[FrozenTrial]:
+    for _ in range(50):  # the study may still be being created
+        try:
+            return load(url, name).get_trials()
+        except Exception:  # the study (or its schema) may still be being created
+            time.sleep(0.3)
+    return []
+
+
+def wait_until(
+    what: str, condition: Callable[[], bool], timeout: float = 240, every: float = 0.3
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count(url: str, states: tuple[TrialState, ...], name: str = "clothing") -> int:
+    return sum(t.state in states for t in trials(url, name))
+
+
+def running_with_epoch(url: str, name: str = "clothing") -> bool:
+    return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials(url, name))
+
+
+def assert_invariants(url: str, target: int, logs: list[str], name: str = "clothing") -> None:
+    """Exact budget, nothing RUNNING, every failed trial retried to the end or given up."""
+    from tuner.retries import gave_up
+
+    study = load(url, name)
+    all_trials = study.get_trials()
+    text = "\n".join(logs)
+    for bad in BAD_OUTPUT:
+        assert bad not in text, f"{bad!r} in the workers' output:\n{text[-4000:]}"
+    assert sum(t.state in FINISHED for t in all_trials) == target, text[-3000:]
+    assert not [t.number for t in all_trials if t.state == TrialState.RUNNING], text[-3000:]
+    given_up = {r["trials"][0] for r in gave_up(study)}
+    for t in all_trials:
+        if t.state != TrialState.FAIL:
+            continue
+        assert t.user_attrs.get("fail_reason"), f"trial {t.number} failed without a reason"
+        root = t.system_attrs.get("failed_trial", t.number)
+        chain = [u for u in all_trials if u.system_attrs.get("failed_trial") == root]
+        assert root in given_up or any(u.state in FINISHED for u in chain), (
+            f"trial {t.number} (chain from {root}) was neither finished by a retry nor given up"
+        )
+        retried_with = [u.params for u in chain if u.state in FINISHED]
+        if t.params and retried_with:
+            assert retried_with[0] == t.params
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL server of the test's own, on a free port, that the test may stop."""
+
+    bindir: Path
+    data: Path
+    port: int
+    log: Path
+    password_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.password_url = (
+            f"postgresql+psycopg2://postgres:s3cret-pw@127.0.0.1:{self.port}/tuner_faults"
+        )
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), *args),
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}"
+        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop")
+
+    def reset_database(self) -> None:
+        import sqlalchemy
+
+        admin = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DROP DATABASE IF EXISTS tuner_faults WITH (FORCE)")
+            conn.exec_driver_sql("CREATE DATABASE tuner_faults")
+        engine.dispose()
+
+
+def _as_postgres(*cmd: str) -> list[str]:
+    """PostgreSQL's tools refuse to run as root: run them as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
+@contextlib.contextmanager
+def own_postgres(root: Path) -> Iterator[OwnPostgres]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found and not shutil.which("initdb"):
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) are installed")
+    bindir = found[-1].parent if found else Path(shutil.which("initdb") or "").parent
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "pgdata"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+    init = subprocess.run(
+        _as_postgres(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if init.returncode != 0:
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    server = OwnPostgres(bindir, data, free_port(), root / "postgres.log")
+    server.start()
+    try:
+        server.reset_database()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            server.stop("immediate")
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where``; skips the test where mounting is refused."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of ``folder`` up to ``leave`` free bytes with a ballast file."""
+    ballast = folder / "ballast"
+    free = shutil.disk_usage(folder).free - leave
+    with ballast.open("wb") as f:
+        chunk = bytes(1 << 16)
+        while free > 0:
+            try:
+                f.write(chunk[: min(len(chunk), free)])
+                f.flush()
+            except OSError:
+                break
+            free -= len(chunk)
+    return ballast
