@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -165,12 +166,15 @@ def _as_postgres(*cmd: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def own_postgres(root: Path) -> Iterator[OwnPostgres]:
+def own_postgres() -> Iterator[OwnPostgres]:
+    """Start a PostgreSQL server in a fresh folder (outside pytest's private tmp folders,
+    which the postgres user cannot enter), on a free port; stop and remove it after."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found and not shutil.which("initdb"):
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) are installed")
     bindir = found[-1].parent if found else Path(shutil.which("initdb") or "").parent
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
+    root.chmod(0o755)
     data = root / "pgdata"
     data.mkdir()
     if os.geteuid() == 0:
@@ -190,6 +194,7 @@ def own_postgres(root: Path) -> Iterator[OwnPostgres]:
     finally:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

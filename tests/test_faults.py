@@ -138,7 +138,7 @@ def test_sigterm_at_random_moments_is_never_swallowed(env: Env) -> None:
 
 
 def test_workers_ride_out_a_database_restart(env: Env) -> None:
-    with own_postgres(env.root / "pg") as server:
+    with own_postgres() as server:
         url = server.password_url
         hb = ["--set=storage.heartbeat_interval=2", "--set=storage.grace_period=30"]
         args = ["--n-trials", "10", *env.overrides(epochs=40), *hb]
@@ -160,7 +160,7 @@ def test_workers_ride_out_a_database_restart(env: Env) -> None:
 def test_an_outage_beyond_the_tolerance_stops_with_one_line_and_loses_nothing(
     env: Env,
 ) -> None:
-    with own_postgres(env.root / "pg") as server:
+    with own_postgres() as server:
         url = server.password_url
         args = ["--n-trials", "6", *env.overrides(epochs=40), *FAST_HEARTBEAT,
                 "--set=storage.outage_tolerance=4"]  # fmt: skip

@@ -13,7 +13,7 @@ failed this worker's trial as stale, so the owner can stop it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
@@ -48,7 +48,6 @@ _DELEGATED = [
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial",
-    "get_all_trials",
     "get_n_trials",
     "get_best_trial",
     "get_trial_params",
@@ -109,6 +108,23 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
 
         return self.watch.call(write)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        """The study's trials; the queue (WAITING alone) lists retries of failed trials first.
+
+        Optuna claims the first queued trial it can, so a trial whose worker died is
+        finished before queued points that never started, however the budget ends.
+        """
+        inner = self.inner
+        found = self.watch.call(lambda: inner.get_all_trials(study_id, deepcopy, states))
+        if states is not None and tuple(states) == (TrialState.WAITING,):
+            found.sort(key=lambda t: "failed_trial" not in t.system_attrs)
+        return found
 
     def remove_session(self) -> None:
         self.inner.remove_session()
