@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError, TunerError
 from tuner.paths import nearest_existing, probe_writable
+from tuner.retries import gave_up
 from tuner.spec import StudySpec, spec_to_dict
 from tuner.weights import check_weights
 
@@ -38,6 +39,7 @@ class BestResult:
     states: dict[str, int]
     gap: float | None
     train_accuracy: float | None
+    gave_up: tuple[dict[str, Any], ...] = ()  # trials whose retries ran out
 
     def to_json(self, spec: StudySpec | None = None, extra: dict[str, Any] | None = None) -> dict:
         data: dict[str, Any] = {
@@ -49,6 +51,7 @@ class BestResult:
             "states": self.states,
             "gap": self.gap,
             "train_accuracy": self.train_accuracy,
+            "gave_up": [dict(r) for r in self.gave_up],
         }
         data.update(extra or {})
         if spec is not None:
@@ -84,6 +87,7 @@ def best_result(study: optuna.Study) -> BestResult:
         states=states,
         gap=best.user_attrs.get("gap"),
         train_accuracy=train[-1],
+        gave_up=tuple(gave_up(study)),
     )
 
 

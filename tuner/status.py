@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import RenderableType
 from rich.table import Table
+
+from tuner.retries import gave_up
 
 __all__ = ["StudySummary", "render_status", "summarize"]
 
@@ -22,6 +25,7 @@ class StudySummary:
     top: list[FrozenTrial]  # best first, complete trials only
     running: list[FrozenTrial]
     now: dt.datetime
+    gave_up: list[dict[str, Any]] = field(default_factory=list)
 
 
 def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
@@ -33,7 +37,7 @@ def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    return StudySummary(study.study_name, states, top, running, dt.datetime.now())
+    return StudySummary(study.study_name, states, top, running, dt.datetime.now(), gave_up(study))
 
 
 def _fmt(value: object, spec: str = ".4f") -> str:
@@ -85,4 +89,24 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
         out.append(running)
     else:
         out.append("No running trials.")
+    if summary.gave_up:
+        given = Table(
+            title="Given up: retries ran out (raise storage.max_retry to try more)",
+            title_justify="left",
+        )
+        for col in ("first trial", "parameters", "attempts", "trials", "last reason"):
+            given.add_column(col, justify="right" if col != "last reason" else "left")
+        for r in summary.gave_up:
+            params = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in r.get("params", {}).items()
+            )
+            given.add_row(
+                str(r["trial"]),
+                params or "-",
+                str(r.get("attempts", "-")),
+                ", ".join(map(str, r.get("trials", []))),
+                str(r.get("reason") or "-"),
+            )
+        out.append(given)
     return out

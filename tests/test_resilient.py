@@ -1,0 +1,112 @@
+"""The workers' storage: calls ride out faults, the queue lists retries first, lost trials."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from tuner.faults import StorageWatch
+from tuner.resilient import ResilientStorage
+from tuner.spec import load_spec
+from tuner.storage import open_storage
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+
+
+class _Flaky:
+    """Makes the next ``n`` calls of one storage method fail as a dropped connection does."""
+
+    def __init__(self, storage: Any, method: str, n: int, after: bool = False) -> None:
+        self.real = getattr(storage, method)
+        self.n, self.after = n, after
+        setattr(storage, method, self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.n > 0:
+            self.n -= 1
+            if self.after:  # the write commits, then the answer is lost
+                self.real(*args, **kwargs)
+            error = sqlite3.OperationalError("database is locked")
+            raise sqlalchemy.exc.OperationalError("stmt", {}, error)
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[ResilientStorage, list[str]]:
+    spec = load_spec("clothing", ["storage.heartbeat_interval=1", "storage.grace_period=2"])
+    lines: list[str] = []
+    watch = StorageWatch(30, "test", lines.append, lambda f: f.reason, sleep=lambda _: None)
+    storage = ResilientStorage(open_storage(f"sqlite:///{tmp_path / 's.db'}", spec), watch)
+    return storage, lines
+
+
+def test_every_call_rides_out_a_transient_fault(parts: tuple[ResilientStorage, list[str]]) -> None:
+    storage, lines = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    backend = storage.inner._backend  # type: ignore[attr-defined]
+    _Flaky(backend, "set_trial_intermediate_value", 3)
+    _Flaky(backend, "record_heartbeat", 2)
+    study.optimize(lambda t: (t.report(0.5, 0), 0.5)[1], n_trials=1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert study.trials[0].intermediate_values == {0: 0.5}
+    assert lines[0].startswith("storage test unreachable") and "back after" in lines[-1]
+
+
+def test_finishing_a_trial_whose_commit_went_through_before_the_drop_succeeds(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    _Flaky(storage.inner._backend, "set_trial_state_values", 1, after=True)  # type: ignore[attr-defined]
+    assert storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_the_queue_lists_retries_before_points_that_never_started(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"x": 1.0})
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"failed_trial": 0, "retry_history": [0]}
+        )
+    )
+    queue = storage.get_all_trials(study._study_id, states=(TrialState.WAITING,))
+    assert [t.number for t in queue] == [1, 0]
+    assert [t.number for t in storage.get_all_trials(study._study_id)] == [0, 1]
+
+
+def test_the_heartbeat_notices_a_trial_another_worker_failed(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    assert not storage.is_lost(trial._trial_id)
+    storage.inner.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    storage.record_heartbeat(trial._trial_id)
+    assert storage.is_lost(trial._trial_id)
+
+
+def test_the_heartbeat_stops_quietly_once_the_storage_is_given_up(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    from tuner.errors import StorageError
+
+    storage.watch.dead = StorageError("gone")
+    storage.record_heartbeat(trial._trial_id)  # no exception: the trial loop reports it
+    with pytest.raises(StorageError, match="gone"):
+        storage.get_trial(trial._trial_id)
