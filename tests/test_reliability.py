@@ -183,13 +183,13 @@ def test_an_outage_beyond_the_tolerance_stops_with_one_line_and_loses_nothing(
 
 
 def test_a_full_disk_is_named_and_loses_nothing(env: Env) -> None:
-    with small_filesystem(env.root / "small", "3m") as disk:
+    with small_filesystem(env.root / "small", "8m") as disk:
         url = f"sqlite:///{disk / 'study.db'}"
-        args = ["--n-trials", "30", *env.overrides(epochs=2), *FAST_HEARTBEAT]
+        args = ["--n-trials", "12", *env.overrides(epochs=2), *FAST_HEARTBEAT]
         first = run_tuner("worker", "--study", "clothing", "--storage", url, "--n-trials", "2",
                           *args[2:], cwd=env.root)  # fmt: skip
         assert first.returncode == 0, first.stderr
-        ballast = fill(disk, leave=150_000)  # room for a few more trials, not for 30
+        ballast = fill(disk, leave=200_000)  # room for a trial or two, not for 12
         full = start_worker(env, url, *args)
         assert full.wait(300) == 2, full.output
         errors = [line for line in full.output.splitlines() if line.startswith("error:")]
@@ -199,7 +199,7 @@ def test_a_full_disk_is_named_and_loses_nothing(env: Env) -> None:
         ballast.unlink()
         rescuer = start_worker(env, url, *args)
         assert rescuer.wait(600) == 0, rescuer.output
-        assert_invariants(url, 30, [rescuer.output])
+        assert_invariants(url, 12, [rescuer.output])
         for t in trials(url):
             assert t.params or t.state == TrialState.WAITING, f"trial {t.number} has no params"
 

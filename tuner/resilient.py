@@ -54,7 +54,6 @@ _DELEGATED = [
     "get_trial_user_attrs",
     "get_trial_system_attrs",
     "check_trial_is_updatable",
-    "_get_stale_trial_ids",
 ]
 
 
@@ -152,6 +151,21 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         """Whether another worker failed this running trial (its heartbeat seemed stale)."""
         with self._lost_lock:
             return trial_id in self.lost
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials whose heartbeat is older than the grace period (for the reaper)."""
+        assert isinstance(self.inner, BaseHeartbeat)
+        heartbeat = self.inner
+        return self.watch.call(lambda: heartbeat._get_stale_trial_ids(study_id))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """None: :func:`tuner.retries.reap` fails stale trials, not Optuna's own pass.
+
+        ``study.optimize`` fails stale trials before each trial too, but without a
+        ``fail_reason`` and outside the study's budget lock; the worker's reaper has just
+        done it, with both, so Optuna's pass is left nothing to do.
+        """
+        return []
 
     def get_heartbeat_interval(self) -> int | None:
         if not isinstance(self.inner, BaseHeartbeat):
