@@ -234,7 +234,7 @@ def test_a_damaged_sqlite_file_is_named_before_any_work(env: Env) -> None:
                            *command[1:], cwd=env.root)  # fmt: skip
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: storage {env.db} is damaged")
+        assert len(lines) == 1 and lines[0].startswith(f"error: SQLite file {env.db} is damaged")
         assert "restore it from a backup" in lines[0]
 
 

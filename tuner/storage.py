@@ -202,9 +202,10 @@ def fatal_message(fault: Fault, url: str) -> str:
             f"storage {where or redact_url(url)} is read-only ({reason}); make it writable, "
             "or point --storage elsewhere"
         )
+    what = f"SQLite file {where}" if where is not None else f"storage {redact_url(url)!r}"
     return (
-        f"storage {where or redact_url(url)} is damaged ({reason}); restore it from a backup, "
-        "or point --storage at a new file"
+        f"{what} is damaged ({reason}); restore it from a backup, or point --storage at a "
+        "new file"
     )
 
 
