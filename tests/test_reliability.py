@@ -20,7 +20,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Env, run_tuner
+from tests.conftest import MYSQL_URL, PG_URL, Env, _server_reachable, run_tuner, unique_name
 from tests.faultkit import (
     FINISHED,
     assert_invariants,
@@ -45,21 +45,36 @@ def _slow(env: Env, epochs: int = 400) -> list[str]:
     return env.overrides(epochs=epochs, **{"cache.enabled": "false"})
 
 
-def test_survivor_waits_for_a_killed_workers_trial_and_runs_its_retry(env: Env) -> None:
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def backend(request: pytest.FixtureRequest, env: Env) -> tuple[str, str]:
+    """A storage URL and a fresh study name on each backend (the servers' own databases)."""
+    if request.param == "sqlite":
+        return env.url, "clothing"
+    url = PG_URL if request.param == "postgresql" else MYSQL_URL
+    if (reason := _server_reachable(url)) is not None:
+        pytest.skip(f"{request.param} server not reachable at {url}: {reason}")
+    return url, unique_name("faults")
+
+
+def test_survivor_waits_for_a_killed_workers_trial_and_runs_its_retry(
+    env: Env, backend: tuple[str, str]
+) -> None:
     # A long grace period: the survivor must not declare the study done while the dead
     # worker's trial is RUNNING; it sees the worker is gone from this machine and reruns it.
-    long_grace = ["--set=storage.heartbeat_interval=2", "--set=storage.grace_period=600"]
-    victim = start_worker(env, env.url, "--n-trials", "4", *_slow(env), *long_grace)
-    wait_until("the victim's first epoch", lambda: running_with_epoch(env.url))
-    survivor = start_worker(env, env.url, "--n-trials", "4", *env.overrides(epochs=1), *long_grace)
+    url, name = backend
+    common = ["--n-trials", "4", f"--set=study.name={name}",
+              "--set=storage.heartbeat_interval=2", "--set=storage.grace_period=600"]  # fmt: skip
+    victim = start_worker(env, url, *common, *_slow(env))
+    wait_until("the victim's first epoch", lambda: running_with_epoch(url, name))
+    survivor = start_worker(env, url, *common, *env.overrides(epochs=1))
     wait_until("the survivor to wait", lambda: "waiting for trial" in survivor.output)
     assert survivor.proc.poll() is None, survivor.output
-    killed = next(t for t in trials(env.url) if t.state == TrialState.RUNNING)
+    killed = next(t for t in trials(url, name) if t.state == TrialState.RUNNING)
     victim.kill()
     victim.wait()
     assert survivor.wait(240) == 0, survivor.output
-    assert_invariants(env.url, 4, [survivor.output])
-    failed = trials(env.url)[killed.number]
+    assert_invariants(url, 4, [survivor.output], name)
+    failed = trials(url, name)[killed.number]
     assert failed.state == TrialState.FAIL
     assert "ended while running it" in failed.user_attrs["fail_reason"]
     assert f"trial {killed.number} failed:" in survivor.output

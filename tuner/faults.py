@@ -11,6 +11,7 @@ saying once when it starts waiting and once when the storage is back.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -110,7 +111,11 @@ def classify(exc: BaseException) -> Fault | None:
     the driver's own error, whose code says what happened.
     """
     for e in _chain(exc):
-        if isinstance(e, sqlite3.Error):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fault: Fault | None = Fault("full", e.strerror or str(e))  # a journal file's disk
+        elif isinstance(e, OSError) and e.errno == errno.EROFS:
+            fault = Fault("readonly", e.strerror or str(e))
+        elif isinstance(e, sqlite3.Error):
             fault = _sqlite_fault(e)
         elif getattr(e, "connection_invalidated", False):
             fault = Fault("transient", _first_line(getattr(e, "orig", None) or e))

@@ -188,7 +188,7 @@ def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
 
 def fatal_message(fault: Fault, url: str) -> str:
     """The one-line error for a storage fault that waiting cannot mend."""
-    where = sqlite_path(url)
+    where = sqlite_path(url) or journal_path(url)
     reason = _scrub(fault.reason, url)
     if fault.kind == "full":
         if where is not None:
@@ -202,10 +202,11 @@ def fatal_message(fault: Fault, url: str) -> str:
             f"storage {where or redact_url(url)} is read-only ({reason}); make it writable, "
             "or point --storage elsewhere"
         )
-    what = f"SQLite file {where}" if where is not None else f"storage {redact_url(url)!r}"
+    what = f"storage {redact_url(url)!r}"
+    if where is not None:
+        what = f"SQLite file {where}" if url.startswith("sqlite") else f"journal file {where}"
     return (
-        f"{what} is damaged ({reason}); restore it from a backup, or point --storage at a "
-        "new file"
+        f"{what} is damaged ({reason}); restore it from a backup, or point --storage at a new file"
     )
 
 
