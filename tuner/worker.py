@@ -390,7 +390,11 @@ def _run_one(
         )
     except Interrupted:
         raise
-    except Exception:
+    except Exception as e:
+        if (stop := _interrupted_behind(e)) is not None:
+            # A signal came while a storage call waited out an outage inside Optuna's own
+            # bookkeeping, whose clean-up then failed too; the signal is what happened.
+            raise stop from None
         if watch.dead is not None:  # Optuna's own clean-up failed on the storage too
             raise watch.dead from None
         if run.stop is None:
@@ -406,6 +410,16 @@ def _run_one(
         assert run.number is not None
         _requeue(study, run.number)
         raise run.stop
+
+
+def _interrupted_behind(error: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` that ``error`` was raised while handling, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _report(ran: list[FrozenTrial], signum: int | None) -> WorkerReport:
