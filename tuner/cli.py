@@ -12,23 +12,28 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
-import optuna
-import typer
+from tuner.signals import StopSignals
+
+# A worker handles SIGINT and SIGTERM from its first moment, not only once optuna and
+# typer have loaded: a signal during the imports is then acted on at the first check.
+_SIGNALS = StopSignals()
+if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "worker":
+    _SIGNALS.install()
+
+import optuna  # noqa: E402 - after the signal handlers
+import typer  # noqa: E402 - after the signal handlers
 
 try:  # typer 0.2x ships its own copy of click, with its own exception classes
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from tuner.console import err_console, say
-from tuner.errors import TunerError
-
-if TYPE_CHECKING:
-    from tuner.signals import StopSignals
+from tuner.console import err_console, say  # noqa: E402 - after the signal handlers
+from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -123,9 +128,9 @@ def worker(
     debug: DebugOpt = False,
 ) -> None:
     """Run trials of a study until it holds --n-trials finished trials. Ctrl-C stops cleanly."""
-    from tuner.signals import Interrupted, StopSignals
+    from tuner.signals import Interrupted
 
-    signals = StopSignals()
+    signals = _SIGNALS
     with signals.installed():
         try:
             code = _worker(study, storage, set_, n_trials, timeout, workers,

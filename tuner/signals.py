@@ -67,6 +67,17 @@ class StopSignals:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def install(self) -> None:
+        """Handle the signals from now on (main thread), for a process that is a worker.
+
+        Used before the heavy imports, so that a signal in a worker's first moments
+        is handled like any other; :meth:`installed` then finds the handlers in place.
+        """
+        if threading.current_thread() is threading.main_thread() and not self._active:
+            for s in _SIGNALS:
+                signal.signal(s, self._handle)
+            self._active = True
+
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal has come."""
         if self.signum is not None:
