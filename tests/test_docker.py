@@ -83,16 +83,35 @@ def test_base_image_is_a_slim_python_the_package_supports() -> None:
     assert low and int(match.group(2)) >= int(low.group(1))
 
 
-def test_install_command_installs_this_package_with_existing_extras() -> None:
+def test_install_layers_hold_the_dependencies_then_this_package() -> None:
     runs = [args for op, args in _instructions() if op == "RUN" and "pip install" in args]
-    assert len(runs) == 1, runs
-    extras = re.search(r"tuner-\*\.whl\)?\[([\w,-]+)\]", runs[0])
-    assert extras, runs[0]
+    # The dependencies first, so that their layer stays cached while only the code changes.
+    deps, package = runs
+    assert "-r /tmp/requirements.txt" in deps
+    assert all("--no-cache-dir" in run for run in runs)
+    extras = re.search(r"tuner-\*\.whl\)?\[([\w,-]+)\]", package)
+    assert extras, package
     wanted = set(extras.group(1).split(","))
     assert wanted == {"postgres", "mysql"}
     assert wanted <= set(PYPROJECT["project"]["optional-dependencies"])
+    assert "--no-deps" in package and "pip check" in package
     built = [a for op, a in _all_instructions() if op == "RUN" and "pip wheel" in a]
     assert built and "--no-deps" in built[0], "the wheel of this package is built in the image"
+
+
+def test_requirements_file_is_the_dependencies_with_the_installed_extras() -> None:
+    pytest.importorskip("tomllib")  # the snippet runs on the image's Python 3.11
+    (made,) = [
+        a for op, a in _all_instructions() if op == "RUN" and a.endswith("> requirements.txt")
+    ]
+    python, flag, code = shlex.split(made)[:3]
+    assert (python, flag) == ("python", "-c")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    assert out.splitlines() == [*project["dependencies"], *extras["postgres"], *extras["mysql"]]
 
 
 def _all_instructions() -> list[tuple[str, str]]:
