@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import zipfile
@@ -25,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from tests.conftest import REPO
 from tuner.cli import app
+from tuner.dashboard import address_line
 from tuner.spec import load_spec
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -64,6 +66,11 @@ def _parse_cli(args: list[str]) -> Any:
         name, sub, args = command.resolve_command(ctx, rest)
         assert sub is not None, f"unknown tuner command in {args}"
         command = sub
+
+
+def _resolve(value: str) -> str:
+    """A compose value with each ``${VAR:-default}`` replaced by its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
 def _tuner_lines(service: dict[str, Any]) -> list[list[str]]:
@@ -207,7 +214,8 @@ def test_dashboard_port_agrees_with_the_cli_and_stays_on_loopback() -> None:
     default = next(p for p in command.params if p.name == "port").default
     assert ctx.params["port"] == default == 8080
     assert ctx.params["host"] == "0.0.0.0"  # inside the container; published below
-    assert dashboard["ports"] == [f"127.0.0.1:{default}:{ctx.params['port']}"]
+    (published,) = dashboard["ports"]
+    assert _resolve(published) == f"127.0.0.1:{default}:{ctx.params['port']}"
 
 
 @pytest.mark.slow
@@ -226,3 +234,34 @@ def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path: Path) -> N
     assert {f"tuner/_studies/{s}" for s in studies} <= names
     assert "tuner/cli.py" in names
     assert re.search(r"^tuner = tuner\.cli:main$", entry_points, re.M)
+
+
+# --- the dashboard's printed address, inside and outside a container ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"TUNER_IN_CONTAINER": "1", "TUNER_PUBLIC_URL": "http://127.0.0.1:9090/"},
+            "open http://127.0.0.1:9090/dashboard/studies/3 (Ctrl-C to stop)",
+        ),
+        (
+            {"TUNER_IN_CONTAINER": "1"},
+            "listening on 0.0.0.0:8080 inside the container; open /dashboard/studies/3 on the "
+            "address the host publishes port 8080 on (set TUNER_PUBLIC_URL to print it here)",
+        ),
+        ({}, f"open http://{socket.gethostname()}:8080/dashboard/studies/3 (Ctrl-C to stop)"),
+    ],
+)
+def test_dashboard_address_is_one_a_user_can_open(environ: dict[str, str], line: str) -> None:
+    # The container's host name, which `docker run` makes its id, is never shown inside one.
+    assert address_line("0.0.0.0", "0.0.0.0", 8080, 3, environ) == line
+
+
+def test_image_marks_itself_as_a_container_and_compose_publishes_the_address() -> None:
+    assert _env()["TUNER_IN_CONTAINER"] == "1"
+    dashboard = SERVICES["dashboard"]
+    (published,) = dashboard["ports"]
+    host, port, _inside = _resolve(published).rsplit(":", 2)
+    assert _resolve(dashboard["environment"]["TUNER_PUBLIC_URL"]) == f"http://{host}:{port}"
