@@ -204,12 +204,12 @@ def test_image_runs_help_and_a_worker_against_postgres(
             "-e", f"TUNER_STORAGE={host_database}",  # keeps the URL out of the command line
             "-v", f"{data}:/app/data", "-v", f"{artifacts}:/app/artifacts",
             "-v", f"{cache}:/cache",
-            image, "worker", "--study", STUDY, "--n-trials", "3", *_sets(**{"train.epochs": 2}),
+            image, "worker", "--study", STUDY, "--n-trials", "4", *_sets(**{"train.epochs": 1}),
             timeout=600, check=False,
         )  # fmt: skip
         log = worker.stdout + worker.stderr
         assert worker.returncode == 0, log
-        assert "worker done: 3 trials" in log, log
+        assert "worker done: 4 trials" in log, log
         hostname = _run("docker", "inspect", "-f", "{{.Config.Hostname}}", name).stdout.strip()
         # The volumes: what the worker wrote there belongs to the image's user.
         in_cache = _run(
@@ -220,7 +220,7 @@ def test_image_runs_help_and_a_worker_against_postgres(
         _run("docker", "rm", "-f", name, check=False)
         _run("docker", "volume", "rm", "-f", cache, check=False)
     trials = _trials(host_database)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [t.state for t in trials]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.state for t in trials]
     assert {t.user_attrs["worker"].split(":")[0] for t in trials} == {hostname}
     written = [p for p in artifacts.rglob("*") if p.is_file()]
     assert written, "the worker wrote no trial files into the artifacts volume"
@@ -350,7 +350,7 @@ def test_compose_runs_the_study_and_serves_it_on_loopback(stack: Callable[..., S
         120,
         s.logs,
     )
-    assert [study["study_name"] for study in listing["studies"]] == [STUDY]
+    assert [study["study_name"] for study in listing["study_summaries"]] == [STUDY]
     (dashboard,) = s.ids("dashboard")
     published = _run("docker", "port", dashboard, "8080/tcp").stdout.split()
     assert published == [f"127.0.0.1:{s.dashboard_port}"], published
