@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import json
 import os
 import socket
@@ -109,6 +110,8 @@ def _writable_by_the_image(folder: Path) -> Path:
 
 def _free_port(preferred: int | None = None) -> int:
     with socket.socket() as s:
+        # As Docker binds: a port whose last connections linger in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         with contextlib.suppress(OSError):
             if preferred:
                 s.bind(("127.0.0.1", preferred))
@@ -143,6 +146,11 @@ def _own_address() -> str | None:
             s.connect(("192.0.2.1", 9))  # no packet is sent; it only picks the interface
         own = s.getsockname()[0]
     return None if own in ("0.0.0.0", "127.0.0.1") else own
+
+
+def _docker_time(stamp: str) -> datetime.datetime:
+    """Docker's RFC 3339 time (UTC, in nanoseconds) as Optuna records times in the containers."""
+    return datetime.datetime.fromisoformat(stamp[:26].rstrip("Z"))
 
 
 def _trials(url: str) -> list[FrozenTrial]:
@@ -380,13 +388,26 @@ def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> Non
     started = time.monotonic()
     s("restart", "postgres")
     print(f"\npostgres restarted in {time.monotonic() - started:.1f} s")
-    assert s.inspect(postgres, "{{.State.StartedAt}}") != before
+    # The database was down from its old run's end to its new run's start (and a bit beyond).
+    down = _docker_time(s.inspect(postgres, "{{.State.FinishedAt}}"))
+    up = _docker_time(s.inspect(postgres, "{{.State.StartedAt}}"))
+    assert up > _docker_time(before)
     running = [c for c in s.ids("worker") if s.inspect(c, "{{.State.Status}}") == "running"]
     assert running, f"the workers were done before the restart; more trials, please\n{s.logs()}"
 
     codes = s.wait_exited("worker")
+    trials = _trials(s.url)
+    in_flight = [
+        t.number
+        for t in trials
+        if t.datetime_start is not None
+        and t.datetime_start < down
+        and (t.datetime_complete is None or t.datetime_complete > up)
+    ]
+    times = [(t.number, str(t.datetime_start), str(t.datetime_complete)) for t in trials]
+    assert in_flight, f"no trial was in flight from {down} to {up}: {times}\n{s.logs()}"
     assert len(codes) == 2 and set(codes.values()) == {0}, f"{codes}\n{s.logs()}"
-    _assert_complete_and_consistent(_trials(s.url), s.budget)
+    _assert_complete_and_consistent(trials, s.budget)
 
 
 def test_docker_stop_fails_the_trial_and_another_worker_reruns_it(
