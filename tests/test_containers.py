@@ -37,7 +37,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import PG_URL, REPO, TINY_SIZE, _server_reachable, make_subset, unique_name
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+# A cold build (TensorFlow) is part of the first test.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 IMAGE = "tuner:test"
 BASE_IMAGES = ("python:3.11-slim", "postgres:16")
@@ -194,14 +195,16 @@ def host_database() -> Iterator[str]:
         admin.dispose()
 
 
-def test_image_runs_help_and_a_worker_against_postgres(
-    image: str, host_database: str, tmp_path: Path
-) -> None:
+def test_image_answers_help_as_its_own_user(image: str) -> None:
     help_ = _run("docker", "run", "--rm", image, "--help", timeout=120)
     assert "worker" in help_.stdout and "dashboard" in help_.stdout, help_.stdout
     user = _run("docker", "run", "--rm", "--entrypoint", "id", image).stdout
     assert user.startswith(f"uid={UID}(tuner)"), user
 
+
+def test_worker_container_runs_its_trials_against_postgres(
+    image: str, host_database: str, tmp_path: Path
+) -> None:
     data = _tiny_data(tmp_path)
     artifacts = _writable_by_the_image(tmp_path / "artifacts")
     name = unique_name("tuner-test").replace("_", "-")
@@ -413,7 +416,7 @@ def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> Non
 def test_docker_stop_fails_the_trial_and_another_worker_reruns_it(
     stack: Callable[..., Stack],
 ) -> None:
-    s = stack(budget=6, epochs=40, **{"pruner.kind": "none"})
+    s = stack(budget=4, epochs=30, **{"pruner.kind": "none"})
     _up(s)
     hosts = {s.inspect(c, "{{.Config.Hostname}}"): c for c in s.ids("worker")}
 
