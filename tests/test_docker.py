@@ -194,6 +194,14 @@ def test_compose_commands_are_valid_tuner_command_lines() -> None:
     assert len(artifacts) == 1, "workers and dashboard must share one artifact store"
 
 
+def test_compose_builds_with_the_host_network_and_stops_postgres_fast() -> None:
+    for name, service in TUNER_SERVICES.items():
+        # As `docker build --network host`, where the build reaches the index only that way.
+        assert service["build"] == {"context": ".", "network": "host"}, name
+    # The official image's STOPSIGNAL: a restart ends the sessions rather than awaiting them.
+    assert SERVICES["postgres"]["stop_signal"] == "SIGINT"
+
+
 def test_every_service_uses_postgres_through_the_psycopg2_extra() -> None:
     postgres = SERVICES["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
