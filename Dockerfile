@@ -43,7 +43,7 @@ shutil.rmtree(pathlib.Path(importlib.util.find_spec("tensorflow").origin).parent
 # The studies ship inside the wheel (tuner/_studies), so `--study clothing` works anywhere.
 # `pip check` proves the layer above holds every dependency the wheel declares.
 COPY --from=build /wheels /tmp/wheels
-RUN python -m pip install --no-cache-dir --no-deps "$(ls /tmp/wheels/tuner-*.whl)[postgres,mysql]" \
+RUN python -m pip install --no-cache-dir --no-deps /tmp/wheels/tuner-*.whl \
     && rm -rf /tmp/wheels \
     && python -m pip check
 USER tuner

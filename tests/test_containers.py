@@ -206,6 +206,8 @@ def test_image_answers_help_as_its_own_user(image: str) -> None:
     assert "worker" in help_.stdout and "dashboard" in help_.stdout, help_.stdout
     user = _run("docker", "run", "--rm", "--entrypoint", "id", image).stdout
     assert user.startswith(f"uid={UID}(tuner)"), user
+    drivers = "import psycopg2, pymysql, tensorflow; print(tensorflow.__version__)"
+    _run("docker", "run", "--rm", "--entrypoint", "python", image, "-c", drivers, timeout=120)
 
 
 def test_worker_container_runs_its_trials_against_postgres(

@@ -96,12 +96,8 @@ def test_install_layers_hold_the_dependencies_then_this_package() -> None:
     deps, package = runs
     assert "-r /tmp/requirements.txt" in deps
     assert all("--no-cache-dir" in run for run in runs)
-    extras = re.search(r"tuner-\*\.whl\)?\[([\w,-]+)\]", package)
-    assert extras, package
-    wanted = set(extras.group(1).split(","))
-    assert wanted == {"postgres", "mysql"}
-    assert wanted <= set(PYPROJECT["project"]["optional-dependencies"])
-    assert "--no-deps" in package and "pip check" in package
+    assert re.search(r"--no-deps \S*/tuner-\*\.whl", package), package
+    assert "pip check" in package
     built = [a for op, a in _all_instructions() if op == "RUN" and "pip wheel" in a]
     assert built and "--no-deps" in built[0], "the wheel of this package is built in the image"
 
@@ -117,7 +113,7 @@ def test_requirements_file_is_the_dependencies_with_the_installed_extras() -> No
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     project = PYPROJECT["project"]
-    extras = project["optional-dependencies"]
+    extras = project["optional-dependencies"]  # the drivers of both server storages
     assert out.splitlines() == [*project["dependencies"], *extras["postgres"], *extras["mysql"]]
 
 

@@ -105,6 +105,9 @@ def address_line(
         port: the port it listens on.
         study_id: the study's id, for the study's page.
         environ: the environment, read for ``TUNER_PUBLIC_URL`` and ``TUNER_IN_CONTAINER``.
+
+    Returns:
+        ``open URL`` where the URL is known, else where the server listens.
     """
     page = f"/dashboard/studies/{study_id}"
     if public := environ.get(PUBLIC_URL_ENV):
