@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import zipfile
@@ -25,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from tests.conftest import REPO
 from tuner.cli import app
+from tuner.dashboard import address_line
 from tuner.spec import load_spec
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -66,6 +68,11 @@ def _parse_cli(args: list[str]) -> Any:
         command = sub
 
 
+def _resolve(value: str) -> str:
+    """A compose value with each ``${VAR:-default}`` replaced by its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
 def _tuner_lines(service: dict[str, Any]) -> list[list[str]]:
     """Each tuner invocation of a service: its command, or the tuner calls in an sh -c."""
     command = service.get("command", [])
@@ -83,16 +90,31 @@ def test_base_image_is_a_slim_python_the_package_supports() -> None:
     assert low and int(match.group(2)) >= int(low.group(1))
 
 
-def test_install_command_installs_this_package_with_existing_extras() -> None:
+def test_install_layers_hold_the_dependencies_then_this_package() -> None:
     runs = [args for op, args in _instructions() if op == "RUN" and "pip install" in args]
-    assert len(runs) == 1, runs
-    extras = re.search(r"tuner-\*\.whl\)?\[([\w,-]+)\]", runs[0])
-    assert extras, runs[0]
-    wanted = set(extras.group(1).split(","))
-    assert wanted == {"postgres", "mysql"}
-    assert wanted <= set(PYPROJECT["project"]["optional-dependencies"])
+    # The dependencies first, so that their layer stays cached while only the code changes.
+    deps, package = runs
+    assert "-r /tmp/requirements.txt" in deps
+    assert all("--no-cache-dir" in run for run in runs)
+    assert re.search(r"--no-deps \S*/tuner-\*\.whl", package), package
+    assert "pip check" in package
     built = [a for op, a in _all_instructions() if op == "RUN" and "pip wheel" in a]
     assert built and "--no-deps" in built[0], "the wheel of this package is built in the image"
+
+
+def test_requirements_file_is_the_dependencies_with_the_installed_extras() -> None:
+    pytest.importorskip("tomllib")  # the snippet runs on the image's Python 3.11
+    (made,) = [
+        a for op, a in _all_instructions() if op == "RUN" and a.endswith("> requirements.txt")
+    ]
+    python, flag, code = shlex.split(made)[:3]
+    assert (python, flag) == ("python", "-c")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]  # the drivers of both server storages
+    assert out.splitlines() == [*project["dependencies"], *extras["postgres"], *extras["mysql"]]
 
 
 def _all_instructions() -> list[tuple[str, str]]:
@@ -168,6 +190,14 @@ def test_compose_commands_are_valid_tuner_command_lines() -> None:
     assert len(artifacts) == 1, "workers and dashboard must share one artifact store"
 
 
+def test_compose_builds_with_the_host_network_and_stops_postgres_fast() -> None:
+    for name, service in TUNER_SERVICES.items():
+        # As `docker build --network host`, where the build reaches the index only that way.
+        assert service["build"] == {"context": ".", "network": "host"}, name
+    # The official image's STOPSIGNAL: a restart ends the sessions rather than awaiting them.
+    assert SERVICES["postgres"]["stop_signal"] == "SIGINT"
+
+
 def test_every_service_uses_postgres_through_the_psycopg2_extra() -> None:
     postgres = SERVICES["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
@@ -188,7 +218,8 @@ def test_dashboard_port_agrees_with_the_cli_and_stays_on_loopback() -> None:
     default = next(p for p in command.params if p.name == "port").default
     assert ctx.params["port"] == default == 8080
     assert ctx.params["host"] == "0.0.0.0"  # inside the container; published below
-    assert dashboard["ports"] == [f"127.0.0.1:{default}:{ctx.params['port']}"]
+    (published,) = dashboard["ports"]
+    assert _resolve(published) == f"127.0.0.1:{default}:{ctx.params['port']}"
 
 
 @pytest.mark.slow
@@ -207,3 +238,34 @@ def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path: Path) -> N
     assert {f"tuner/_studies/{s}" for s in studies} <= names
     assert "tuner/cli.py" in names
     assert re.search(r"^tuner = tuner\.cli:main$", entry_points, re.M)
+
+
+# --- the dashboard's printed address, inside and outside a container ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"TUNER_IN_CONTAINER": "1", "TUNER_PUBLIC_URL": "http://127.0.0.1:9090/"},
+            "open http://127.0.0.1:9090/dashboard/studies/3 (Ctrl-C to stop)",
+        ),
+        (
+            {"TUNER_IN_CONTAINER": "1"},
+            "listening on 0.0.0.0:8080 inside the container; open /dashboard/studies/3 on the "
+            "address the host publishes port 8080 on (set TUNER_PUBLIC_URL to print it here)",
+        ),
+        ({}, f"open http://{socket.gethostname()}:8080/dashboard/studies/3 (Ctrl-C to stop)"),
+    ],
+)
+def test_dashboard_address_is_one_a_user_can_open(environ: dict[str, str], line: str) -> None:
+    # The container's host name, which `docker run` makes its id, is never shown inside one.
+    assert address_line("0.0.0.0", "0.0.0.0", 8080, 3, environ) == line
+
+
+def test_image_marks_itself_as_a_container_and_compose_publishes_the_address() -> None:
+    assert _env()["TUNER_IN_CONTAINER"] == "1"
+    dashboard = SERVICES["dashboard"]
+    (published,) = dashboard["ports"]
+    host, port, _inside = _resolve(published).rsplit(":", 2)
+    assert _resolve(dashboard["environment"]["TUNER_PUBLIC_URL"]) == f"http://{host}:{port}"

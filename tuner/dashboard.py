@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+from collections.abc import Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -26,7 +28,11 @@ from tuner.storage import (
     redact_url,
 )
 
-__all__ = ["is_loopback", "make_app", "serve"]
+__all__ = ["address_line", "is_loopback", "make_app", "serve"]
+
+# Where the host publishes the dashboard (compose.yaml sets it), and set by the image itself.
+PUBLIC_URL_ENV = "TUNER_PUBLIC_URL"
+IN_CONTAINER_ENV = "TUNER_IN_CONTAINER"
 
 
 def is_loopback(host: str) -> bool:
@@ -84,6 +90,39 @@ def _bind(host: str, port: int, app: Any) -> WSGIServer:
         raise TunerError(f"cannot listen on {host}:{port} ({e.strerror}); check --host") from None
 
 
+def address_line(
+    host: str, bound: str, port: int, study_id: int, environ: Mapping[str, str]
+) -> str:
+    """The line that says where to open the dashboard.
+
+    Inside a container, its host name and port mean nothing to the user: the
+    address is wherever the host publishes the port, which only whoever started
+    the container knows, and says in ``TUNER_PUBLIC_URL``.
+
+    Args:
+        host: the ``--host`` as given.
+        bound: the address the server is bound to.
+        port: the port it listens on.
+        study_id: the study's id, for the study's page.
+        environ: the environment, read for ``TUNER_PUBLIC_URL`` and ``TUNER_IN_CONTAINER``.
+
+    Returns:
+        ``open URL`` where the URL is known, else where the server listens.
+    """
+    page = f"/dashboard/studies/{study_id}"
+    if public := environ.get(PUBLIC_URL_ENV):
+        return f"open {public.rstrip('/')}{page} (Ctrl-C to stop)"
+    if environ.get(IN_CONTAINER_ENV):
+        shown = f"[{bound}]" if ":" in bound else bound
+        return (
+            f"listening on {shown}:{port} inside the container; open {page} on the address "
+            f"the host publishes port {port} on (set {PUBLIC_URL_ENV} to print it here)"
+        )
+    shown = socket.gethostname() if ipaddress.ip_address(bound).is_unspecified else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"open http://{shown}:{port}{page} (Ctrl-C to stop)"
+
+
 def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the dashboard until Ctrl-C.
 
@@ -95,14 +134,17 @@ def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) 
     server = _bind(host, port, app)
     bound = str(server.server_address[0])
     if not is_loopback(bound):
+        advice = (
+            f"publish the port on the host's loopback only (-p 127.0.0.1:{port}:{port})"
+            if os.environ.get(IN_CONTAINER_ENV)
+            else "prefer 127.0.0.1 and an SSH tunnel"
+        )
         warn(
             f"listening on {host}: optuna-dashboard has no authentication, so anyone who can "
-            "reach this port can read and change the study; prefer 127.0.0.1 and an SSH tunnel"
+            f"reach this port can read and change the study; {advice}"
         )
-    shown = socket.gethostname() if ipaddress.ip_address(bound).is_unspecified else host
-    shown = f"[{shown}]" if ":" in shown else shown
     say(f"dashboard for study {spec.study.name!r} on {redact_url(url)}")
-    say(f"open http://{shown}:{port}/dashboard/studies/{study_id} (Ctrl-C to stop)")
+    say(address_line(host, bound, port, study_id, os.environ))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
