@@ -24,7 +24,8 @@ def test_clothing_defaults_follow_the_design() -> None:
     assert spec.cache.enabled is True
     assert (spec.storage.heartbeat_interval, spec.storage.grace_period) == (60, 180)
     assert isinstance(spec.sampler.seed, int)
-    assert spec.search.warm_start == (1e-4, 1e-3, 1e-2, 1e-1)
+    assert spec.search.warm_start == tuple({"learning_rate": r} for r in (1e-4, 1e-3, 1e-2, 1e-1))
+    assert list(spec.search.space) == ["learning_rate"]
     assert spec.study.name == "clothing"
 
 
