@@ -1,9 +1,12 @@
 """The Keras objective (TF): trains one trial, reports every epoch, keeps the weights.
 
-This is the only module that reports to trials. Reporting and pruning go
-through ``optuna_integration``'s ``KerasPruningCallback``; :class:`EpochRecorder`
-records the trial attributes of the contract after every epoch, so a pruned or
-interrupted trial keeps its curves.
+This is the only module that reports to trials. Each trial samples every
+hyperparameter of the space, builds the spec's recipe from them (a head on
+cached features, or the complete model) and trains it with Adam at its
+``learning_rate``. Reporting and pruning go through ``optuna_integration``'s
+``KerasPruningCallback``; :class:`EpochRecorder` records the trial attributes
+of the contract after every epoch, so a pruned or interrupted trial keeps its
+curves.
 """
 
 from __future__ import annotations
@@ -18,33 +21,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import optuna
-import tensorflow as tf
 from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import upload_artifact
-from optuna_integration import KerasPruningCallback
 
+from tuner.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+    import tensorflow as tf
+    from optuna_integration import KerasPruningCallback
+
+from tuner import attrs
 from tuner import features as feature_cache
 from tuner.data import DatasetScan, load_split
-from tuner.export import WEIGHTS_ATTR
 from tuner.model import (
+    assemble,
     build_feature_extractor,
-    build_full_model,
-    build_head,
+    build_part,
     compile_model,
     save_trained_weights,
 )
 from tuner.plots import learning_curve_figure, save_figure
+from tuner.recipes import HEAD, Params, Recipe, recipe_for
 from tuner.search import suggest
+from tuner.space import Space, format_params
 from tuner.spec import StudySpec
 
 tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
 
 __all__ = ["EpochRecorder", "TrialData", "make_objective", "prepare_data", "worker_id"]
 
-CURVE_ATTR = "curve_artifact"
-STALE_ATTRS = {"fail_reason", "prune_reason", "pruned_at_epoch", WEIGHTS_ATTR, CURVE_ATTR}
 Say = Callable[[str], None]
 
 
@@ -67,6 +74,11 @@ class TrialData:
     def num_classes(self) -> int:
         return len(self.scan.class_names)
 
+    @property
+    def feature_dim(self) -> int:
+        assert self.features is not None
+        return int(self.features.features["train"].shape[1])
+
 
 def prepare_data(
     spec: StudySpec,
@@ -78,7 +90,8 @@ def prepare_data(
 
     ``progress`` follows a feature extraction, see :func:`tuner.features.extract_features`.
     """
-    reason = feature_cache.cache_reason(spec)
+    recipe = recipe_for(spec)
+    reason = feature_cache.cache_reason(spec, recipe)
     if reason is None:
         fs = feature_cache.load_or_compute(spec, scan, on_compute=say, progress=progress)
         if fs.status == "hit":
@@ -87,7 +100,7 @@ def prepare_data(
     say(f"feature cache off: {reason}; running the full pipeline")
     val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
     extractor = None
-    if spec.model.recipe == "xception-head" and not spec.model.trainable_base:
+    if recipe.kind == HEAD and not spec.model.trainable_base:
         extractor = build_feature_extractor(spec)  # frozen: shared by every trial
     return TrialData(
         scan,
@@ -107,10 +120,16 @@ class EpochRecorder(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, trial: optuna.Trial, epochs: int, say: Say, flush_every: float = 5.0
+        self,
+        trial: optuna.Trial,
+        epochs: int,
+        say: Say,
+        flush_every: float = 5.0,
+        space: Space | None = None,
     ) -> None:
         super().__init__()
         self.trial, self.epochs, self.say = trial, epochs, say
+        self.label = f"trial {trial.number} {format_params(trial.params, space)}"
         self.flush_every = flush_every
         self.train_accuracy: list[float] = []
         self.val_accuracy: list[float] = []
@@ -127,16 +146,15 @@ class EpochRecorder(keras.callbacks.Callback):
         self.train_accuracy.append(float(logs.get("accuracy", math.nan)))
         self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
         self.val_loss.append(float(logs.get("val_loss", math.nan)))
-        lr = self.trial.params["learning_rate"]
         self.say(
-            f"trial {self.trial.number} lr={lr:.3g} epoch {epoch + 1}/{self.epochs} "
+            f"{self.label} epoch {epoch + 1}/{self.epochs} "
             f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f} "
             f"({self.epoch_seconds[-1]:.1f}s)"
         )
         loss = float(logs.get("loss", math.nan))
         if not math.isfinite(loss):
             reason = f"diverged: training loss is {loss} at epoch {epoch}"
-            self.trial.set_user_attr("prune_reason", reason)
+            self.trial.set_user_attr(attrs.PRUNE_REASON, reason)
             raise optuna.TrialPruned(reason)
         if time.perf_counter() - self._flushed >= self.flush_every:
             self.flush()
@@ -146,13 +164,13 @@ class EpochRecorder(keras.callbacks.Callback):
         if not self.train_accuracy:
             return
         gap = self.train_accuracy[-1] - self.val_accuracy[-1]
-        attrs = {
-            "train_accuracy": self.train_accuracy,
-            "val_loss": [v if math.isfinite(v) else None for v in self.val_loss],
-            "gap": gap if math.isfinite(gap) else None,
-            "epoch_seconds": self.epoch_seconds,
+        record = {
+            attrs.TRAIN_ACCURACY: self.train_accuracy,
+            attrs.VAL_LOSS: [v if math.isfinite(v) else None for v in self.val_loss],
+            attrs.GAP: gap if math.isfinite(gap) else None,
+            attrs.EPOCH_SECONDS: self.epoch_seconds,
         }
-        for key, value in attrs.items():
+        for key, value in record.items():
             self.trial.set_user_attr(key, value)
         self._flushed = time.perf_counter()
 
@@ -194,16 +212,18 @@ def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset
 def _fit(
     spec: StudySpec,
     data: TrialData,
-    lr: float,
+    recipe: Recipe,
+    point: dict[str, Any],
     seed: int,
     callbacks: list[keras.callbacks.Callback],
-) -> keras.Model:
-    epochs = spec.train.epochs
+) -> list[Any]:
+    """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
+    epochs, params = spec.train.epochs, Params(point)
     if data.features is not None:
-        model = build_head(data.num_classes)
-        compile_model(model, lr)
+        head = build_part(recipe, params, data.feature_dim, data.num_classes)
+        compile_model(head, point["learning_rate"])
         fs = data.features
-        model.fit(
+        head.fit(
             fs.features["train"],
             fs.labels["train"],
             batch_size=spec.data.batch_size,
@@ -213,11 +233,11 @@ def _fit(
             verbose=0,
             callbacks=callbacks,
         )
-        return model
-    model = build_full_model(spec, data.num_classes, data.extractor)
-    compile_model(model, lr)
+        return list(head.weights)
+    built = assemble(spec, recipe, params, data.num_classes, data.extractor)
+    compile_model(built.model, point["learning_rate"])
     train = _train_split(spec, data, seed)
-    model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
+    built.model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
         train,
         validation_data=data.val_ds,
         epochs=epochs,
@@ -225,7 +245,7 @@ def _fit(
         verbose=0,
         callbacks=callbacks,
     )
-    return model
+    return built.trained
 
 
 def _upload(
@@ -247,7 +267,7 @@ def make_objective(
     artifact_store: ArtifactStore | None = None,
     say: Say = print,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: train at the trial's learning rate, return final validation accuracy.
+    """The objective: train the recipe at the trial's point, return final validation accuracy.
 
     Args:
         spec: the study spec.
@@ -256,35 +276,37 @@ def make_objective(
         say: receives one progress line per epoch.
     """
 
+    recipe = recipe_for(spec)
+
     def objective(trial: optuna.Trial) -> float:
-        lr = suggest(trial, spec)["learning_rate"]
+        point = suggest(trial, spec)
         # A retried trial inherits the failed one's attributes; clear what no longer holds.
-        for stale in STALE_ATTRS & trial.user_attrs.keys():
+        for stale in attrs.STALE & trial.user_attrs.keys():
             trial.set_user_attr(stale, None)
-        trial.set_user_attr("cache", data.cache)
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr(attrs.CACHE, data.cache)
+        trial.set_user_attr(attrs.WORKER, worker_id())
         if data.extractor is None:
             keras.backend.clear_session()
         seed = spec.model.seed + trial.number
         keras.utils.set_random_seed(seed)
-        recorder = EpochRecorder(trial, spec.train.epochs, say)
+        recorder = EpochRecorder(trial, spec.train.epochs, say, space=spec.search.space)
         pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
         try:
-            model = _fit(spec, data, lr, seed, [recorder, pruning])
+            trained = _fit(spec, data, recipe, point, seed, [recorder, pruning])
         except optuna.TrialPruned:
             recorder.flush()
-            trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)
+            trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
             _upload_curve(artifact_store, trial, recorder)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
             recorder.flush()
             trial.set_user_attr(
-                "fail_reason", f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
+                attrs.FAIL_REASON, f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
             )
             raise
         except Exception as e:
             recorder.flush()
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
             raise
         recorder.flush()
         value = recorder.val_accuracy[-1]
@@ -293,9 +315,9 @@ def make_objective(
         _upload(
             artifact_store,
             trial,
-            WEIGHTS_ATTR,
+            attrs.WEIGHTS_ARTIFACT,
             "weights.npz",
-            lambda p: save_trained_weights(model, p),
+            lambda p: save_trained_weights(trained, p),
         )
         _upload_curve(artifact_store, trial, recorder)
         return value
@@ -306,8 +328,10 @@ def make_objective(
 def _upload_curve(store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder) -> None:
     if store is None or not rec.val_accuracy:
         return
-    lr = trial.params["learning_rate"]
     figure = learning_curve_figure(
-        {lr: (rec.train_accuracy, rec.val_accuracy)}, title=f"Trial {trial.number}"
+        {format_params(trial.params): (rec.train_accuracy, rec.val_accuracy)},
+        title=f"Trial {trial.number}",
     )
-    _upload(store, trial, CURVE_ATTR, "learning_curve.png", lambda p: save_figure(figure, p))
+    _upload(
+        store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", lambda p: save_figure(figure, p)
+    )

@@ -155,6 +155,17 @@ class Space(Mapping[str, Param]):
     def __repr__(self) -> str:
         return f"Space({list(self.values())!r})"
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Space:
+        """The space from :meth:`to_json` data, as stored with a study.
+
+        Raises:
+            SpecError: for data that no spec table could have made.
+        """
+        return cls(
+            [parse_param(name, dict(table), "the stored space") for name, table in data.items()]
+        )
+
     def distributions(self) -> dict[str, BaseDistribution]:
         """Each parameter's Optuna distribution, by name."""
         return {name: p.distribution() for name, p in self.items()}
