@@ -78,9 +78,9 @@ def unread_warning(
     unread = [n for n in space if n not in read and n not in TUNER_READS]
     if not unread:
         return None
-    names = ", ".join(unread)
+    names, it = ", ".join(unread), "it" if len(unread) == 1 else "them"
+    tables = ", ".join(f"[search.{n}]" for n in unread)
     return (
         f"the search space defines {names}, which model.recipe {recipe.name!r} never reads, "
-        f"so tuning {'it' if len(unread) == 1 else 'them'} changes nothing; remove "
-        f"{', '.join(f'[search.{n}]' for n in unread)} or read it in the recipe"
+        f"so tuning {it} changes nothing; remove {tables} or read {it} in the recipe"
     )

@@ -136,8 +136,9 @@ def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
             "put the spec beside your package, or pip install it"
         ) from None
     except (Exception, SystemExit) as e:
-        where = f" in {os.path.basename(e.filename)}" if getattr(e, "filename", None) else ""
         message = " ".join(str(e).split()) or "no message"
+        filename = os.path.basename(str(getattr(e, "filename", None) or ""))
+        where = f" in {filename}" if filename and filename not in message else ""
         raise RecipeError(
             f"importing {module_name} for model.recipe {name!r} failed{where}: "
             f"{type(e).__name__}: {message}; fix the module"
