@@ -112,7 +112,7 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
     code, out, err = cli("status", "--study", "clothing", "--storage", finished.url)
     assert code == 0, err
     assert "trials by state" in out and "COMPLETE" in out
-    assert "Best: trial" in out and "learning rate" in out and "gap" in out
+    assert "Best: trial" in out and "learning_rate=" in out and "gap" in out
     assert "Top 5 trials" in out
     assert "No running trials." in out
 

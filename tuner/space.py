@@ -13,8 +13,9 @@ This module imports no TensorFlow.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,13 +221,14 @@ def format_params(params: Mapping[str, Any], space: Space | None = None) -> str:
 # ---------------------------------------------------------------- reading spec tables
 
 
-def parse_param(name: str, table: Any, where: str) -> Param:
+def parse_param(name: str, table: Any, where: str, known: Sequence[str] = ()) -> Param:
     """Read one ``[search.NAME]`` table.
 
     Args:
         name: the hyperparameter's name, as the recipe reads it.
         table: the TOML table.
         where: the file (and ``--set`` option) to name in errors.
+        known: the other names under ``[search]``, to suggest one for a misspelt name.
 
     Raises:
         SpecError: naming ``search.NAME`` and what to write instead.
@@ -256,7 +258,7 @@ def parse_param(name: str, table: Any, where: str) -> Param:
         )
     if kind == "categorical":
         return _categorical(name, table, where)
-    return _range(name, kind, table, where)
+    return _range(name, kind, table, where, known)
 
 
 def _range_kind(table: dict[str, Any]) -> str:
@@ -305,14 +307,18 @@ def _number(table: dict[str, Any], k: str, key: str, where: str, kind: str) -> A
     return value if kind == "int" else float(value)
 
 
-def _range(name: str, kind: str, table: dict[str, Any], where: str) -> Param:
+def _range(
+    name: str, kind: str, table: dict[str, Any], where: str, known: Sequence[str] = ()
+) -> Param:
     key = f"search.{name}"
     if "choices" in table:
         raise SpecError(f"{where}: {key} has choices and type = {kind!r}; drop one of them")
     for k in ("low", "high"):
         if k not in table:
+            close = difflib.get_close_matches(name, [n for n in known if n != name], n=1)
+            typo = f" (or did you mean search.{close[0]}?)" if close else ""
             raise SpecError(
-                f"{where}: {key} needs {key}.{k}, or choices = [...] for a categorical; "
+                f"{where}: {key} needs {key}.{k}, or choices = [...] for a categorical{typo}; "
                 f"write it like {key}.{k}=..."
             )
     low, high = (_number(table, k, key, where, kind) for k in ("low", "high"))

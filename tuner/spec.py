@@ -151,9 +151,11 @@ def _build_search(raw: dict[str, Any], where: str, prefix: str, origins: dict[st
     lr = tables.pop("learning_rate", {})
     if isinstance(lr, dict) and "choices" not in lr and "type" not in lr:
         lr = {**LEARNING_RATE, **lr}  # keys left out keep the manual sweep's range
+    tables = {"learning_rate": lr, **tables}
+    known = [*tables, "n_trials", "warm_start"]
     params = [
-        parse_param(name, table, spec_values.origin_of(prefix + name, origins, where))
-        for name, table in {"learning_rate": lr, **tables}.items()
+        parse_param(name, table, spec_values.origin_of(prefix + name, origins, where), known)
+        for name, table in tables.items()
     ]
     space = Space(params)
     n_trials = SearchSection.n_trials
