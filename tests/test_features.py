@@ -82,9 +82,7 @@ def test_key_changes_with_dataset_file_content(env: Env, tmp_path: Path) -> None
 
 def test_key_changes_with_base_model(env: Env) -> None:
     heads = {"model.recipe": "dense-head"}
-    keys = {
-        features.cache_key(_spec(env, **heads, **{"model.base": base}), "d") for base in BASES
-    }
+    keys = {features.cache_key(_spec(env, **heads, **{"model.base": base}), "d") for base in BASES}
     assert len(keys) == len(BASES)
     # The head does not matter: every head recipe on a base shares its features.
     assert features.cache_key(_spec(env, **heads), "d") == features.cache_key(_spec(env), "d")
