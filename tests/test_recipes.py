@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from tuner.errors import RecipeError, SpecError, WeightsError
@@ -424,3 +425,35 @@ def test_portability_problems_name_what_needs_code() -> None:
     assert portability_problems(plain) == []
     odd = keras.Model(inputs, keras.layers.Lambda(lambda t: t)(keras.layers.Dense(2, act)(inputs)))
     assert portability_problems(odd) == ["the Python function 'act'", "a Lambda layer"]
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "own-model"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("spec", "size"), [("head.toml", 71), ("network.toml", 32)])
+def test_the_shipped_examples_run_from_anywhere(
+    spec: str, size: int, tmp_path: Path, tiny_data: Path
+) -> None:
+    """Started outside the example's folder, its package is found beside the spec."""
+    from tests.conftest import run_tuner
+
+    sets = {
+        "data.dir": tiny_data,
+        "model.weights": "none",
+        "train.epochs": 1,
+        "data.image_size": f"[{size}, {size}]",
+        "data.batch_size": 8,
+        "cache.dir": tmp_path / "cache",
+    }
+    done = run_tuner(
+        "worker", "--study", str(EXAMPLES / spec), "--storage", f"sqlite:///{tmp_path}/s.db",
+        "--n-trials", "2", *(f"--set={k}={v}" for k, v in sets.items()), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr  # every hyperparameter is read
+    name = load_spec(str(EXAMPLES / spec)).study.name
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db").trials
+    space = set(load_spec(str(EXAMPLES / spec)).search.space)
+    assert len(trials) == 2 and all(set(t.params) == space for t in trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
