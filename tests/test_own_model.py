@@ -38,6 +38,19 @@ def build_head(params, feature_dim, num_classes):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return 0.5 * x
+
+
+def build_head_custom(params, feature_dim, num_classes):
+    inputs = keras.Input((feature_dim,))
+    x = Scale()(inputs)
+    x = keras.layers.Dense(params["units"], activation=params["activation"])(x)
+    x = keras.layers.Dropout(params["droprate"])(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
 def build_model(params, input_shape, num_classes):
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
@@ -224,3 +237,18 @@ def test_a_users_whole_model_recipe_on_two_workers(project: Path, tiny_data: Pat
     assert {"learning_rate": 3e-3, "filters": 8, "blocks": 1}.items() <= warmed[0].items()
     assert warmed[1]["blocks"] == 2
     _check_export(project, "net", names, tiny_data)
+
+
+def test_a_model_plain_keras_cannot_load_is_not_exported(project: Path) -> None:
+    custom = ["--set=model.recipe=mymodels.recipes:build_head_custom", "--set=study.name=custom"]
+    log = _worker(project, "head", "--n-trials", "1", *custom)
+    assert "the class Scale from mymodels.recipes" in log  # said at once, as a warning
+    model = project / "custom.keras"
+    done = run_tuner(
+        "export", "--study", "studies/head.toml", *custom, "--model", str(model),
+        cwd=project, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and "Scale" in lines[0] and "keras.layers" in lines[0]
+    assert not model.exists()

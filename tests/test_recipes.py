@@ -322,9 +322,8 @@ def test_probe_refuses_what_cannot_be_trained(
     ],
 )
 def test_probe_warns_of_what_would_disappoint(
-    function: str, needles: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    function: str, needles: list[str], tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("TUNER_CHECKED_RECIPE", raising=False)
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:{function}", "model.base=resnet50")
     text = " | ".join(probe(spec, resolve_checked(spec), 10))
@@ -334,10 +333,7 @@ def test_probe_warns_of_what_would_disappoint(
 
 
 @pytest.mark.slow
-def test_a_probed_recipe_is_not_probed_again_in_the_pool(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("TUNER_CHECKED_RECIPE", raising=False)
+def test_a_probed_recipe_is_not_probed_again_in_the_pool(tmp_path: Path) -> None:
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:build_head", "model.base=resnet50")
     assert probe(spec, resolve_checked(spec), 10)  # the filters warning

@@ -88,6 +88,9 @@ class SearchSection:
     warm_start: tuple[dict[str, Any], ...] = tuple({"learning_rate": r} for r in WARM_RATES)
     space: Space = field(default_factory=_default_space)
 
+    def __hash__(self) -> int:  # the points are dicts; hash them as JSON
+        return hash((self.n_trials, json.dumps(self.warm_start, sort_keys=True), self.space))
+
     def __getattr__(self, name: str) -> Param:
         # spec.search.learning_rate reads as before: the Param, with .low, .high and .log
         space = self.__dict__.get("space")

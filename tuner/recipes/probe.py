@@ -117,12 +117,13 @@ def probe(spec: StudySpec, recipe: Recipe, num_classes: int) -> list[str]:
         RecipeError: naming what is wrong with the recipe and how to fix it.
     """
     space = spec.search.space
-    if recipe.reads is not None:  # a built-in: known without building it
-        warning = unread_warning(recipe, list(space), recipe.reads)
-        return [warning] if warning else []
     key = hashlib.sha256(f"{recipe.name} {num_classes} {space.to_json()}".encode()).hexdigest()
     if os.environ.get(CHECKED_RECIPE_ENV) == key:
         return []
+    if recipe.reads is not None:  # a built-in: known without building it
+        warning = unread_warning(recipe, list(space), recipe.reads)
+        os.environ[CHECKED_RECIPE_ENV] = key
+        return [warning] if warning else []
     from tuner.tfload import quiet_tensorflow
 
     with quiet_tensorflow():
