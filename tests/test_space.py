@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from tuner.errors import SpecError, StudyError
 from tuner.search import open_study, suggest
-from tuner.space import Space, format_params, parse_param, parse_warm_start
+from tuner.space import Space, format_params
+from tuner.space_tables import parse_param, parse_warm_start
 from tuner.spec import load_spec, spec_from_dict, spec_to_dict
 from tuner.storage import open_storage
 

@@ -1,7 +1,7 @@
 """tuner: hyperparameter search for Keras models on Optuna, shared by many workers.
 
 The CLI (``tuner.cli``) is a thin shell over these modules; only ``data``
-loading, ``features``, ``model``, ``objective`` and ``export_model`` import
+loading, ``features``, ``model``, ``objective``, ``callbacks`` and ``export_model`` import
 TensorFlow (and a user's recipe module, if it does).
 """
 

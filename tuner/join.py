@@ -17,7 +17,7 @@ from optuna.storages import BaseStorage
 from tuner.attrs import SPACE_ATTR, SPEC_ATTR
 from tuner.console import warn
 from tuner.errors import SpecError, StudyError
-from tuner.space import parse_param
+from tuner.space_tables import parse_param
 from tuner.spec import StudySpec, spec_from_dict
 
 __all__ = [

@@ -17,7 +17,8 @@ from typing import Any
 from tuner import spec_values
 from tuner.errors import SpecError
 from tuner.recipes import BUILTIN
-from tuner.space import Param, Space, parse_param, parse_warm_start
+from tuner.space import Param, Space
+from tuner.space_tables import parse_param, parse_warm_start
 from tuner.spec_checks import PRUNER_KINDS, validate
 from tuner.spec_files import available_studies, find_spec_file, worker_command
 
