@@ -79,7 +79,11 @@ def test_a_learning_rate_only_study_keeps_its_stored_form() -> None:
     }
     assert spec.search.learning_rate.low == 1e-4  # the old attribute still reads
     data = spec_to_dict(spec)
-    assert data["search"]["learning_rate"] == {"low": 1e-4, "high": 1e-1, "log": True}
+    assert data["search"] == {
+        "n_trials": 20,
+        "warm_start": [1e-4, 1e-3, 1e-2, 1e-1],
+        "learning_rate": {"low": 1e-4, "high": 1e-1, "log": True},
+    }
     assert spec_from_dict(data) == spec
 
 

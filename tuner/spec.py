@@ -248,7 +248,11 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
         if isinstance(section, SearchSection):
             data[f.name] = {
                 "n_trials": section.n_trials,
-                "warm_start": [dict(p) for p in section.warm_start],
+                # a point of the learning rate alone is written as before: the bare rate
+                "warm_start": [
+                    p["learning_rate"] if list(p) == ["learning_rate"] else dict(p)
+                    for p in section.warm_start
+                ],
                 **section.space.to_json(),
             }
         else:
