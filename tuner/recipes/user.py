@@ -99,6 +99,7 @@ def import_recipe(name: str, paths: Sequence[Path]) -> UserRecipe:
     for path in reversed(paths):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
+    importlib.invalidate_caches()  # a package written since the process started is found too
     module = _import(module_name, name, paths)
     function = getattr(module, function_name, None)
     if function is None:
