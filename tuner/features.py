@@ -91,8 +91,11 @@ def cache_reason(spec: StudySpec, recipe: Recipe | None = None) -> str | None:
 
 
 def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
-    """The key: dataset content, base, weights, input size, preprocessing, Keras version."""
-    base = BASES[spec.model.base]
+    """The key: dataset content, base, weights, input size, preprocessing, Keras version.
+
+    The head does not count: every head recipe on the same base shares the features.
+    """
+    base = recipe_for(spec).base(spec) or BASES[spec.model.base]
     parts = {
         "version": CACHE_VERSION,
         "dataset": dataset_fingerprint,

@@ -17,6 +17,7 @@ from optuna.storages import BaseStorage
 from tuner.attrs import SPACE_ATTR, SPEC_ATTR
 from tuner.console import warn
 from tuner.errors import SpecError, StudyError
+from tuner.recipes import identity
 from tuner.space_tables import parse_param
 from tuner.spec import StudySpec, spec_from_dict
 
@@ -99,8 +100,7 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
     if weights not in ("imagenet", "none"):
         weights = f"file {Path(weights).name}"
     return {
-        "model.recipe": spec.model.recipe,
-        "model.base": spec.model.base,
+        **identity(spec),
         "model.weights": weights,
         "model.trainable_base": spec.model.trainable_base,
         "model.seed": spec.model.seed,

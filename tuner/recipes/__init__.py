@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpecError
 from tuner.recipes.bases import BASES, Base
@@ -31,6 +31,7 @@ __all__ = [
     "Params",
     "Recipe",
     "UnknownHyperparameter",
+    "identity",
     "is_user_recipe",
     "name_problem",
     "recipe_for",
@@ -49,6 +50,15 @@ def name_problem(name: str) -> str | None:
         f"model.recipe {name!r} is neither a built-in recipe ({', '.join(BUILTIN)}) nor a "
         "module:function of your own, like mypkg.models:build_head"
     )
+
+
+def identity(spec: StudySpec) -> dict[str, Any]:
+    """Which recipe and base a study trains, by spec key, for the join check.
+
+    It is known without importing a user's module, so a worker that names
+    another recipe than the study's is refused before anything is imported.
+    """
+    return {"model.recipe": spec.model.recipe, "model.base": spec.model.base}
 
 
 def resolve(name: str, paths: Sequence[Path] = ()) -> Recipe:
