@@ -66,6 +66,12 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_recipe_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe probed in-process marks the environment; keep that from leaking to other tests."""
+    monkeypatch.setenv("TUNER_CHECKED_RECIPE", "")
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny clothing subset: 4 train, 2 validation and 2 test images per class."""

@@ -83,8 +83,8 @@ def _attrs(trial: dict[str, Any]) -> dict[str, str]:
     return {a["key"]: a["value"] for a in trial["user_attrs"]}
 
 
-def _spec(name: str, epochs: int = 3) -> StudySpec:
-    return load_spec("clothing", [f"study.name={name}", f"train.epochs={epochs}"])
+def _spec(name: str, epochs: int = 3, study: str = "clothing") -> StudySpec:
+    return load_spec(study, [f"study.name={name}", f"train.epochs={epochs}"])
 
 
 def _build_study(spec: StudySpec, url: str) -> optuna.Study:
@@ -192,7 +192,7 @@ def test_api_shows_study_attributes_intermediate_values_and_note(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # server storages keep their artifacts in the working folder
-    spec = _spec(unique_name("dash"))
+    spec = _spec(unique_name("dash"), study="clothing-head")  # three hyperparameters
     _build_study(spec, storage_url)
     try:
         with _in_process(make_app(spec, storage_url)) as base:
@@ -212,12 +212,24 @@ def test_api_shows_study_attributes_intermediate_values_and_note(
         steps = [(v["step"], v["value"]) for v in trial["intermediate_values"]]
         assert steps == list(enumerate(val))
         assert trial["values"] == [val[-1]]
+        params = {p["name"]: p["param_external_value"] for p in trial["params"]}
+        assert set(params) == {"learning_rate", "size_inner", "droprate"}
+    warm = [dict(p) for p in spec.search.warm_start[: len(CURVES)]]
+    shown = [{p["name"]: p["param_external_value"] for p in t["params"]} for t in finished]
+    assert [{k: json.loads(str(v)) for k, v in s.items()} for s in shown] == warm
+    assert {p["name"] for p in detail["union_search_space"]} == set(spec.search.space)
     keys = {a["key"] for a in detail["union_user_attrs"]}
     assert {"train_accuracy", "gap", "epoch_seconds", "cache"} <= keys
     assert detail["has_intermediate_values"] is True
     note = detail["note"]["body"]
     assert note.startswith(f"# {spec.study.name}")
-    assert "log-uniform in [0.0001, 0.1]" in note
+    for line in (
+        "learning_rate in [0.0001, 0.1] (log)",
+        "size_inner in {0, 10, 100, 1000}",
+        "droprate in [0, 0.8] step 0.1",
+        "learning_rate=0.001 size_inner=10 droprate=0",
+    ):
+        assert line in note, note
     assert "3 epochs per trial" in note
     assert f"tuner export --study {spec.study.name} --out best.json" in note
 

@@ -217,7 +217,7 @@ def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path, existing: str
 BAD_SPEC_VALUES = [
     # (--set, what the line must name: the key and the allowed values)
     ("train.epochz=3", ["'train.epochz'", "train.epochs"]),
-    ("search.learnig_rate.low=0.001", ["'search.learnig_rate'", "search.learning_rate"]),
+    ("search.learnig_rate.low=0.001", ["search.learnig_rate", "search.learning_rate?"]),
     ("train.epochs=abc", ["train.epochs", "an integer", "'abc'", "train.epochs=10"]),
     ("train.epochs=2.5", ["train.epochs", "an integer"]),
     ("cache.enabled=maybe", ["cache.enabled", "true or false"]),
@@ -881,3 +881,111 @@ def test_a_real_process_prints_one_line_and_no_tensorflow_log(
             done = run_tuner("worker", "--storage", existing, *extra, timeout=60)
         one_error_line(done.returncode, done.stderr)
         assert done.stdout == ""
+
+
+# ---------------------------------------------------------------- 13: the user's own recipe
+
+USER_RECIPES = """
+def head(params, feature_dim, num_classes):
+    import keras
+
+    inputs = keras.Input((feature_dim,))
+    x = keras.layers.Dense(params["units"])(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def not_a_model(params, feature_dim, num_classes):
+    return {"layers": 3}
+
+
+def wrong_classes(params, feature_dim, num_classes):
+    import keras
+
+    inputs = keras.Input((feature_dim,))
+    return keras.Model(inputs, keras.layers.Dense(num_classes * 2)(inputs))
+
+
+def unknown_name(params, feature_dim, num_classes):
+    import keras
+
+    inputs = keras.Input((feature_dim,))
+    return keras.Model(inputs, keras.layers.Dense(params["classes"])(inputs))
+
+
+def two_args(params, num_classes):
+    return None
+
+
+def shape_name(params, dims, num_classes):
+    return None
+"""
+
+
+def user_project(root: Path, name: str, body: str = USER_RECIPES) -> Path:
+    """A user's project folder holding package ``name`` with ``models.py``; returns the folder."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "models.py").write_text(body)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("recipe", "body", "needles"),
+    [
+        ("absent_pkg.models:head", None, ["cannot import module absent_pkg.models",
+                                          "No module named 'absent_pkg'", "pip install"]),
+        ("{pkg}.models:missing", None, ["has no function 'missing'", "head, not_a_model"]),
+        ("{pkg}.models:two_args", None, ["two_args(params, num_classes)", "three arguments"]),
+        ("{pkg}.models:shape_name", None, ["feature_dim or input_shape"]),
+        ("{pkg}.models:head", "def head(:\n", ["SyntaxError", "fix the module"]),
+        ("{pkg}.models:head", "import absent_dependency\n",
+         ["No module named 'absent_dependency'", "install absent_dependency"]),
+        ("{pkg}.models:head", "raise ValueError('bad config')\n", ["ValueError: bad config"]),
+        ("{pkg}:head", None, ["has no function 'head'"]),
+        ("{pkg}.models:", None, ["neither a built-in recipe", "module:function"]),
+    ],
+)  # fmt: skip
+def test_a_broken_user_recipe_is_one_line_and_creates_no_study(
+    recipe: str,
+    body: str | None,
+    needles: list[str],
+    tmp_path: Path,
+    existing: str,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # type: ignore[no-untyped-def]
+    pkg = unique_name("recipes")
+    monkeypatch.chdir(user_project(tmp_path, pkg, body or USER_RECIPES))
+    data = make_images(tmp_path / "data")
+    with unchanged(existing):
+        code, _, err = cli(
+            "worker", "--storage", existing, "--set", f"model.recipe={recipe.format(pkg=pkg)}",
+            "--set", f"data.dir={data}", "--set", "model.weights=none",
+            "--set", "study.name=mine",
+        )  # fmt: skip
+    one_error_line(code, err, *needles)
+    assert "mine" not in optuna.study.get_all_study_names(existing)  # no study was made
+
+
+@pytest.mark.slow
+def test_a_recipe_that_builds_a_wrong_model_is_one_line(tmp_path: Path, existing: str) -> None:
+    """A real process: the recipe is built once before any trial; TF's start-up log stays out."""
+    project = user_project(tmp_path, "mymodels")
+    data = make_images(tmp_path / "data")
+    cases = {
+        "not_a_model": ["returned a dict, not a keras.Model"],
+        "wrong_classes": ["output has shape (None, 4)", "the data has 2 classes"],
+        "unknown_name": ["'classes'", "does not define", "[search.classes]"],
+    }
+    for function, needles in cases.items():
+        with unchanged(existing):
+            done = run_tuner(
+                "worker", "--storage", existing,
+                "--set", f"model.recipe=mymodels.models:{function}", "--set", f"data.dir={data}",
+                "--set", "model.weights=none",
+                "--set", "data.image_size=[71, 71]", "--set", "study.name=mine",
+                cwd=project, timeout=120,
+            )  # fmt: skip
+        one_error_line(done.returncode, done.stderr, f"mymodels.models:{function}", *needles)
+        assert done.stdout == ""
+    assert "mine" not in optuna.study.get_all_study_names(existing)

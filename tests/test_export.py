@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from tests.conftest import Env, run_tuner
@@ -66,7 +67,11 @@ def test_json_follows_the_contract_and_agrees_with_optuna(exported: tuple) -> No
 def test_plots_are_valid_pngs(exported: tuple) -> None:
     _, _, out = exported
     pngs = sorted((out / "plots").glob("*.png"))
-    assert len(pngs) >= 3
+    # One hyperparameter: no importances or slices, which need several.
+    assert {p.name for p in pngs} == {
+        "sweep.png", "accuracy_vs_learning_rate.png", "optimization_history.png",
+        "intermediate_values.png",
+    }  # fmt: skip
     for png in pngs:
         with Image.open(png) as image:
             image.verify()
@@ -112,7 +117,7 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
     code, out, err = cli("status", "--study", "clothing", "--storage", finished.url)
     assert code == 0, err
     assert "trials by state" in out and "COMPLETE" in out
-    assert "Best: trial" in out and "learning rate" in out and "gap" in out
+    assert "Best: trial" in out and "learning_rate=" in out and "gap" in out
     assert "Top 5 trials" in out
     assert "No running trials." in out
 
@@ -167,3 +172,73 @@ def test_model_export_with_unreachable_imagenet_weights_fails_first(
     assert len(lines) == 1 and lines[0].startswith("error: ") and "ImageNet" in lines[0]
     assert "Downloading" not in done.stdout + done.stderr
     assert not (tmp_path / "m.keras").exists()
+
+
+def _frozen(number: int, params: dict, state: TrialState = TrialState.COMPLETE) -> FrozenTrial:
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions={k: optuna.distributions.CategoricalDistribution([v]) for k, v in
+                       params.items()},
+        value=0.5,
+        state=state,
+    )  # fmt: skip
+    trial.number = number
+    return trial
+
+
+def test_sweep_curves_are_labelled_by_the_parameters_that_vary() -> None:
+    from tuner.export import _labels
+
+    rates = [_frozen(0, {"learning_rate": 1e-3}), _frozen(1, {"learning_rate": 1e-2})]
+    assert sorted(_labels(rates).values()) == ["0.001", "0.01"]  # as in the manual sweep
+    points = [
+        _frozen(0, {"learning_rate": 1e-3, "size_inner": 10, "droprate": 0.2}),
+        _frozen(1, {"learning_rate": 1e-3, "size_inner": 100, "droprate": 0.2}),
+        _frozen(2, {"learning_rate": 1e-3, "size_inner": 100, "droprate": 0.5}),
+    ]
+    assert _labels(points) == {
+        0: "size_inner=10 droprate=0.2",
+        1: "size_inner=100 droprate=0.2",
+        2: "size_inner=100 droprate=0.5",
+    }
+
+
+@pytest.fixture(scope="module")
+def head_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Env:
+    """The clothing-head study (inner layer and dropout) with four finished trials."""
+    env = Env(root=tmp_path_factory.mktemp("head"), data=tiny_data, cache=Path("unused"))
+    env.cache = env.root / "cache"
+    done = run_tuner(
+        "worker", "--study", "clothing-head", "--storage", env.url, "--n-trials", "4",
+        *env.overrides(epochs=2), cwd=env.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+def test_a_head_with_an_inner_layer_is_rebuilt_from_its_parameters(head_study: Env) -> None:
+    import keras
+
+    from tuner.data import load_split, scan_dataset
+
+    out = head_study.root / "out"
+    done = run_tuner(
+        "export", "--study", "clothing-head", "--storage", head_study.url,
+        "--out", str(out / "best.json"), "--model", str(out / "best.keras"),
+        "--plots", str(out / "plots"), cwd=head_study.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "best.json").read_text())
+    assert set(result["best_params"]) == {"learning_rate", "size_inner", "droprate"}
+    assert {"param_importances.png", "slice.png"} <= {p.name for p in (out / "plots").iterdir()}
+    model = keras.saving.load_model(out / "best.keras")
+    size = result["best_params"]["size_inner"]
+    inner = [w.shape for w in model.weights if w.shape == (2048, size)]
+    assert inner or size == 0  # the winning architecture, not the default head
+    ds = load_split(scan_dataset(head_study.data), "validation", (71, 71), 8)
+    right = total = 0
+    for images, labels in ds:
+        logits = model.predict(images, verbose=0)
+        right += int(np.sum(np.argmax(logits, 1) == np.argmax(labels.numpy(), 1)))
+        total += len(labels)
+    assert abs(right / total - result["best_value"]) <= 1 / total + 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,14 +24,14 @@ from tuner import features
 from tuner.data import DatasetScan, load_split, scan_dataset
 from tuner.errors import CacheError
 from tuner.model import (
-    FEATURE_DIM,
+    assemble,
     build_feature_extractor,
-    build_full_model,
-    build_head,
+    build_part,
     compile_model,
     load_trained_weights,
     save_trained_weights,
 )
+from tuner.recipes import BASES, Params, recipe_for
 from tuner.spec import StudySpec, load_spec
 
 SPLITS = ("train", "validation")
@@ -54,7 +55,7 @@ def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ) -> tuple[np.ndarray, np.ndarray]:
         calls.append(split)
         n, k = scan.count(split), len(scan.class_names)
-        x = np.random.default_rng(len(split)).random((n, FEATURE_DIM), dtype=np.float32)
+        x = np.random.default_rng(len(split)).random((n, 2048), dtype=np.float32)
         return x, np.eye(k, dtype=np.float32)[np.arange(n) % k]
 
     monkeypatch.setattr(features, "build_feature_extractor", lambda _spec: object())
@@ -79,10 +80,12 @@ def test_key_changes_with_dataset_file_content(env: Env, tmp_path: Path) -> None
     assert features.cache_key(spec, scan_dataset(copy).fingerprint()) != before
 
 
-def test_key_changes_with_base_model(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = features.cache_key(_spec(env), "d")
-    monkeypatch.setattr(features, "BASE_MODEL", "keras.applications.ResNet50(include_top=False)")
-    assert features.cache_key(_spec(env), "d") != before
+def test_key_changes_with_base_model(env: Env) -> None:
+    heads = {"model.recipe": "dense-head"}
+    keys = {features.cache_key(_spec(env, **heads, **{"model.base": base}), "d") for base in BASES}
+    assert len(keys) == len(BASES)
+    # The head does not matter: every head recipe on a base shares its features.
+    assert features.cache_key(_spec(env, **heads), "d") == features.cache_key(_spec(env), "d")
 
 
 def test_key_changes_with_weights_identity(env: Env, tmp_path: Path) -> None:
@@ -106,7 +109,8 @@ def test_key_changes_with_input_size(env: Env) -> None:
 
 def test_key_changes_with_preprocessing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     before = features.cache_key(_spec(env), "d")
-    monkeypatch.setattr(features, "PREPROCESSING", "x/255, bilinear resize, no crop")
+    other = dataclasses.replace(BASES["xception"], preprocessing="x/255, bilinear resize")
+    monkeypatch.setitem(BASES, "xception", other)
     assert features.cache_key(_spec(env), "d") != before
 
 
@@ -296,19 +300,23 @@ def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path)
         assert counts == sorted(counts) and counts[-1] == len(fs.labels[split])
         assert len(counts) == -(-len(fs.labels[split]) // 8)
     keras.utils.set_random_seed(7)
-    head = build_head(len(scan.class_names))
+    point = Params({"learning_rate": 1e-2, "size_inner": 16, "droprate": 0.5})
+    recipe = recipe_for(spec)
+    head = build_part(recipe, point, 2048, len(scan.class_names))
     compile_model(head, 1e-2)
     head.fit(fs.features["train"], fs.labels["train"], epochs=2, batch_size=8, verbose=0)
-    save_trained_weights(head, tmp_path / "head.npz")
+    save_trained_weights(head.weights, tmp_path / "head.npz")
     expected = head.predict(fs.features["validation"], verbose=0)
     images = np.concatenate([x for x, _ in load_split(scan, "validation", (71, 71), 8)])
 
     keras.backend.clear_session()  # a separately built base, as in another worker
-    full = build_full_model(spec, len(scan.class_names))
-    load_trained_weights(full, tmp_path / "head.npz")
-    np.testing.assert_allclose(full.predict(images, verbose=0), expected, atol=1e-4)
-    # Training mode too: the frozen base still runs in inference mode while fitting.
-    np.testing.assert_allclose(full(images, training=True).numpy(), expected, atol=1e-4)
+    full = assemble(spec, recipe, point, len(scan.class_names))
+    load_trained_weights(full.trained, tmp_path / "head.npz")
+    np.testing.assert_allclose(full.model.predict(images, verbose=0), expected, atol=1e-4)
+    # Training mode: the frozen base still runs in inference mode; only Dropout would differ.
+    no_dropout = assemble(spec, recipe, {**point, "droprate": 0.0}, len(scan.class_names))
+    load_trained_weights(no_dropout.trained, tmp_path / "head.npz")
+    np.testing.assert_allclose(no_dropout.model(images, training=True), expected, atol=1e-4)
 
     # The seeded random base is the same function in every build.
     first = build_feature_extractor(spec).predict(images, verbose=0)
@@ -334,6 +342,9 @@ def test_cache_reason_names_why_the_cache_cannot_apply(
 ) -> None:
     assert features.cache_reason(_spec(env)) is None
     assert reason in (features.cache_reason(_spec(env, **setting)) or "")
+    assert features.cache_reason(_spec(env, **setting), recipe_for(_spec(env, **setting))) == (
+        features.cache_reason(_spec(env, **setting))
+    )
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_recorder_writes_the_contract_attributes_every_epoch() -> None:
     assert attrs["val_loss"] == [1.5, 1.1]
     assert attrs["gap"] == pytest.approx(0.1)
     assert len(attrs["epoch_seconds"]) == 2
-    assert lines[-1].startswith("trial 0 lr=0.001 epoch 2/2 acc=0.700 val_acc=0.600")
+    assert lines[-1].startswith("trial 0 learning_rate=0.001 epoch 2/2 acc=0.700 val_acc=0.600")
 
 
 def test_recorder_writes_live_when_epochs_are_slow() -> None:

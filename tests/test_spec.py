@@ -24,7 +24,8 @@ def test_clothing_defaults_follow_the_design() -> None:
     assert spec.cache.enabled is True
     assert (spec.storage.heartbeat_interval, spec.storage.grace_period) == (60, 180)
     assert isinstance(spec.sampler.seed, int)
-    assert spec.search.warm_start == (1e-4, 1e-3, 1e-2, 1e-1)
+    assert spec.search.warm_start == tuple({"learning_rate": r} for r in (1e-4, 1e-3, 1e-2, 1e-1))
+    assert list(spec.search.space) == ["learning_rate"]
     assert spec.study.name == "clothing"
 
 
@@ -142,7 +143,8 @@ def test_search_logic_does_not_import_tensorflow() -> None:
 
     code = (
         "import sys, tuner.spec, tuner.storage, tuner.search, tuner.export, tuner.status, "
-        "tuner.cli; tuner.spec.load_spec('clothing'); "
+        "tuner.cli, tuner.space, tuner.join, tuner.pruners, tuner.note, tuner.attrs, "
+        "tuner.recipes, tuner.recipes.probe, tuner.worker; tuner.spec.load_spec('clothing'); "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

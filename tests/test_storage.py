@@ -33,8 +33,8 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 EPOCHS = 10
 
 
-def _spec(name: str, *overrides: str) -> StudySpec:
-    return load_spec("clothing", [f"study.name={name}", *overrides])
+def _spec(name: str, *overrides: str, study: str = "clothing") -> StudySpec:
+    return load_spec(study, [f"study.name={name}", *overrides])
 
 
 def _objective(spec: StudySpec, pause: float = 0.0) -> Callable[[optuna.Trial], float]:
@@ -154,15 +154,15 @@ def _load(spec: StudySpec, url: str) -> optuna.Study:
 
 
 def test_six_processes_create_one_study_and_warm_start_it_once(storage_url: str) -> None:
-    spec = _spec(unique_name("create"))
+    spec = _spec(unique_name("create"), study="clothing-head")  # points of three parameters
     _run_together("_open_only", 6, spec, storage_url)
     storage = open_storage(storage_url, spec)
     names = optuna.study.get_all_study_names(storage)
     assert names.count(spec.study.name) == 1
     trials = _load(spec, storage_url).get_trials()
     assert all(t.state == TrialState.WAITING for t in trials)
-    queued = sorted(t.system_attrs["fixed_params"]["learning_rate"] for t in trials)
-    assert queued == sorted(spec.search.warm_start)
+    queued = [t.system_attrs["fixed_params"] for t in trials]
+    assert queued == list(spec.search.warm_start)
 
 
 def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
@@ -185,7 +185,7 @@ def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
 
 def test_killed_worker_trial_is_failed_and_rerun_with_the_same_params(storage_url: str) -> None:
     fast = ("storage.heartbeat_interval=1", "storage.grace_period=2", "search.warm_start=[]")
-    spec = _spec(unique_name("stale"), *fast)
+    spec = _spec(unique_name("stale"), *fast, study="clothing-head")
     storage = open_storage(storage_url, spec)
     if not isinstance(storage, BaseHeartbeat):
         pytest.skip(
@@ -209,6 +209,7 @@ def test_killed_worker_trial_is_failed_and_rerun_with_the_same_params(storage_ur
     assert len(reruns) == 1
     assert reruns[0].state == TrialState.COMPLETE
     assert reruns[0].params == killed.params
+    assert set(killed.params) == {"learning_rate", "size_inner", "droprate"}
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 

@@ -40,7 +40,7 @@ _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 app = typer.Typer(
     name="tuner",
     help=(
-        "Tune the learning rate of a Keras model with Optuna, shared by many workers.\n\n"
+        "Tune the hyperparameters of a Keras model with Optuna, shared by many workers.\n\n"
         "Start `tuner worker --study clothing` in as many terminals or machines as you like; "
         "they share one study through SQLite, PostgreSQL or MySQL. Watch it with "
         "`tuner dashboard`, read it with `tuner status`, and take the result with "
@@ -203,7 +203,9 @@ def status(
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     summary = summarize(found)
-    Console(highlight=False).print(*render_status(summary))
+    # Piped into a file or a script, the tables keep every column rather than 80 characters.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    Console(highlight=False, width=wide).print(*render_status(summary))
     if not summary.top:  # the tables still show what is queued or running
         best_result(found)  # raises the one-line "no complete trial yet" error
 
@@ -227,9 +229,11 @@ def export(
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Export the best learning rate (JSON), the plots and the best model."""
-    from tuner.export import best_result, check_output, write_json, write_model, write_plots
+    """Export the best hyperparameters (JSON), the plots and the best model."""
+    from tuner.export import best_result, check_output, write_json, write_plots
+    from tuner.export_model import write_model
     from tuner.search import load_existing_study, stored_spec
+    from tuner.space import format_params
     from tuner.storage import artifact_folder, open_storage
 
     if model is not None and model.suffix != ".keras":
@@ -254,8 +258,8 @@ def export(
     else:
         write_json(result, spec, out, extra)
         say(
-            f"wrote {out}: best trial {result.best_trial}, learning rate "
-            f"{result.best_params['learning_rate']:.4g}, val_acc {result.best_value:.4f}"
+            f"wrote {out}: best trial {result.best_trial}, "
+            f"{format_params(result.best_params)}, val_acc {result.best_value:.4f}"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CacheError",
     "DataError",
+    "RecipeError",
     "SpecError",
     "StorageError",
     "StudyError",
@@ -44,3 +45,7 @@ class StudyError(TunerError):
 
 class CacheError(TunerError):
     """The feature cache cannot be used (for example, its folder is not writable)."""
+
+
+class RecipeError(TunerError):
+    """A model recipe cannot be imported, does not fit the protocol, or builds a wrong model."""

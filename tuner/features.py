@@ -2,7 +2,8 @@
 
 With a frozen base run in inference mode and no random augmentation, the base's
 pooled output for an image is the same in every epoch of every trial. It is
-computed once per dataset and reused; trials then train only the head.
+computed once per dataset and base and reused; trials then train only the head,
+whichever head recipe builds it.
 
 An entry is a folder named by its key, holding ``SPLIT.npz`` files and
 ``meta.json``. One worker computes it under a file lock while the others wait;
@@ -23,22 +24,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 from filelock import FileLock
+
+from tuner.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
 
 from tuner.data import DatasetScan, load_split
 from tuner.errors import CacheError
 from tuner.model import build_feature_extractor, weights_identity
+from tuner.recipes import BASES, HEAD, Recipe, recipe_for
 from tuner.spec import StudySpec
 
 # (split, images done, images in the split), called as the extraction goes
 Progress = Callable[[str, int, int], None]
 
 __all__ = [
-    "BASE_MODEL",
     "CACHE_VERSION",
-    "PREPROCESSING",
     "FeatureSet",
     "cache_dir",
     "cache_key",
@@ -49,8 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-BASE_MODEL = "keras.applications.Xception(include_top=False)+GlobalAveragePooling2D"
-PREPROCESSING = "xception: x/127.5-1, bilinear resize, no crop"
 # What a damaged entry raises on reading: a bad zip, a CRC mismatch, a short file, bad JSON.
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
@@ -75,11 +77,11 @@ def cache_dir(spec: StudySpec) -> Path:
     return Path(xdg) / "tuner"
 
 
-def cache_reason(spec: StudySpec) -> str | None:
+def cache_reason(spec: StudySpec, recipe: Recipe | None = None) -> str | None:
     """Why the cache cannot apply to this spec, or None when it can."""
     if not spec.cache.enabled:
         return "cache.enabled is false"
-    if spec.model.recipe != "xception-head":
+    if (recipe or recipe_for(spec)).kind != HEAD:
         return f"recipe {spec.model.recipe!r} trains its whole network"
     if spec.model.trainable_base:
         return "model.trainable_base is true, so the base changes while training"
@@ -89,14 +91,18 @@ def cache_reason(spec: StudySpec) -> str | None:
 
 
 def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
-    """The key: dataset content, base, weights, input size, preprocessing, Keras version."""
+    """The key: dataset content, base, weights, input size, preprocessing, Keras version.
+
+    The head does not count: every head recipe on the same base shares the features.
+    """
+    base = recipe_for(spec).base(spec) or BASES[spec.model.base]
     parts = {
         "version": CACHE_VERSION,
         "dataset": dataset_fingerprint,
-        "base": BASE_MODEL,
+        "base": base.identity,
         "weights": weights_identity(spec),
         "image_size": list(spec.data.image_size),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": base.preprocessing,
         "keras": keras.__version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

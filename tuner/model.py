@@ -1,40 +1,48 @@
-"""Model recipes (TF).
+"""Models from recipes (TF): the frozen base, the complete model, the weights a trial keeps.
 
-``xception-head`` is the reference: raw RGB 0-255 in, Xception preprocessing
-inside the model, a frozen Xception base run with ``training=False``,
-GlobalAveragePooling2D, and Dense logits. ``small-cnn`` is a small CNN trained
-end to end, which learns offline where ImageNet weights cannot be had.
+A head recipe sits on a frozen ``keras.applications`` base: raw RGB 0-255 in,
+the base's preprocessing as Keras layers inside the model, the base run with
+``training=False``, GlobalAveragePooling2D, then the recipe's head. A model
+recipe is the whole network on the same raw images. Either way the complete
+model holds only Keras layers, so its ``.keras`` file loads without tuner.
 
-The trained part of a model is its trainable weights: the Dense head for
-``xception-head`` (the base is frozen, so it is fully determined by the spec),
-every weight for ``small-cnn``. Trials keep only that part.
+A trial keeps the weights of the part it trained: the head (the base is fixed
+by the spec), the head and the base's trainable weights when
+``model.trainable_base`` is set, or the whole network of a model recipe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import keras
 import numpy as np
 
-from tuner.errors import WeightsError
+from tuner.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+
+from tuner.errors import RecipeError, WeightsError
+from tuner.recipes import BASES, HEAD, Base, Recipe
 from tuner.spec import StudySpec
-from tuner.weights import OFFLINE_HINT, socket_timeout
+from tuner.weights import offline_hint, socket_timeout
 
 __all__ = [
-    "FEATURE_DIM",
+    "Assembled",
+    "assemble",
     "build_feature_extractor",
-    "build_full_model",
-    "build_head",
+    "build_part",
     "compile_model",
     "load_trained_weights",
+    "portability_problems",
     "save_trained_weights",
     "weights_identity",
 ]
-
-FEATURE_DIM = 2048  # Xception's pooled output
 
 
 def weights_identity(spec: StudySpec) -> str:
@@ -47,97 +55,134 @@ def weights_identity(spec: StudySpec) -> str:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; give a path to an Xception .weights.h5 "
-            'file, or use --set model.weights=none (or "imagenet" when online)'
+            f"weights file {path} does not exist; give a path to {spec.model.base} notop "
+            'weights (.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
         )
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _xception(spec: StudySpec) -> keras.Model:
+def _application(spec: StudySpec, base: Base) -> keras.Model:
+    """The base itself, with the spec's weights, trainable only if the spec says so."""
     h, w = spec.data.image_size
     weights = spec.model.weights
     if weights == "none":
-        # Seeded, so every worker builds the very same random base.
-        keras.utils.set_random_seed(spec.model.seed)
+        keras.utils.set_random_seed(spec.model.seed)  # every worker builds the same random base
+    constructor = getattr(keras.applications, base.application)
     kwargs = {"include_top": False, "input_shape": (h, w, 3)}
     try:
-        if weights == "imagenet":
-            with socket_timeout(spec.model.download_timeout):  # a stalled download must end
-                base = keras.applications.Xception(weights="imagenet", **kwargs)
-        else:
-            base = keras.applications.Xception(weights=None, **kwargs)
-            if weights != "none":
-                weights_identity(spec)  # raises a clear error for a missing file
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    base.load_weights(str(Path(weights).expanduser()))
-                # Keras only warns about layers it could not fill: a partial load is an error
-                if problems := [w for w in caught if issubclass(w.category, UserWarning)]:
-                    raise ValueError(str(problems[0].message))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square")
+            if weights == "imagenet":
+                with socket_timeout(spec.model.download_timeout):  # a stalled download must end
+                    model = constructor(weights="imagenet", **kwargs)
+            else:
+                model = constructor(weights=None, **kwargs)
+        if weights not in ("imagenet", "none"):
+            weights_identity(spec)  # raises a clear error for a missing file
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(str(Path(weights).expanduser()))
+            # Keras only warns about layers it could not fill: a partial load is an error
+            if problems := [w for w in caught if issubclass(w.category, UserWarning)]:
+                raise ValueError(str(problems[0].message))
     except WeightsError:
         raise
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if weights == "imagenet":
             raise WeightsError(
-                f"cannot download the ImageNet weights for Xception ({reason}); offline, "
-                f"{OFFLINE_HINT}"
+                f"cannot download the ImageNet weights for {base.display} ({reason}); offline, "
+                f"{offline_hint(base)}"
             ) from None
         raise WeightsError(
-            f"cannot load weights file {weights} ({reason}); it must be Xception notop "
+            f"cannot load weights file {weights} ({reason}); it must be {base.display} notop "
             "weights (.weights.h5) for this input size, or use --set model.weights=none"
         ) from None
-    base.trainable = spec.model.trainable_base
-    return base
+    model.trainable = spec.model.trainable_base
+    return model
+
+
+def _preprocess(base: Base, inputs: Any) -> Any:
+    """The base's own preprocessing of raw 0-255 RGB, as Keras layers (none needs code)."""
+    if base.name == "xception":  # preprocess_input: x / 127.5 - 1
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="xception_preprocess")(inputs)
+    if base.name == "resnet50":  # "caffe": RGB to BGR, then minus the ImageNet mean
+        layer = keras.layers.Conv2D(3, 1, trainable=False, name="resnet50_preprocess")
+        x = layer(inputs)
+        bgr = np.zeros((1, 1, 3, 3), np.float32)
+        for i in range(3):
+            bgr[0, 0, i, 2 - i] = 1.0
+        layer.set_weights([bgr, -np.array([103.939, 116.779, 123.68], np.float32)])
+        return x
+    return inputs  # EfficientNetV2 and MobileNetV3 rescale inside the base
 
 
 def build_feature_extractor(spec: StudySpec) -> keras.Model:
-    """Raw images -> Xception preprocessing -> base (inference mode) -> pooled features."""
+    """Raw images -> the base's preprocessing -> base (inference mode) -> pooled features."""
+    base = BASES[spec.model.base]
     h, w = spec.data.image_size
     inputs = keras.Input((h, w, 3), name="image")
-    # Xception's preprocess_input, x / 127.5 - 1, as a layer so saved models need no code.
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="xception_preprocess")(inputs)
-    x = _xception(spec)(x, training=False)
+    x = _application(spec, base)(_preprocess(base, inputs), training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, x, name="features")
 
 
-def build_head(num_classes: int) -> keras.Model:
-    """The Dense head alone, trained on cached pooled features."""
-    inputs = keras.Input((FEATURE_DIM,), name="features")
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(inputs), name="head")
-
-
-def _small_cnn(spec: StudySpec, num_classes: int) -> keras.Model:
-    h, w = spec.data.image_size
-    keras.utils.set_random_seed(spec.model.seed)
-    inputs = keras.Input((h, w, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    if spec.data.augment:
-        x = keras.layers.RandomFlip("horizontal", name="flip")(x)
-    for i, filters in enumerate((32, 64, 128, 128)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(128, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(num_classes, name="head")(x)
-    return keras.Model(inputs, outputs, name="small_cnn")
-
-
-def build_full_model(
-    spec: StudySpec, num_classes: int, extractor: keras.Model | None = None
+def build_part(
+    recipe: Recipe, params: Mapping[str, Any], shape: int | tuple[int, ...], num_classes: int
 ) -> keras.Model:
-    """The complete model of the spec's recipe: raw RGB images in, logits out."""
-    if spec.model.recipe == "small-cnn":
-        return _small_cnn(spec, num_classes)
-    extractor = extractor or build_feature_extractor(spec)
+    """The recipe's head or network for one point of the space, checked to be a Keras model.
+
+    Raises:
+        RecipeError: when the recipe returns something else.
+    """
+    model = recipe.build(params, shape, num_classes)
+    if not isinstance(model, keras.Model):
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} returned a {type(model).__name__}, not a "
+            "keras.Model; return keras.Model(inputs, outputs) or a keras.Sequential"
+        )
+    return model
+
+
+@dataclass
+class Assembled:
+    """The complete model of a trial, and the part of it that the trial trains."""
+
+    model: keras.Model  # raw RGB 0-255 in, logits out
+    part: keras.Model  # the recipe's head or network
+    extractor: keras.Model | None = None  # the base, when it trains too
+
+    @property
+    def trained(self) -> list[Any]:
+        """The variables a trial keeps, in a fixed order."""
+        base = self.extractor.trainable_weights if self.extractor is not None else []
+        return [*base, *self.part.weights]
+
+
+def assemble(
+    spec: StudySpec,
+    recipe: Recipe,
+    params: Mapping[str, Any],
+    num_classes: int,
+    extractor: keras.Model | None = None,
+) -> Assembled:
+    """The complete model of the spec's recipe for one point of the space.
+
+    ``extractor`` is a frozen base built once and shared by a worker's trials.
+    """
     h, w = spec.data.image_size
     inputs = keras.Input((h, w, 3), name="image")
     x = inputs
     if spec.data.augment:
         x = keras.layers.RandomFlip("horizontal", name="flip")(x)
-    outputs = keras.layers.Dense(num_classes, name="head")(extractor(x))
-    return keras.Model(inputs, outputs, name="xception_head")
+    if recipe.kind == HEAD:
+        extractor = extractor or build_feature_extractor(spec)
+        head = build_part(recipe, params, BASES[spec.model.base].feature_dim, num_classes)
+        model = keras.Model(inputs, head(extractor(x)), name="tuned_head")
+        return Assembled(model, head, extractor if spec.model.trainable_base else None)
+    keras.utils.set_random_seed(spec.model.seed)  # every trial starts from the same network
+    network = build_part(recipe, params, (h, w, 3), num_classes)
+    return Assembled(keras.Model(inputs, network(x), name="tuned_model"), network)
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> None:
@@ -149,22 +194,59 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def save_trained_weights(model: keras.Model, path: str | Path) -> None:
-    """Save the trainable weights, in order, to an ``.npz`` file."""
-    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.trainable_weights)}
+def save_trained_weights(variables: list[Any], path: str | Path) -> None:
+    """Save the trained variables, in order, to an ``.npz`` file."""
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(variables)}
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 
 
-def load_trained_weights(model: keras.Model, path: str | Path) -> None:
-    """Put weights saved by :func:`save_trained_weights` into a model of the same recipe."""
+def load_trained_weights(variables: list[Any], path: str | Path, what: str = "the model") -> None:
+    """Put weights saved by :func:`save_trained_weights` into the same variables of a new model.
+
+    Raises:
+        WeightsError: when their number or any shape differs, naming the first mismatch.
+    """
     with np.load(path) as saved:
         arrays = [saved[f"w{i}"] for i in range(len(saved.files))]
-    targets = model.trainable_weights
-    if len(arrays) != len(targets):
+    if len(arrays) != len(variables):
         raise WeightsError(
-            f"{path} holds {len(arrays)} weight arrays, the model has {len(targets)}; "
-            "the trial was trained with another recipe"
+            f"the saved weights hold {len(arrays)} arrays, but {what} has {len(variables)}; "
+            "the recipe must build the same model from the same hyperparameters"
         )
-    for variable, value in zip(targets, arrays, strict=True):
+    for variable, value in zip(variables, arrays, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise WeightsError(
+                f"saved weight {value.shape} does not fit {variable.path} "
+                f"{tuple(variable.shape)} of {what}; the recipe must build the same model "
+                "from the same hyperparameters"
+            )
+    for variable, value in zip(variables, arrays, strict=True):
         variable.assign(value)
+
+
+def _serialized_objects(config: Any) -> list[dict[str, Any]]:
+    if isinstance(config, dict):
+        found = [config] if "class_name" in config and "module" in config else []
+        return found + [o for v in config.values() for o in _serialized_objects(v)]
+    if isinstance(config, list):
+        return [o for v in config for o in _serialized_objects(v)]
+    return []
+
+
+def portability_problems(model: keras.Model) -> list[str]:
+    """What in ``model`` plain Keras cannot load from its ``.keras`` file without other code.
+
+    Custom layer or model classes, Python functions (an activation, say) and
+    ``Lambda`` layers need the code that made them.
+    """
+    problems = []
+    for obj in _serialized_objects(keras.saving.serialize_keras_object(model)):
+        module, name = obj.get("module"), obj.get("class_name")
+        if module == "builtins" and name == "function":
+            problems.append(f"the Python function {obj.get('config')!r}")
+        elif not str(module).startswith("keras"):
+            problems.append(f"the class {name}" + (f" from {module}" if module else ""))
+        elif name == "Lambda":
+            problems.append("a Lambda layer")
+    return list(dict.fromkeys(problems))

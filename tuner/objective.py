@@ -1,9 +1,10 @@
 """The Keras objective (TF): trains one trial, reports every epoch, keeps the weights.
 
-This is the only module that reports to trials. Reporting and pruning go
-through ``optuna_integration``'s ``KerasPruningCallback``; :class:`EpochRecorder`
-records the trial attributes of the contract after every epoch, so a pruned or
-interrupted trial keeps its curves.
+This is the only module that reports to trials. Each trial samples every
+hyperparameter of the space, builds the spec's recipe from them (a head on
+cached features, or the complete model) and trains it with Adam at its
+``learning_rate``. Reporting and pruning go through the callbacks of
+:mod:`tuner.callbacks`.
 """
 
 from __future__ import annotations
@@ -12,42 +13,52 @@ import math
 import os
 import socket
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import optuna
-import tensorflow as tf
 from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import upload_artifact
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna_integration import KerasPruningCallback
 
+from tuner.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+    import tensorflow as tf
+
+from tuner import attrs
 from tuner import features as feature_cache
+from tuner.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.data import DatasetScan, load_split
 from tuner.errors import StorageError
-from tuner.export import WEIGHTS_ATTR
 from tuner.model import (
+    assemble,
     build_feature_extractor,
-    build_full_model,
-    build_head,
+    build_part,
     compile_model,
     save_trained_weights,
 )
 from tuner.plots import learning_curve_figure, save_figure
+from tuner.recipes import HEAD, Params, Recipe, recipe_for
 from tuner.search import suggest
 from tuner.signals import TrialLost
+from tuner.space import format_params
 from tuner.spec import StudySpec
 
 tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
 
-__all__ = ["EpochRecorder", "TrialData", "make_objective", "prepare_data", "worker_id"]
+__all__ = [
+    "EpochRecorder",
+    "PruningBeforeLastEpoch",
+    "TrialData",
+    "make_objective",
+    "prepare_data",
+    "worker_id",
+]
 
-CURVE_ATTR = "curve_artifact"
-STALE_ATTRS = {"fail_reason", "prune_reason", "pruned_at_epoch", WEIGHTS_ATTR, CURVE_ATTR}
 Say = Callable[[str], None]
 
 
@@ -70,6 +81,11 @@ class TrialData:
     def num_classes(self) -> int:
         return len(self.scan.class_names)
 
+    @property
+    def feature_dim(self) -> int:
+        assert self.features is not None
+        return int(self.features.features["train"].shape[1])
+
 
 def prepare_data(
     spec: StudySpec,
@@ -81,7 +97,8 @@ def prepare_data(
 
     ``progress`` follows a feature extraction, see :func:`tuner.features.extract_features`.
     """
-    reason = feature_cache.cache_reason(spec)
+    recipe = recipe_for(spec)
+    reason = feature_cache.cache_reason(spec, recipe)
     if reason is None:
         fs = feature_cache.load_or_compute(spec, scan, on_compute=say, progress=progress)
         if fs.status == "hit":
@@ -90,7 +107,7 @@ def prepare_data(
     say(f"feature cache off: {reason}; running the full pipeline")
     val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
     extractor = None
-    if spec.model.recipe == "xception-head" and not spec.model.trainable_base:
+    if recipe.kind == HEAD and not spec.model.trainable_base:
         extractor = build_feature_extractor(spec)  # frozen: shared by every trial
     return TrialData(
         scan,
@@ -98,87 +115,6 @@ def prepare_data(
         val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
         extractor=extractor,
     )
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """Records the contract's per-epoch attributes on the trial, and stops on divergence.
-
-    Attributes are written at most every ``flush_every`` seconds and once more by
-    :meth:`flush` when the trial ends, however it ends. Slow full-pipeline epochs
-    are therefore visible live, while a cached trial, whose epochs take
-    milliseconds, does not spend more time on storage writes than on training.
-    """
-
-    def __init__(
-        self, trial: optuna.Trial, epochs: int, say: Say, flush_every: float = 5.0
-    ) -> None:
-        super().__init__()
-        self.trial, self.epochs, self.say = trial, epochs, say
-        self.flush_every = flush_every
-        self.train_accuracy: list[float] = []
-        self.val_accuracy: list[float] = []
-        self.val_loss: list[float] = []
-        self.epoch_seconds: list[float] = []
-        self._start = self._flushed = time.perf_counter()
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        self.epoch_seconds.append(round(time.perf_counter() - self._start, 4))
-        self.train_accuracy.append(float(logs.get("accuracy", math.nan)))
-        self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
-        self.val_loss.append(float(logs.get("val_loss", math.nan)))
-        lr = self.trial.params["learning_rate"]
-        self.say(
-            f"trial {self.trial.number} lr={lr:.3g} epoch {epoch + 1}/{self.epochs} "
-            f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f} "
-            f"({self.epoch_seconds[-1]:.1f}s)"
-        )
-        loss = float(logs.get("loss", math.nan))
-        if not math.isfinite(loss):
-            reason = f"diverged: training loss is {loss} at epoch {epoch}"
-            self.trial.set_user_attr("prune_reason", reason)
-            raise optuna.TrialPruned(reason)
-        if time.perf_counter() - self._flushed >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the attributes recorded so far to the trial."""
-        if not self.train_accuracy:
-            return
-        gap = self.train_accuracy[-1] - self.val_accuracy[-1]
-        attrs = {
-            "train_accuracy": self.train_accuracy,
-            "val_loss": [v if math.isfinite(v) else None for v in self.val_loss],
-            "gap": gap if math.isfinite(gap) else None,
-            "epoch_seconds": self.epoch_seconds,
-        }
-        for key, value in attrs.items():
-            self.trial.set_user_attr(key, value)
-        self._flushed = time.perf_counter()
-
-
-class PruningBeforeLastEpoch(KerasPruningCallback):
-    """``optuna_integration``'s Keras pruning callback, except after the last epoch.
-
-    After the last epoch the value is still reported, but the pruner is not asked:
-    a trial that has trained all its epochs has nothing left to save, so it ends
-    COMPLETE with its final value rather than PRUNED.
-    """
-
-    def __init__(self, trial: optuna.Trial, monitor: str, epochs: int) -> None:
-        super().__init__(trial, monitor)
-        self._epochs = epochs
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if epoch + 1 < self._epochs:
-            super().on_epoch_end(epoch, logs)
-            return
-        value = (logs or {}).get(self._monitor)
-        if value is not None:
-            self._trial.report(float(value), step=epoch)
 
 
 def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset:
@@ -197,16 +133,18 @@ def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset
 def _fit(
     spec: StudySpec,
     data: TrialData,
-    lr: float,
+    recipe: Recipe,
+    point: dict[str, Any],
     seed: int,
     callbacks: list[keras.callbacks.Callback],
-) -> keras.Model:
-    epochs = spec.train.epochs
+) -> list[Any]:
+    """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
+    epochs, params = spec.train.epochs, Params(point)
     if data.features is not None:
-        model = build_head(data.num_classes)
-        compile_model(model, lr)
+        head = build_part(recipe, params, data.feature_dim, data.num_classes)
+        compile_model(head, point["learning_rate"])
         fs = data.features
-        model.fit(
+        head.fit(
             fs.features["train"],
             fs.labels["train"],
             batch_size=spec.data.batch_size,
@@ -216,11 +154,11 @@ def _fit(
             verbose=0,
             callbacks=callbacks,
         )
-        return model
-    model = build_full_model(spec, data.num_classes, data.extractor)
-    compile_model(model, lr)
+        return list(head.weights)
+    built = assemble(spec, recipe, params, data.num_classes, data.extractor)
+    compile_model(built.model, point["learning_rate"])
     train = _train_split(spec, data, seed)
-    model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
+    built.model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
         train,
         validation_data=data.val_ds,
         epochs=epochs,
@@ -228,7 +166,7 @@ def _fit(
         verbose=0,
         callbacks=callbacks,
     )
-    return model
+    return built.trained
 
 
 def _upload(
@@ -275,6 +213,20 @@ class StopCheck(keras.callbacks.Callback):
 _WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
 
 
+def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
+    """Record where the trial runs, start Keras afresh, and return the trial's seed."""
+    # A retried trial inherits the failed one's attributes; clear what no longer holds.
+    for stale in attrs.STALE & trial.user_attrs.keys():
+        trial.set_user_attr(stale, None)
+    trial.set_user_attr(attrs.CACHE, data.cache)
+    trial.set_user_attr(attrs.WORKER, worker_id())
+    if data.extractor is None:
+        keras.backend.clear_session()
+    seed = spec.model.seed + trial.number
+    keras.utils.set_random_seed(seed)
+    return seed
+
+
 def make_objective(
     spec: StudySpec,
     data: TrialData,
@@ -282,7 +234,7 @@ def make_objective(
     say: Say = print,
     check: Callable[[], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: train at the trial's learning rate, return final validation accuracy.
+    """The objective: train the recipe at the trial's point, return final validation accuracy.
 
     Args:
         spec: the study spec.
@@ -292,6 +244,8 @@ def make_objective(
         check: called after every batch; may raise to stop the trial (see :class:`StopCheck`).
     """
 
+    recipe = recipe_for(spec)
+
     def objective(trial: optuna.Trial) -> float:
         try:
             return train_trial(trial)
@@ -299,38 +253,30 @@ def make_objective(
             raise TrialLost(str(e)) from None
 
     def train_trial(trial: optuna.Trial) -> float:
-        lr = suggest(trial, spec)["learning_rate"]
-        # A retried trial inherits the failed one's attributes; clear what no longer holds.
-        for stale in STALE_ATTRS & trial.user_attrs.keys():
-            trial.set_user_attr(stale, None)
-        trial.set_user_attr("cache", data.cache)
-        trial.set_user_attr("worker", worker_id())
-        if data.extractor is None:
-            keras.backend.clear_session()
-        seed = spec.model.seed + trial.number
-        keras.utils.set_random_seed(seed)
-        recorder = EpochRecorder(trial, spec.train.epochs, say)
+        point = suggest(trial, spec)
+        seed = _begin(trial, spec, data)
+        recorder = EpochRecorder(trial, spec.train.epochs, say, space=spec.search.space)
         pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
         callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
         callbacks += [StopCheck(check)] if check is not None else []
         try:
-            model = _fit(spec, data, lr, seed, callbacks)
+            trained = _fit(spec, data, recipe, point, seed, callbacks)
         except _WORKER_STOPS:
             raise
         except optuna.TrialPruned:
             recorder.flush()
-            trial.set_user_attr("pruned_at_epoch", len(recorder.val_accuracy) - 1)
+            trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
             _upload_curve(artifact_store, trial, recorder)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
             recorder.flush()
             trial.set_user_attr(
-                "fail_reason", f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
+                attrs.FAIL_REASON, f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
             )
             raise
         except Exception as e:
             recorder.flush()
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
             raise
         recorder.flush()
         value = recorder.val_accuracy[-1]
@@ -339,9 +285,9 @@ def make_objective(
         _upload(
             artifact_store,
             trial,
-            WEIGHTS_ATTR,
+            attrs.WEIGHTS_ARTIFACT,
             "weights.npz",
-            lambda p: save_trained_weights(model, p),
+            lambda p: save_trained_weights(trained, p),
         )
         _upload_curve(artifact_store, trial, recorder)
         return value
@@ -352,8 +298,10 @@ def make_objective(
 def _upload_curve(store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder) -> None:
     if store is None or not rec.val_accuracy:
         return
-    lr = trial.params["learning_rate"]
     figure = learning_curve_figure(
-        {lr: (rec.train_accuracy, rec.val_accuracy)}, title=f"Trial {trial.number}"
+        {format_params(trial.params): (rec.train_accuracy, rec.val_accuracy)},
+        title=f"Trial {trial.number}",
     )
-    _upload(store, trial, CURVE_ATTR, "learning_curve.png", lambda p: save_figure(figure, p))
+    _upload(
+        store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", lambda p: save_figure(figure, p)
+    )

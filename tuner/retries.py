@@ -26,6 +26,7 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.console import warn
+from tuner.space import format_params
 
 __all__ = [
     "GAVE_UP_PREFIX",
@@ -40,12 +41,6 @@ __all__ = [
 GAVE_UP_PREFIX = "tuner:gave_up:"
 # A trial's system attribute: host, pid and boot of the worker that claimed it.
 OWNER_ATTR = "tuner:owner"
-
-
-def _format_params(params: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
 
 
 def _boot_id() -> str:
@@ -162,7 +157,7 @@ class RetryOrGiveUp(RetryHeartbeatStaleTrialCallback):
             }
             study.set_user_attr(f"{GAVE_UP_PREFIX}{history[0]}", record)
             self.say(
-                f"gave up on {_format_params(params) or 'trial ' + str(history[0])} after "
+                f"gave up on {format_params(params) or 'trial ' + str(history[0])} after "
                 f"{len(history)} attempts (trials {', '.join(map(str, history))}), each "
                 "ended by a failure or a signal; listed by `tuner status` and `tuner export` "
                 "(raise storage.max_retry to try more)"

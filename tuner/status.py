@@ -11,7 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import RenderableType
 from rich.table import Table
 
+from tuner.attrs import CACHE, GAP, SPACE_ATTR, TRAIN_ACCURACY, WORKER
 from tuner.retries import gave_up
+from tuner.space import format_params, format_value
 
 __all__ = ["StudySummary", "render_status", "summarize"]
 
@@ -25,23 +27,32 @@ class StudySummary:
     top: list[FrozenTrial]  # best first, complete trials only
     running: list[FrozenTrial]
     now: dt.datetime
+    params: list[str]  # the hyperparameters, in the order of the stored space
     gave_up: list[dict[str, Any]] = field(default_factory=list)
 
 
 def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
     """Count trials by state and pick the top complete ones and the running ones."""
     trials = study.get_trials(deepcopy=False)
+    stored = study.user_attrs.get(SPACE_ATTR) or {}
+    params = list(dict.fromkeys([*stored, *(n for t in trials for n in t.params)]))
     states = {s.name: 0 for s in TrialState}
     for t in trials:
         states[t.state.name] += 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    return StudySummary(study.study_name, states, top, running, dt.datetime.now(), gave_up(study))
+    return StudySummary(
+        study.study_name, states, top, running, dt.datetime.now(), params, gave_up(study)
+    )
 
 
 def _fmt(value: object, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _values(trial: FrozenTrial, names: list[str]) -> list[str]:
+    return [format_value(trial.params[n]) if n in trial.params else "-" for n in names]
 
 
 def render_status(summary: StudySummary) -> list[RenderableType]:
@@ -54,36 +65,36 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
     if summary.top:
         best = summary.top[0]
         out.append(
-            f"Best: trial {best.number}, learning rate {best.params['learning_rate']:.4g}, "
-            f"val_acc {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get('gap'))}"
+            f"Best: trial {best.number}, {format_params(best.params)}, "
+            f"val_acc {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get(GAP))}"
         )
         top = Table(title=f"Top {len(summary.top)} trials", title_justify="left")
-        for col in ("trial", "learning rate", "val_acc", "train_acc", "gap", "cache"):
-            top.add_column(col, justify="right")
+        for col in ("trial", *summary.params, "val_acc", "train_acc", "gap", "cache"):
+            top.add_column(col, justify="right", min_width=len(col))
         for t in summary.top:
-            train = t.user_attrs.get("train_accuracy") or [None]
+            train = t.user_attrs.get(TRAIN_ACCURACY) or [None]
             top.add_row(
                 str(t.number),
-                f"{t.params['learning_rate']:.4g}",
+                *_values(t, summary.params),
                 _fmt(t.value),
                 _fmt(train[-1]),
-                _fmt(t.user_attrs.get("gap")),
-                str(t.user_attrs.get("cache", "-")),
+                _fmt(t.user_attrs.get(GAP)),
+                str(t.user_attrs.get(CACHE, "-")),
             )
         out.append(top)
     else:
         out.append("No complete trial yet.")
     if summary.running:
         running = Table(title="Running trials", title_justify="left")
-        for col in ("trial", "learning rate", "epochs done", "worker", "elapsed"):
-            running.add_column(col, justify="right")
+        for col in ("trial", *summary.params, "epochs done", "worker", "elapsed"):
+            running.add_column(col, justify="right", min_width=len(col))
         for t in summary.running:
             start = t.datetime_start or summary.now
             running.add_row(
                 str(t.number),
-                f"{t.params.get('learning_rate', float('nan')):.4g}",
+                *_values(t, summary.params),
                 str(len(t.intermediate_values)),
-                str(t.user_attrs.get("worker", "-")),
+                str(t.user_attrs.get(WORKER, "-")),
                 str(dt.timedelta(seconds=int((summary.now - start).total_seconds()))),
             )
         out.append(running)
@@ -97,13 +108,9 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
         for col in ("first trial", "parameters", "attempts", "trials", "last reason"):
             given.add_column(col, justify="right" if col != "last reason" else "left")
         for r in summary.gave_up:
-            params = " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in r.get("params", {}).items()
-            )
             given.add_row(
                 str(r["trial"]),
-                params or "-",
+                format_params(r.get("params", {})) or "-",
                 str(r.get("attempts", "-")),
                 ", ".join(map(str, r.get("trials", []))),
                 str(r.get("reason") or "-"),

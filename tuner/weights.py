@@ -1,9 +1,11 @@
 """The base's weights, checked before TensorFlow loads, so a bad choice fails in a second.
 
 ``model.weights`` is ``"imagenet"`` (downloaded once by Keras into its cache),
-``"none"`` (a seeded random base) or a path to a weights file. A missing or
-unreadable file, or an ImageNet download that cannot start, is reported here,
-with the offline options; :mod:`tuner.model` loads the weights afterwards.
+``"none"`` (a seeded random base) or a path to a weights file, for the frozen
+base under a head recipe (``model.base``). A missing or unreadable file, or an
+ImageNet download that cannot start, is reported here, with the offline
+options; :mod:`tuner.model` loads the weights afterwards. A whole-model recipe
+has no base, and nothing to check.
 """
 
 from __future__ import annotations
@@ -18,42 +20,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuner.errors import WeightsError
+from tuner.recipes import BASES, Base, recipe_for
 from tuner.spec import StudySpec
 
 __all__ = [
-    "IMAGENET_URL",
     "check_weights",
     "check_weights_file",
     "imagenet_cache_files",
+    "offline_hint",
     "socket_timeout",
 ]
 
-# Where keras.applications.Xception(weights="imagenet", include_top=False) gets its file.
-IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/xception/" + IMAGENET_FILE
-)
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
-OFFLINE_HINT = (
-    "use a local file with --set model.weights=PATH/xception_notop.weights.h5, "
-    "or --set model.weights=none"
-)
 
 
-def imagenet_cache_files() -> list[Path]:
-    """The places where Keras keeps the downloaded ImageNet file (``$KERAS_HOME``, ~, /tmp)."""
+def offline_hint(base: Base) -> str:
+    """What to do without a network, for errors about this base's ImageNet weights."""
+    return (
+        f"use a local file with --set model.weights=PATH/{base.imagenet_file}, "
+        "or --set model.weights=none"
+    )
+
+
+def imagenet_cache_files(base: Base = BASES["xception"]) -> list[Path]:
+    """Where Keras keeps the base's downloaded ImageNet file (``$KERAS_HOME``, ~, /tmp)."""
     # As keras.utils.get_file: $KERAS_HOME, else ~/.keras; /tmp/.keras when that is read-only.
     home = os.environ.get("KERAS_HOME") or str(Path("~/.keras").expanduser())
     homes = [home, "/tmp/.keras"]
-    return [Path(home) / "models" / IMAGENET_FILE for home in homes]
+    return [Path(home) / "models" / base.imagenet_file for home in homes]
 
 
-def check_weights_file(path: Path) -> None:
+def check_weights_file(path: Path, base: Base = BASES["xception"]) -> None:
     """Raise a WeightsError unless ``path`` is a readable Keras weights file."""
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; give the path of Xception notop weights "
-            '(.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
+            f"weights file {path} does not exist; give the path of {base.display} notop "
+            'weights (.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
         )
     if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise WeightsError(
@@ -66,7 +68,7 @@ def check_weights_file(path: Path) -> None:
         readable, reason = _is_hdf5_with_weights(path)
     if not readable:
         raise WeightsError(
-            f"weights file {path} is corrupt ({reason}); replace it with Xception notop "
+            f"weights file {path} is corrupt ({reason}); replace it with {base.display} notop "
             "weights, or use --set model.weights=none"
         )
 
@@ -91,14 +93,18 @@ def check_weights(spec: StudySpec) -> None:
             that is not cached and cannot be downloaded.
     """
     weights = spec.model.weights
-    if spec.model.recipe != "xception-head" or weights == "none":
-        return  # small-cnn trains from scratch; "none" is a random base
+    if weights == "none":
+        return  # a seeded random base
+    base = recipe_for(spec).base(spec)
+    if base is None:
+        return  # a whole model trains from scratch: there is no base to load
     if weights != "imagenet":
-        check_weights_file(Path(weights).expanduser())
+        check_weights_file(Path(weights).expanduser(), base)
         return
-    if any(path.is_file() for path in imagenet_cache_files()):
+    if any(path.is_file() for path in imagenet_cache_files(base)):
         return
-    request = urllib.request.Request(IMAGENET_URL, method="HEAD")
+    url = base.imagenet_url
+    request = urllib.request.Request(url, method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=spec.model.download_timeout):
             pass
@@ -107,8 +113,8 @@ def check_weights(spec: StudySpec) -> None:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise WeightsError(
-            f"cannot download the ImageNet weights for Xception from {IMAGENET_URL} "
-            f"({reason}); offline, {OFFLINE_HINT}"
+            f"cannot download the ImageNet weights for {base.display} from {url} "
+            f"({reason}); offline, {offline_hint(base)}"
         ) from None
 
 

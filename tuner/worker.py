@@ -20,15 +20,18 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.attrs import SPACE_ATTR
 from tuner.console import count_progress, download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
-from tuner.errors import DataError, StorageError, TunerError
+from tuner.errors import DataError, SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
 from tuner.pool import CHECKED_DATA_ENV
+from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
 from tuner.retries import OWNER_ATTR, owner_record, reap
 from tuner.search import check_joinable, open_study, pruner_name
 from tuner.signals import Interrupted, StopSignals, TrialLost
+from tuner.space import Space, format_params
 from tuner.spec import StudySpec
 from tuner.storage import BudgetLock, artifact_store_for, fatal_message, redact_url
 from tuner.weights import check_weights
@@ -131,28 +134,42 @@ def preflight(
     accept_space_change: bool = False,
     check: Callable[[], None] = lambda: None,
 ) -> tuple[optuna.Study, DatasetScan]:
-    """Check the study, the data and the weights, then join the study, before TensorFlow loads.
+    """Check the study, recipe, data and weights, then join the study, before training starts.
 
     A mistake in any of them thus fails at once, with one error line, and no
-    trial is started. The study is created only once the data and weights are
-    known to be usable, so a first run that fails on them leaves no study behind
-    with its settings.
+    trial is started. A user's recipe module is imported and its signature
+    checked before the data is read, then the recipe is built once at the edges
+    of the space (see :mod:`tuner.recipes.probe`); built-in recipes need no
+    TensorFlow here. The study is created only once all of this passed, so a
+    first run that fails leaves no study behind with its settings.
 
     Raises:
-        StudyError, DataError, WeightsError: naming what is wrong and how to fix it.
+        StudyError, RecipeError, DataError, WeightsError: naming what is wrong and
+            how to fix it.
     """
     check_joinable(spec, storage, accept_space_change=accept_space_change)
+    recipe = resolve_checked(spec)
     scan = ensure_dataset(spec, check)
     check()
     check_weights(spec)
+    for message in probe(spec, recipe, len(scan.class_names)):
+        warn(message)
     study = open_study(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
     )
     return study, scan
 
 
+def _stored_space(study: optuna.Study) -> Space | None:
+    """The study's space, to line up the parameters of the trial lines."""
+    try:
+        return Space.from_json(study.user_attrs.get(SPACE_ATTR) or {})
+    except (SpecError, TypeError, ValueError):  # stored by another version of tuner
+        return None
+
+
 def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
-    lr = trial.params.get("learning_rate", math.nan)
+    params = format_params(trial.params, _stored_space(study))
     if trial.state == TrialState.COMPLETE:
         outcome = f"finished val_acc={trial.value:.4f}"
     elif trial.state == TrialState.PRUNED:
@@ -164,11 +181,11 @@ def _announce(study: optuna.Study, trial: FrozenTrial) -> None:
         outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log above')})"
     try:
         best = study.best_trial
-        best_text = f"best so far: trial {best.number} lr={best.params['learning_rate']:.3g} "
+        best_text = f"best so far: trial {best.number} {format_params(best.params)} "
         best_text += f"val_acc={best.value:.4f}"
     except ValueError:
         best_text = "no finished trial yet"
-    say(f"trial {trial.number} lr={lr:.3g} {outcome}; {best_text}")
+    say(f"trial {trial.number} {params} {outcome}; {best_text}")
 
 
 class _Waiting:

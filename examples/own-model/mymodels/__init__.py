@@ -1,0 +1,1 @@
+"""Model recipes of a project of one's own, tuned by ``tuner`` (see ../README.md)."""

@@ -1,0 +1,48 @@
+"""The names of the trial record and the study attributes: the contract, in one place.
+
+The dashboard, ``tuner status``, ``tuner export`` and scripts read these; the
+objective and the search write them. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CACHE",
+    "CURVE_ARTIFACT",
+    "EPOCH_SECONDS",
+    "FAIL_REASON",
+    "GAP",
+    "PRUNED_AT_EPOCH",
+    "PRUNE_REASON",
+    "SPACE_ATTR",
+    "SPEC_ATTR",
+    "STALE",
+    "TRAIN_ACCURACY",
+    "VAL_LOSS",
+    "WARM_START",
+    "WEIGHTS_ARTIFACT",
+    "WORKER",
+]
+
+# Per-epoch lists and the final gap (train minus validation accuracy).
+TRAIN_ACCURACY = "train_accuracy"
+VAL_LOSS = "val_loss"
+GAP = "gap"
+EPOCH_SECONDS = "epoch_seconds"
+# Where the trial ran: "hit", "miss" or "off" for the feature cache, and host:pid.
+CACHE = "cache"
+WORKER = "worker"
+# How it ended, where that applies.
+WARM_START = "warm_start"
+PRUNE_REASON = "prune_reason"
+PRUNED_AT_EPOCH = "pruned_at_epoch"
+FAIL_REASON = "fail_reason"
+# Ids of the trial's artifacts: its trained weights and its learning-curve PNG.
+WEIGHTS_ARTIFACT = "weights_artifact"
+CURVE_ARTIFACT = "curve_artifact"
+# A retried trial inherits the failed one's attributes; these no longer hold for it.
+STALE = frozenset({FAIL_REASON, PRUNE_REASON, PRUNED_AT_EPOCH, WEIGHTS_ARTIFACT, CURVE_ARTIFACT})
+
+# Study attributes: the search space as stored (to refuse a changed one), and the spec.
+SPACE_ATTR = "tuner:search_space"
+SPEC_ATTR = "tuner:spec"
