@@ -106,6 +106,7 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
         "model.seed": spec.model.seed,
         "data.image_size": list(spec.data.image_size),
         "data.augment": spec.data.augment,
+        "sampler.kind": spec.sampler.kind,
     }
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
-from optuna.samplers import TPESampler
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
@@ -29,6 +28,7 @@ from tuner.join import (
 )
 from tuner.note import write_note
 from tuner.pruners import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
+from tuner.samplers import build_sampler
 from tuner.spec import StudySpec, spec_from_dict, spec_to_dict, worker_command
 from tuner.storage import retry_transient
 
@@ -59,15 +59,6 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
 def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Sample one point of the spec's search space: every hyperparameter, by name."""
     return space_module.suggest(trial, spec.search.space)
-
-
-def build_sampler(spec: StudySpec, worker_index: int = 0) -> TPESampler:
-    """A seeded TPE sampler; each worker of a pool gets its own seed so they do not collide."""
-    return TPESampler(
-        seed=spec.sampler.seed + worker_index,
-        n_startup_trials=spec.sampler.n_startup_trials,
-        constant_liar=True,
-    )
 
 
 def _create_study_once(storage: BaseStorage, name: str) -> bool:

@@ -102,6 +102,7 @@ class SearchSection:
 
 @dataclass(frozen=True)
 class SamplerSection:
+    kind: str = "tpe"
     seed: int = 42
     n_startup_trials: int = 4
 

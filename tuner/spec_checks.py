@@ -15,8 +15,9 @@ from tuner.spec_values import origin_of
 if TYPE_CHECKING:
     from tuner.spec import StudySpec
 
-__all__ = ["PRUNER_KINDS", "validate"]
+__all__ = ["PRUNER_KINDS", "SAMPLER_KINDS", "validate"]
 
+SAMPLER_KINDS = ("tpe", "gp", "random", "qmc", "grid")
 PRUNER_KINDS = ("none", "median", "percentile", "hyperband", "patient", "successive-halving")
 
 
@@ -32,6 +33,15 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
     return [
         *((v >= 1, f"{k} must be at least 1, got {v}") for k, v in counts.items()),
         (min(size) >= 32, f"data.image_size must be at least [32, 32], got {size}"),
+        (
+            spec.sampler.kind in SAMPLER_KINDS,
+            f"sampler.kind {spec.sampler.kind!r} is not one of: {', '.join(SAMPLER_KINDS)}",
+        ),
+        (
+            spec.sampler.kind != "grid" or len(spec.search.warm_start) > 0,
+            "sampler.kind = grid runs the search.warm_start points, and there are none; list "
+            "the points in search.warm_start, or pick sampler.kind=tpe",
+        ),
         (
             pruner.kind in PRUNER_KINDS,
             f"pruner.kind {pruner.kind!r} is not one of: {', '.join(PRUNER_KINDS)}",

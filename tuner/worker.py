@@ -29,6 +29,7 @@ from tuner.pool import CHECKED_DATA_ENV
 from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
 from tuner.retries import OWNER_ATTR, owner_record, reap
+from tuner.samplers import sampler_budget
 from tuner.search import check_joinable, open_study, pruner_name
 from tuner.signals import Interrupted, StopSignals, TrialLost
 from tuner.space import Space, format_params
@@ -319,7 +320,7 @@ def _run(
     from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
     signals.check()
-    target = n_trials or spec.search.n_trials
+    target = sampler_budget(spec, n_trials or spec.search.n_trials)
     with count_progress("frozen-base features:", check=signals.check) as progress:
         data = prepare_data(spec, scan, say, progress)
     run = _Run()
