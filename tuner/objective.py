@@ -34,6 +34,7 @@ from tuner import features as feature_cache
 from tuner.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.data import DatasetScan, load_split
 from tuner.errors import StorageError
+from tuner.headfit import HeadTrainer
 from tuner.model import (
     assemble,
     build_feature_extractor,
@@ -76,6 +77,7 @@ class TrialData:
     features: feature_cache.FeatureSet | None = None
     val_ds: tf.data.Dataset | None = None
     extractor: keras.Model | None = field(default=None, repr=False)
+    _trainer: HeadTrainer | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -85,6 +87,14 @@ class TrialData:
     def feature_dim(self) -> int:
         assert self.features is not None
         return int(self.features.features["train"].shape[1])
+
+    def trainer(self, batch_size: int) -> HeadTrainer:
+        """The worker's head trainer on the cached features, made on first use."""
+        assert self.features is not None
+        if self._trainer is None:
+            fs = self.features
+            self._trainer = HeadTrainer(fs.features, fs.labels, batch_size)
+        return self._trainer
 
 
 def prepare_data(
@@ -140,21 +150,10 @@ def _fit(
 ) -> list[Any]:
     """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
     epochs, params = spec.train.epochs, Params(point)
-    if data.features is not None:
+    if data.features is not None:  # whole epochs in one compiled call, see tuner.headfit
         head = build_part(recipe, params, data.feature_dim, data.num_classes)
-        compile_model(head, point["learning_rate"])
-        fs = data.features
-        head.fit(
-            fs.features["train"],
-            fs.labels["train"],
-            batch_size=spec.data.batch_size,
-            epochs=epochs,
-            validation_data=(fs.features["validation"], fs.labels["validation"]),
-            shuffle=True,
-            verbose=0,
-            callbacks=callbacks,
-        )
-        return list(head.weights)
+        trainer = data.trainer(spec.data.batch_size)
+        return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks)
     built = assemble(spec, recipe, params, data.num_classes, data.extractor)
     compile_model(built.model, point["learning_rate"])
     train = _train_split(spec, data, seed)
