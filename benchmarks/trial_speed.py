@@ -177,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tuner-trial-speed-") as tmp:
         store = FileSystemArtifactStore(tmp)
         objective = objective_module.make_objective(spec, data, store, say=lambda _: None)
+        # The same sampler seed everywhere: trial k of every variant trains at the same rate
+        # from the same initial weights, so the variants' final accuracies can be compared.
         studies = {
-            name: optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+            name: optuna.create_study(
+                direction="maximize",
+                sampler=optuna.samplers.RandomSampler(seed=0),
+                pruner=optuna.pruners.NopPruner(),
+            )
             for name in variants
         }
         first = {name: trial_times(studies[name], objective, f) for name, f in variants.items()}
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     loads.append(os.getloadavg()[0])
     full = full_epoch(sets, scan, args.full_epochs) if args.full_epochs else None
     loads.append(os.getloadavg()[0])
-    print_table(args, data, first, walls, epochs, full)
+    print_table(args, data, studies, first, walls, epochs, full)
     print(f"load average (1 min): {' -> '.join(f'{x:.1f}' for x in loads)}; {os.cpu_count()} CPUs")
     return 0
 
@@ -224,6 +230,7 @@ def full_epoch(sets: list[str], scan: Any, epochs: int) -> float:
 def print_table(
     args: argparse.Namespace,
     data: Any,
+    studies: dict[str, optuna.Study],
     first: dict[str, tuple[float, list[float]]],
     walls: dict[str, list[float]],
     epochs: dict[str, list[float]],
@@ -255,6 +262,17 @@ def print_table(
     print(
         f"\nepoch: {old_epoch / now_epoch:.1f}x faster than keras fit, "
         f"{now_epoch / floor:.1f}x the FLOP floor"
+    )
+    old_acc, now_acc = (
+        [t.value for t in studies[n].trials]
+        for n in ("keras fit (previous release)", "headfit (tuner now)")
+    )
+    diffs = [abs(a - b) for a, b in zip(old_acc, now_acc, strict=True)]
+    print(
+        f"final val_accuracy, trial by trial (same rate and initial weights, another batch "
+        f"order): keras fit mean {statistics.mean(old_acc):.4f}, headfit mean "
+        f"{statistics.mean(now_acc):.4f}, |difference| median {statistics.median(diffs):.4f}, "
+        f"max {max(diffs):.4f}"
     )
 
 

@@ -194,7 +194,8 @@ class StopCheck(keras.callbacks.Callback):
     """Calls ``check`` after every training and validation batch, a safe point to stop.
 
     The worker's check raises on SIGINT/SIGTERM, on a storage it gave up on, and
-    when another worker has failed this trial, so a trial ends within one batch.
+    when another worker has failed this trial, so a trial ends within one batch (within
+    one epoch of tens of milliseconds for a cached head, trained an epoch per call).
     """
 
     def __init__(self, check: Callable[[], None]) -> None:
