@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -21,7 +22,8 @@ from tuner.signals import StopSignals
 # A worker handles SIGINT and SIGTERM from its first moment, not only once optuna and
 # typer have loaded: a signal during the imports is then acted on at the first check.
 _SIGNALS = StopSignals()
-if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "worker":
+_WORKER_PROCESS = next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "worker"
+if _WORKER_PROCESS:
     _SIGNALS.install()
 
 import optuna  # noqa: E402 - after the signal handlers
@@ -138,6 +140,11 @@ def worker(
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             code = 128 + stop.signum
+    if _WORKER_PROCESS and hasattr(signal, "pthread_sigmask"):
+        # The work is done and its exit code decided. Python restores the default handlers
+        # while it shuts down (TensorFlow's teardown takes a while), where a late SIGTERM
+        # would kill the process and hide that code; held pending, it is simply dropped.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     raise typer.Exit(code)
 
 
