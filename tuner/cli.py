@@ -195,9 +195,10 @@ def status(
     """Show trials by state, the best trial, the top 5 and the running trials."""
     from rich.console import Console
 
+    from tuner.errors import StudyError
     from tuner.export import best_result
     from tuner.search import load_existing_study
-    from tuner.status import render_status, summarize
+    from tuner.status import render_status, summarize, workers_line
     from tuner.storage import open_storage
 
     spec, url = _load(study, storage, set_)
@@ -206,7 +207,12 @@ def status(
     # Piped into a file or a script, the tables keep every column rather than 80 characters.
     wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
     Console(highlight=False, width=wide).print(*render_status(summary))
-    if not summary.top:  # the tables still show what is queued or running
+    if not summary.top and summary.alive:  # the tables still show what is queued or running
+        raise StudyError(
+            f"study {found.study_name!r} has no complete trial yet; {workers_line(summary)}; "
+            f"run `tuner status --study {study}` again once a trial has finished"
+        )
+    if not summary.top:
         best_result(found)  # raises the one-line "no complete trial yet" error
 
 

@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from tuner.console import count_progress, download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError, SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
+from tuner.note import write_note
+from tuner.phases import PhaseBoard, worker_name
 from tuner.pool import CHECKED_DATA_ENV
 from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
@@ -47,6 +49,12 @@ __all__ = [
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
+
+Publish = Callable[..., None]  # (phase, progress="") of a PhaseBoard
+
+
+def _no_publish(phase: str, progress: object = "") -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def configure_threads(threads: int | None) -> None:
     )
 
 
-def _download(spec: StudySpec, folder: Path, check: Callable[[], None]) -> None:
+def _download(spec: StudySpec, folder: Path, check: Callable[[], None], publish: Publish) -> None:
     """Download the spec's known dataset into ``folder``, with a progress bar."""
     if spec.data.source not in DATASETS:
         raise DataError(
@@ -99,15 +107,19 @@ def _download(spec: StudySpec, folder: Path, check: Callable[[], None]) -> None:
                 say(message)
                 message = ""
             bar(done, total)
+            publish("downloading", f"{100 * done // total}%" if total else f"{done} bytes")
             check()  # a signal stops the download between chunks
 
         download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
 
 
-def ensure_dataset(spec: StudySpec, check: Callable[[], None] = lambda: None) -> DatasetScan:
+def ensure_dataset(
+    spec: StudySpec, check: Callable[[], None] = lambda: None, publish: Publish = _no_publish
+) -> DatasetScan:
     """Validate ``data.dir``, downloading the spec's known dataset first if it is missing.
 
-    ``check`` is called between download chunks, and may raise to stop.
+    ``check`` is called between download chunks, and may raise to stop;
+    ``publish`` receives the download's phase (see :class:`tuner.phases.PhaseBoard`).
     """
     folder = Path(spec.data.dir)
     if not folder.exists() and spec.data.source:
@@ -115,7 +127,7 @@ def ensure_dataset(spec: StudySpec, check: Callable[[], None] = lambda: None) ->
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{folder}.download.lock"):
             if not folder.exists():
-                _download(spec, folder, check)
+                _download(spec, folder, check, publish)
     # A pool's parent has just decoded every image; its children need not do it again.
     checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
@@ -133,6 +145,7 @@ def preflight(
     worker_index: int = 0,
     accept_space_change: bool = False,
     check: Callable[[], None] = lambda: None,
+    publish: Publish = _no_publish,
 ) -> tuple[optuna.Study, DatasetScan]:
     """Check the study, recipe, data and weights, then join the study, before training starts.
 
@@ -149,7 +162,8 @@ def preflight(
     """
     check_joinable(spec, storage, accept_space_change=accept_space_change)
     recipe = resolve_checked(spec)
-    scan = ensure_dataset(spec, check)
+    publish("checking data")
+    scan = ensure_dataset(spec, check, publish)
     check()
     check_weights(spec)
     for message in probe(spec, recipe, len(scan.class_names)):
@@ -283,10 +297,11 @@ def run_worker(
             ``storage.outage_tolerance``, or has a fatal fault (full, read-only, damaged).
     """
     signals = signals or StopSignals()
-    with signals.installed():
+    board = PhaseBoard(storage, spec.study.name, worker_name())
+    with signals.installed(), board:
         try:
             return _run(spec, storage, url, n_trials, timeout, worker_index,
-                        accept_space_change, signals)  # fmt: skip
+                        accept_space_change, signals, board)  # fmt: skip
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
@@ -301,6 +316,7 @@ def _run(
     worker_index: int,
     accept_space_change: bool,
     signals: StopSignals,
+    board: PhaseBoard,
 ) -> WorkerReport:
     watch = StorageWatch(
         spec.storage.outage_tolerance,
@@ -313,14 +329,24 @@ def _run(
     storage = ResilientStorage(raw_storage, watch)
     study, scan = preflight(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change,
-        check=signals.check,
+        check=signals.check, publish=board.set,
     )  # fmt: skip
+    target = n_trials or spec.search.n_trials
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if finished >= target:  # said before TensorFlow and the data load, which take a while
+        say(
+            f"study {study.study_name!r} already holds {finished} of {target} finished trials; "
+            "nothing to do (give a larger --n-trials to search further)"
+        )
+        board.set("done", f"{finished} of {target} finished")
+        return _report([], None)
     say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+    board.set("loading TensorFlow")
     from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
     signals.check()
-    target = n_trials or spec.search.n_trials
-    with count_progress("frozen-base features:", check=signals.check) as progress:
+    board.set("loading data")
+    with _features_shown(study, spec, board, signals.check) as progress:
         data = prepare_data(spec, scan, say, progress)
     run = _Run()
 
@@ -338,6 +364,7 @@ def _run(
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
         run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
+        board.set(f"training trial {trial.number}", _epoch_text(raw_storage, trial, spec))
         try:
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
@@ -366,6 +393,7 @@ def _run(
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if finished >= target:
                     say(f"study {study.study_name!r} holds {finished} of {target} trials; done")
+                    board.set("done", f"{finished} of {target} finished")
                     break
                 if finished + len(running) < target:
                     run.number = run.trial_id = None
@@ -380,6 +408,7 @@ def _run(
                         )
                     continue
             waiting.on(running, finished, target)
+            board.set("waiting", f"for trial {', '.join(str(t.number) for t in running)}")
             signals.wait(min(2.0, spec.storage.heartbeat_interval))
     except Interrupted as stop:
         requeued = run.number is not None and _requeue(study, run.number)
@@ -388,6 +417,47 @@ def _run(
         say(_stopped_line(stop, run, requeued))
         return _report(ran, stop.signum)
     return _report(ran, None)
+
+
+def _epoch_text(storage: BaseStorage, trial: optuna.Trial, spec: StudySpec) -> Callable[[], str]:
+    """The running trial's epoch, read when the phase is written."""
+
+    def text() -> str:
+        done = len(storage.get_trial(trial._trial_id).intermediate_values)
+        return f"epoch {min(done + 1, spec.train.epochs)}/{spec.train.epochs}"
+
+    return text
+
+
+@contextlib.contextmanager
+def _features_shown(
+    study: optuna.Study, spec: StudySpec, board: PhaseBoard, check: Callable[[], None]
+) -> Iterator[Callable[[str, int, int], None]]:
+    """The feature count's progress: bars or lines, the worker's phase, and the study note.
+
+    The dashboard's charts stay empty until a trial finishes; the note says why.
+    """
+    noted = False
+    with count_progress("frozen-base features:", check=check) as bar:
+
+        def progress(part: str, done: int, total: int) -> None:
+            nonlocal noted
+            if not noted:
+                noted = True
+                since = time.strftime("%Y-%m-%d %H:%M:%S")
+                with contextlib.suppress(Exception):  # the note is for people; never fatal
+                    write_note(study, spec, now=f"worker {worker_name()} is computing the "
+                               f"frozen-base features since {since}; the charts fill once the "
+                               "first trial finishes.")  # fmt: skip
+            board.set("computing features", f"{part} {done}/{total}")
+            bar(part, done, total)
+
+        try:
+            yield progress
+        finally:
+            if noted:
+                with contextlib.suppress(Exception):
+                    write_note(study, spec)
 
 
 def _run_one(
