@@ -27,7 +27,15 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from tests.conftest import PG_URL, Env, _server_reachable, run_tuner, tuner_cmd, unique_name
+from tests.conftest import (
+    PG_URL,
+    REPO,
+    Env,
+    _server_reachable,
+    run_tuner,
+    tuner_cmd,
+    unique_name,
+)
 from tuner.search import SPACE_ATTR, open_study, suggest
 from tuner.spec import load_spec
 from tuner.storage import open_storage
@@ -293,7 +301,7 @@ def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli) -> None:
     code, _, err = cli(
         "worker", "--storage", url, "--set", "data.dir=2024", "--set", "data.source="
     )
-    one_error_line(code, err, "data folder 2024 does not exist")  # a folder name, as given
+    one_error_line(code, err, "data folder 2024 (", "does not exist")  # a folder name, as given
 
 
 def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
@@ -325,11 +333,29 @@ def test_missing_data_dir_without_a_source(tmp_path: Path, existing: str, cli) -
 
 
 def test_missing_data_dir_whose_download_fails(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    """Only the folder the spec file names is downloaded; offline, one command says what works."""
     mirror = f"http://127.0.0.1:{closed_port()}/clothing.zip"
+    spec = tmp_path / "clothing.toml"
+    text = (REPO / "studies" / "clothing.toml").read_text()
+    spec.write_text(text.replace('"data/clothing-dataset-small"', f'"{tmp_path / "d"}"'))
     with unchanged(existing):
-        code, _, err = _worker(cli, existing, tmp_path / "d", "--set", f"data.url={mirror}")
-    one_error_line(code, err, str(tmp_path / "d"), mirror, "data.dir")
+        sets = ["--set", f"data.url={mirror}", "--set", "model.weights=none"]
+        code, _, err = cli("worker", "--study", str(spec), "--storage", existing, *sets)
+    one_error_line(
+        code, err, str(tmp_path / "d"), mirror,
+        f"offline, run `tuner worker --study {spec} --set data.dir=PATH/clothing-dataset-small`",
+    )  # fmt: skip
     assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_given_with_set_is_never_downloaded_into(
+    tmp_path: Path, existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    typo = tmp_path / "data" / "clothng"
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, typo, "--set", "data.url=http://127.0.0.1:9/x.zip")
+    one_error_line(code, err, f"data folder {typo} does not exist", f"--dest {typo}")
+    assert list(tmp_path.iterdir()) == []  # no folder, no lock file
 
 
 @pytest.mark.parametrize("case", ["no-split", "classes-differ", "empty-class", "no-classes"])

@@ -85,8 +85,11 @@ def _is_hdf5_with_weights(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def check_weights(spec: StudySpec) -> None:
+def check_weights(spec: StudySpec, offline: str = "") -> None:
     """Fail now, with the offline options, when the spec's base weights cannot be had.
+
+    ``offline`` is the advice for a failed ImageNet download, in the caller's
+    options; by default, the ``--set model.weights`` choices.
 
     Raises:
         WeightsError: for a missing or corrupt weights file, or an ImageNet file
@@ -114,7 +117,7 @@ def check_weights(spec: StudySpec) -> None:
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise WeightsError(
             f"cannot download the ImageNet weights for {base.display} from {url} "
-            f"({reason}); offline, {offline_hint(base)}"
+            f"({reason}); offline, {offline or offline_hint(base)}"
         ) from None
 
 

@@ -26,6 +26,7 @@ from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError, SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
 from tuner.note import write_note
+from tuner.offline import offline_advice, spec_names_folder
 from tuner.phases import PhaseBoard, worker_name
 from tuner.pool import CHECKED_DATA_ENV
 from tuner.recipes.probe import probe, resolve_checked
@@ -110,7 +111,13 @@ def _download(spec: StudySpec, folder: Path, check: Callable[[], None], publish:
             publish("downloading", f"{100 * done // total}%" if total else f"{done} bytes")
             check()  # a signal stops the download between chunks
 
-        download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
+        download_dataset(
+            spec.data.source,
+            folder,
+            url=spec.data.url or None,
+            progress=progress,
+            offline=offline_advice(spec, data_ready=False),
+        )
 
 
 def ensure_dataset(
@@ -118,11 +125,14 @@ def ensure_dataset(
 ) -> DatasetScan:
     """Validate ``data.dir``, downloading the spec's known dataset first if it is missing.
 
+    Only the folder that the spec file itself names is downloaded into: a
+    ``--set data.dir`` that does not exist is more likely a typo, and an error.
+
     ``check`` is called between download chunks, and may raise to stop;
     ``publish`` receives the download's phase (see :class:`tuner.phases.PhaseBoard`).
     """
     folder = Path(spec.data.dir)
-    if not folder.exists() and spec.data.source:
+    if not folder.exists() and spec.data.source and spec_names_folder(spec):
         # Workers started together download once: the others wait, then find the folder.
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{folder}.download.lock"):
@@ -165,7 +175,7 @@ def preflight(
     publish("checking data")
     scan = ensure_dataset(spec, check, publish)
     check()
-    check_weights(spec)
+    check_weights(spec, offline=offline_advice(spec, data_ready=True))
     for message in probe(spec, recipe, len(scan.class_names)):
         warn(message)
     study = open_study(
