@@ -687,9 +687,20 @@ def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> N
         code, err, "data.image_size=[150, 150]", "data.image_size=[100, 100]",
         "--set study.name=clothing-2",
     )  # fmt: skip
-    with unchanged(existing):  # a weights file is named by its file name only
-        code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=/w/x.h5")
-    one_error_line(code, err, "model.weights=none", "model.weights=file x.h5")
+    with unchanged(existing):  # a missing weights file is named as such, not compared
+        code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=nothing")
+    one_error_line(code, err, "weights file nothing does not exist")
+
+
+def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    import h5py
+
+    weights = tmp_path / "x.h5"
+    with h5py.File(weights, "w") as f:
+        f.attrs["layer_names"] = ["dense"]
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, "--set", f"model.weights={weights}")
+    one_error_line(code, err, "model.weights=none", "model.weights=x.h5 (a file)")
 
 
 def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:

@@ -170,6 +170,8 @@ def preflight(
         StudyError, RecipeError, DataError, WeightsError: naming what is wrong and
             how to fix it.
     """
+    if spec.model.weights not in ("imagenet", "none"):  # a missing file is named as such
+        check_weights(spec)
     check_joinable(spec, storage, accept_space_change=accept_space_change)
     recipe = resolve_checked(spec)
     publish("checking data")
