@@ -12,7 +12,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from tuner.console import err_console, say  # noqa: E402 - after the signal handlers
 from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
+
+if TYPE_CHECKING:
+    from tuner.spec import StudySpec
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -151,12 +154,31 @@ def _worker(
     accept_space_change: bool,
     signals: StopSignals,
 ) -> int:
-    from tuner.pool import check_pool_size, pool_argv, run_pool
-    from tuner.storage import open_storage
-    from tuner.worker import configure_threads, preflight, run_worker
+    from tuner.leftovers import removed_on_failure
+    from tuner.pool import check_pool_size
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)
+    with removed_on_failure(url):
+        return _work(spec, url, study, set_, n_trials, timeout, workers, accept_space_change,
+                     signals)  # fmt: skip
+
+
+def _work(
+    spec: StudySpec,
+    url: str,
+    study: str,
+    set_: list[str] | None,
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    accept_space_change: bool,
+    signals: StopSignals,
+) -> int:
+    from tuner.pool import pool_argv, run_pool
+    from tuner.storage import open_storage
+    from tuner.worker import configure_threads, preflight, run_worker
+
     opened = open_storage(url, spec)
     if workers > 1:
         # Check and download once, here; the children then find the data ready.

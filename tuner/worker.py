@@ -134,10 +134,20 @@ def ensure_dataset(
     folder = Path(spec.data.dir)
     if not folder.exists() and spec.data.source and spec_names_folder(spec):
         # Workers started together download once: the others wait, then find the folder.
+        made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{folder}.download.lock"):
-            if not folder.exists():
-                _download(spec, folder, check, publish)
+        lock = Path(f"{folder}.download.lock")
+        try:
+            with FileLock(lock):
+                if not folder.exists():
+                    _download(spec, folder, check, publish)
+        finally:
+            # A waiting worker finds the folder once it holds the old lock, so it is safe
+            # to remove; a failed download leaves no folder behind that it created.
+            lock.unlink(missing_ok=True)
+            for parent in made if not folder.exists() else ():
+                with contextlib.suppress(OSError):  # not empty: something else is there
+                    parent.rmdir()
     # A pool's parent has just decoded every image; its children need not do it again.
     checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
