@@ -10,6 +10,7 @@ before TensorFlow is imported, so most of this file runs in seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -653,6 +654,23 @@ def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None
             code, _, err = cli("export", "--storage", existing, "--model", str(model), *bad)
         one_error_line(code, err, bad[1], bad[0])
         assert not model.exists()
+
+
+def test_export_refuses_a_missing_folder_unless_told_to_make_it(
+    tmp_path: Path, existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nonexistent"
+    for option, path in (("--out", missing / "best.json"), ("--model", missing / "m.keras"),
+                         ("--plots", missing / "plots")):  # fmt: skip
+        with unchanged(existing):
+            code, _, err = cli("export", "--storage", existing, option, str(path))
+        one_error_line(code, err, f"its folder {missing} does not exist", "--mkdir")
+        assert not missing.exists()
+    code, _, err = cli(
+        "export", "--storage", existing, "--out", str(missing / "b.json"), "--mkdir"
+    )
+    assert code == 0, err
+    assert json.loads((missing / "b.json").read_text())["study"] == "clothing"
 
 
 # ---------------------------------------------------------------- 10: a changed search space

@@ -37,7 +37,7 @@ def exported(finished: Env) -> tuple[Env, dict, Path]:
     done = run_tuner(
         "export", "--study", "clothing", "--storage", finished.url,
         "--out", str(out / "best.json"), "--plots", str(out / "plots"),
-        "--model", str(out / "best.keras"), cwd=finished.root,
+        "--model", str(out / "best.keras"), "--mkdir", cwd=finished.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return finished, json.loads((out / "best.json").read_text()), out
@@ -225,7 +225,7 @@ def test_a_head_with_an_inner_layer_is_rebuilt_from_its_parameters(head_study: E
     done = run_tuner(
         "export", "--study", "clothing-head", "--storage", head_study.url,
         "--out", str(out / "best.json"), "--model", str(out / "best.keras"),
-        "--plots", str(out / "plots"), cwd=head_study.root,
+        "--plots", str(out / "plots"), "--mkdir", cwd=head_study.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "best.json").read_text())

@@ -255,6 +255,10 @@ def export(
         Path | None,
         typer.Option("--plots", help="Write the learning-curve and search plots (PNG) here."),
     ] = None,
+    mkdir: Annotated[
+        bool,
+        typer.Option("--mkdir", help="Create the folders of --out, --model and --plots."),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
@@ -269,7 +273,7 @@ def export(
     for path, option, folder in ((out, "--out", False), (model, "--model", False),
                                  (plots, "--plots", True)):  # fmt: skip
         if path is not None:
-            check_output(path, option, folder=folder)
+            check_output(path, option, folder=folder, mkdir=mkdir)
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     result = best_result(found)
