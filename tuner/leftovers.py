@@ -55,6 +55,7 @@ def removed_on_failure(url: str) -> Iterator[None]:
     except BaseException:
         if files and files[0] not in before and not _holds_a_study(url, files[0]):
             for path in files:
-                if path not in before:
-                    path.unlink(missing_ok=True)
+                if path not in before and path.exists():
+                    with contextlib.suppress(OSError):  # best effort: never hide the error
+                        path.unlink()
         raise
