@@ -175,19 +175,23 @@ def _work(
     accept_space_change: bool,
     signals: StopSignals,
 ) -> int:
+    from tuner.phases import PhaseBoard, worker_name
     from tuner.pool import pool_argv, run_pool
     from tuner.storage import open_storage
     from tuner.worker import configure_threads, preflight, run_worker
 
     opened = open_storage(url, spec)
     if workers > 1:
-        # Check and download once, here; the children then find the data ready.
-        _, scan = preflight(
-            spec, opened, accept_space_change=accept_space_change, check=signals.check
-        )
-        os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
-        argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
-        return run_pool(argv, workers, scan)
+        with PhaseBoard(opened, spec.study.name, worker_name()) as board:
+            # Check and download once, here; the children then find the data ready.
+            _, scan = preflight(
+                spec, opened, accept_space_change=accept_space_change, check=signals.check,
+                publish=board.set,
+            )  # fmt: skip
+            board.set(f"running {workers} workers")
+            os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
+            argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
+            return run_pool(argv, workers, scan)
     signals.check()
     configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
     report = run_worker(

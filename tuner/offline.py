@@ -47,7 +47,7 @@ def offline_advice(spec: StudySpec, *, data_ready: bool) -> str:
         command += f" --set model.weights={weights}"
     elif base is not None and weights == "imagenet" and not _cached(base):
         command += f" --set model.weights=PATH/{base.imagenet_file}"
-        needs.append(f"Keras' {base.display} notop file (or model.weights=none for a random base)")
+        needs.append(f"{base.weights_file} (or model.weights=none for a random base)")
     return f"run `{command}`" + (f" with {' and '.join(needs)}" if needs else "")
 
 

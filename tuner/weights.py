@@ -54,8 +54,9 @@ def check_weights_file(path: Path, base: Base = BASES["xception"]) -> None:
     """Raise a WeightsError unless ``path`` is a readable Keras weights file."""
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; give the path of {base.display} notop "
-            'weights (.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
+            f"weights file {path} does not exist; give the path of {base.weights_file} or "
+            'of other .weights.h5 weights, or use --set model.weights=none (or "imagenet" '
+            "when online)"
         )
     if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise WeightsError(
@@ -68,8 +69,8 @@ def check_weights_file(path: Path, base: Base = BASES["xception"]) -> None:
         readable, reason = _is_hdf5_with_weights(path)
     if not readable:
         raise WeightsError(
-            f"weights file {path} is corrupt ({reason}); replace it with {base.display} notop "
-            "weights, or use --set model.weights=none"
+            f"weights file {path} is corrupt ({reason}); replace it with {base.weights_file}, "
+            "or use --set model.weights=none"
         )
 
 
