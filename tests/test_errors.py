@@ -453,6 +453,7 @@ def test_weights_file_of_another_model_is_an_error_not_a_partial_load(tmp_path: 
     assert not [w for w in caught if issubclass(w.category, UserWarning)]  # no extra lines
 
 
+@pytest.mark.slow  # TensorFlow
 def test_imagenet_download_that_hangs_fails_fast(
     tmp_path: Path, existing: str, silent_server: int
 ) -> None:
@@ -898,6 +899,7 @@ def test_passwords_of_bad_urls_never_appear(url: str, cli) -> None:  # type: ign
     assert SECRET not in out + err
 
 
+@pytest.mark.slow  # spawns processes
 def test_passwords_stay_out_of_help_and_process_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url = _secret_url(closed_port())
     for args in (["worker", "--help"], ["status"], ["export", "--out", "x.json"]):
@@ -921,6 +923,7 @@ def test_passwords_stay_out_of_a_live_server_session(cli) -> None:  # type: igno
 # ---------------------------------------------------------------- a real process
 
 
+@pytest.mark.slow  # TensorFlow
 def test_a_real_process_prints_one_line_and_no_tensorflow_log(
     tmp_path: Path, existing: str
 ) -> None:
