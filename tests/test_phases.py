@@ -136,3 +136,15 @@ def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
     shown = optuna.load_study(study_name="clothing", storage=env.url).user_attrs
     [phase] = [v for k, v in shown.items() if k.startswith(PHASE_PREFIX)]
     assert phase["phase"] == EXITED
+
+
+def test_the_note_says_when_features_are_computed() -> None:
+    from tuner.note import study_note
+    from tuner.spec import load_spec
+
+    spec = load_spec("clothing")
+    plain = study_note(spec)
+    assert plain.startswith("# clothing\n\nTunes `learning_rate`")
+    busy = study_note(spec, now="worker h:1 is computing the frozen-base features")
+    assert busy.startswith("# clothing\n\n> **Now:** worker h:1 is computing the frozen-base")
+    assert busy.endswith(plain.split("\n\n", 1)[1])

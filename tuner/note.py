@@ -19,8 +19,7 @@ def study_note(spec: StudySpec, now: str = "") -> str:
     now = f"> **Now:** {now}\n\n" if now else ""
     return f"""# {spec.study.name}
 
-{now}
-Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
+{now}Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
 (weights: `{spec.model.weights}`) on `{spec.data.dir}` at
 {spec.data.image_size[0]}x{spec.data.image_size[1]}, {spec.train.epochs} epochs per trial,
 batch {spec.data.batch_size}.
