@@ -148,3 +148,26 @@ def test_the_note_says_when_features_are_computed() -> None:
     busy = study_note(spec, now="worker h:1 is computing the frozen-base features")
     assert busy.startswith("# clothing\n\n> **Now:** worker h:1 is computing the frozen-base")
     assert busy.endswith(plain.split("\n\n", 1)[1])
+
+
+def test_features_progress_publishes_the_count_and_notes_it_while_it_runs() -> None:
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    from tuner.phases import features_progress
+    from tuner.spec import load_spec
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="clothing", storage=storage)
+    board = PhaseBoard(storage, "clothing", "h:3", clock=lambda: T0)
+
+    def note() -> str:
+        attrs = storage.get_study_system_attrs(study._study_id)
+        return str(get_note_from_system_attrs(attrs, None)["body"])
+
+    with features_progress(study, load_spec("clothing"), board, lambda: None) as progress:
+        progress("train", 5, 10)
+        assert "> **Now:** worker" in note() and "computing the frozen-base features" in note()
+        board.write()
+        shown = study.user_attrs[PHASE_PREFIX + "h:3"]
+        assert (shown["phase"], shown["progress"]) == ("computing features", "train 5/10")
+    assert "**Now:**" not in note()

@@ -5,7 +5,8 @@ waiting, exited) is a study user attribute ``tuner:worker:HOST:PID``, so every
 reader of the study sees it, optuna-dashboard included, whatever the storage.
 A daemon thread writes it on every change of phase and every few seconds, so
 "last seen" tells a live worker from a dead one. Optuna cannot delete a study
-attribute; a worker that exits writes the phase ``exited``. No TensorFlow here.
+attribute; a worker that exits writes the phase ``exited``. While the frozen-base
+features are computed, the study note says so too. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -15,17 +16,25 @@ import datetime as dt
 import os
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from optuna.storages import BaseStorage
+
+from tuner.console import count_progress
+from tuner.note import write_note
+from tuner.spec import StudySpec
 
 __all__ = [
     "EXITED",
     "PHASE_PREFIX",
     "PhaseBoard",
     "WorkerPhase",
+    "epoch_progress",
+    "features_progress",
     "read_phases",
     "worker_name",
 ]
@@ -166,3 +175,47 @@ class PhaseBoard:
         with self._lock:
             progress = self._progress
         return progress if isinstance(progress, str) else ""
+
+
+def epoch_progress(storage: BaseStorage, trial_id: int, epochs: int) -> Callable[[], str]:
+    """The running trial's epoch, read from the storage when the phase is written."""
+
+    def text() -> str:
+        done = len(storage.get_trial(trial_id).intermediate_values)
+        return f"epoch {min(done + 1, epochs)}/{epochs}"
+
+    return text
+
+
+@contextlib.contextmanager
+def features_progress(
+    study: optuna.Study, spec: StudySpec, board: PhaseBoard, check: Callable[[], None]
+) -> Iterator[Callable[[str, int, int], None]]:
+    """The feature count's progress: bars or lines, the worker's phase, and the study note.
+
+    The dashboard's charts stay empty until a trial finishes; the note says why,
+    from the first image counted until the count ends.
+    """
+    noted = False
+    with count_progress("frozen-base features:", check=check) as bar:
+
+        def progress(part: str, done: int, total: int) -> None:
+            nonlocal noted
+            if not noted:
+                noted = True
+                since = time.strftime("%Y-%m-%d %H:%M:%S")
+                now = (
+                    f"worker {worker_name()} is computing the frozen-base features since "
+                    f"{since}; the charts fill once the first trial finishes."
+                )
+                with contextlib.suppress(Exception):  # the note is for people; never fatal
+                    write_note(study, spec, now=now)
+            board.set("computing features", f"{part} {done}/{total}")
+            bar(part, done, total)
+
+        try:
+            yield progress
+        finally:
+            if noted:
+                with contextlib.suppress(Exception):
+                    write_note(study, spec)

@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +21,12 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.attrs import SPACE_ATTR
-from tuner.console import count_progress, download_progress, say, warn
+from tuner.console import download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError, SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
-from tuner.note import write_note
 from tuner.offline import offline_advice, spec_names_folder
-from tuner.phases import PhaseBoard, worker_name
+from tuner.phases import PhaseBoard, epoch_progress, features_progress, worker_name
 from tuner.pool import CHECKED_DATA_ENV
 from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
@@ -368,7 +367,7 @@ def _run(
 
     signals.check()
     board.set("loading data")
-    with _features_shown(study, spec, board, signals.check) as progress:
+    with features_progress(study, spec, board, signals.check) as progress:
         data = prepare_data(spec, scan, say, progress)
     run = _Run()
 
@@ -386,7 +385,8 @@ def _run(
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
         run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
-        board.set(f"training trial {trial.number}", _epoch_text(raw_storage, trial, spec))
+        epochs = epoch_progress(raw_storage, trial._trial_id, spec.train.epochs)
+        board.set(f"training trial {trial.number}", epochs)
         try:
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
@@ -439,47 +439,6 @@ def _run(
         say(_stopped_line(stop, run, requeued))
         return _report(ran, stop.signum)
     return _report(ran, None)
-
-
-def _epoch_text(storage: BaseStorage, trial: optuna.Trial, spec: StudySpec) -> Callable[[], str]:
-    """The running trial's epoch, read when the phase is written."""
-
-    def text() -> str:
-        done = len(storage.get_trial(trial._trial_id).intermediate_values)
-        return f"epoch {min(done + 1, spec.train.epochs)}/{spec.train.epochs}"
-
-    return text
-
-
-@contextlib.contextmanager
-def _features_shown(
-    study: optuna.Study, spec: StudySpec, board: PhaseBoard, check: Callable[[], None]
-) -> Iterator[Callable[[str, int, int], None]]:
-    """The feature count's progress: bars or lines, the worker's phase, and the study note.
-
-    The dashboard's charts stay empty until a trial finishes; the note says why.
-    """
-    noted = False
-    with count_progress("frozen-base features:", check=check) as bar:
-
-        def progress(part: str, done: int, total: int) -> None:
-            nonlocal noted
-            if not noted:
-                noted = True
-                since = time.strftime("%Y-%m-%d %H:%M:%S")
-                with contextlib.suppress(Exception):  # the note is for people; never fatal
-                    write_note(study, spec, now=f"worker {worker_name()} is computing the "
-                               f"frozen-base features since {since}; the charts fill once the "
-                               "first trial finishes.")  # fmt: skip
-            board.set("computing features", f"{part} {done}/{total}")
-            bar(part, done, total)
-
-        try:
-            yield progress
-        finally:
-            if noted:
-                with contextlib.suppress(Exception):
-                    write_note(study, spec)
 
 
 def _run_one(
