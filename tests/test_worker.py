@@ -174,7 +174,8 @@ def test_optuna_cli_reads_the_study_and_agrees_with_export(env: Env) -> None:
     assert exported.returncode == 0, exported.stderr
     result = json.loads(exported.stdout)
     assert result["best_trial"] == best_trial["number"]
-    assert result["best_value"] == pytest.approx(best_trial["value"])
+    # The study names its metric, so Optuna's CLI shows the value under that name.
+    assert best_trial["value"] == {"val_accuracy": pytest.approx(result["best_value"])}
     assert result["best_params"] == best_trial["params"]
     assert result["n_trials"] == 4
     assert result["states"] == {"COMPLETE": 3, "WAITING": 1}
