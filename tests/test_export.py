@@ -59,7 +59,7 @@ def test_json_follows_the_contract_and_agrees_with_optuna(exported: tuple) -> No
     assert best.returncode == 0, best.stderr
     trial = json.loads(best.stdout)
     assert (result["best_trial"], result["best_params"]) == (trial["number"], trial["params"])
-    assert result["best_value"] == pytest.approx(trial["value"])
+    assert trial["value"] == {"val_accuracy": pytest.approx(result["best_value"])}
     assert result["gap"] is not None
     assert result["spec"]["train"]["epochs"] == 2
 
