@@ -119,7 +119,7 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
     assert "trials by state" in out and "COMPLETE" in out
     assert "Best: trial" in out and "learning_rate=" in out and "gap" in out
     assert "Top 5 trials" in out
-    assert "No running trials." in out
+    assert "No running trials, and no worker alive." in out
 
 
 def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
