@@ -262,6 +262,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     return study
 
 
+@pytest.mark.slow  # spawns processes
 def test_dashboard_listens_on_loopback_only_by_default(finished: Finished) -> None:
     with _dashboard(finished) as (dash, url):
         assert re.fullmatch(rf"http://127\.0\.0\.1:{dash.port}/dashboard/studies/\d+", url)
@@ -291,6 +292,7 @@ def _ipv6_loopback() -> bool:
     return True
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize(
     ("host", "warned"), [("0.0.0.0", True), ("127.0.0.2", False), ("::1", False)]
 )
@@ -331,6 +333,7 @@ def _run_dashboard(study: Finished, *args: str, timeout: float = 60) -> Any:
     )
 
 
+@pytest.mark.slow  # spawns processes
 def test_busy_port_is_one_error_line(finished: Finished) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -341,6 +344,7 @@ def test_busy_port_is_one_error_line(finished: Finished) -> None:
     assert "--port" in line
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize(
     ("host", "reason"),
     [
@@ -355,12 +359,14 @@ def test_host_that_cannot_be_bound_is_one_error_line(
     assert reason in _one_error_line(result)  # and no exposure warning for what never listened
 
 
+@pytest.mark.slow  # spawns processes
 def test_unknown_study_is_one_error_line(finished: Finished) -> None:
     line = _one_error_line(_run_dashboard(finished, "--set=study.name=nosuch", "--port", "1"))
     assert "study 'nosuch' does not exist" in line
     assert finished.name in line  # it names the studies that are there
 
 
+@pytest.mark.slow  # spawns processes
 def test_missing_storage_file_is_an_error_and_stays_missing(finished: Finished) -> None:
     missing = finished.root / "typo.db"
     line = _one_error_line(
@@ -370,6 +376,7 @@ def test_missing_storage_file_is_an_error_and_stays_missing(finished: Finished) 
     assert not missing.exists()
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize(
     "url",
     [

@@ -10,6 +10,7 @@ before TensorFlow is imported, so most of this file runs in seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -27,7 +28,15 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from tests.conftest import PG_URL, Env, _server_reachable, run_tuner, tuner_cmd, unique_name
+from tests.conftest import (
+    PG_URL,
+    REPO,
+    Env,
+    _server_reachable,
+    run_tuner,
+    tuner_cmd,
+    unique_name,
+)
 from tuner.search import SPACE_ATTR, open_study, suggest
 from tuner.spec import load_spec
 from tuner.storage import open_storage
@@ -293,7 +302,7 @@ def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli) -> None:
     code, _, err = cli(
         "worker", "--storage", url, "--set", "data.dir=2024", "--set", "data.source="
     )
-    one_error_line(code, err, "data folder 2024 does not exist")  # a folder name, as given
+    one_error_line(code, err, "data folder 2024 (", "does not exist")  # a folder name, as given
 
 
 def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
@@ -325,11 +334,29 @@ def test_missing_data_dir_without_a_source(tmp_path: Path, existing: str, cli) -
 
 
 def test_missing_data_dir_whose_download_fails(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+    """Only the folder the spec file names is downloaded; offline, one command says what works."""
     mirror = f"http://127.0.0.1:{closed_port()}/clothing.zip"
+    spec = tmp_path / "clothing.toml"
+    text = (REPO / "studies" / "clothing.toml").read_text()
+    spec.write_text(text.replace('"data/clothing-dataset-small"', f'"{tmp_path / "d"}"'))
     with unchanged(existing):
-        code, _, err = _worker(cli, existing, tmp_path / "d", "--set", f"data.url={mirror}")
-    one_error_line(code, err, str(tmp_path / "d"), mirror, "data.dir")
+        sets = ["--set", f"data.url={mirror}", "--set", "model.weights=none"]
+        code, _, err = cli("worker", "--study", str(spec), "--storage", existing, *sets)
+    one_error_line(
+        code, err, str(tmp_path / "d"), mirror,
+        f"offline, run `tuner worker --study {spec} --set data.dir=PATH/clothing-dataset-small`",
+    )  # fmt: skip
     assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_given_with_set_is_never_downloaded_into(
+    tmp_path: Path, existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    typo = tmp_path / "data" / "clothng"
+    with unchanged(existing):
+        code, _, err = _worker(cli, existing, typo, "--set", "data.url=http://127.0.0.1:9/x.zip")
+    one_error_line(code, err, f"data folder {typo} does not exist", f"--dest {typo}")
+    assert list(tmp_path.iterdir()) == []  # no folder, no lock file
 
 
 @pytest.mark.parametrize("case", ["no-split", "classes-differ", "empty-class", "no-classes"])
@@ -426,6 +453,7 @@ def test_weights_file_of_another_model_is_an_error_not_a_partial_load(tmp_path: 
     assert not [w for w in caught if issubclass(w.category, UserWarning)]  # no extra lines
 
 
+@pytest.mark.slow  # TensorFlow
 def test_imagenet_download_that_hangs_fails_fast(
     tmp_path: Path, existing: str, silent_server: int
 ) -> None:
@@ -629,6 +657,23 @@ def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None
         assert not model.exists()
 
 
+def test_export_refuses_a_missing_folder_unless_told_to_make_it(
+    tmp_path: Path, existing: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nonexistent"
+    for option, path in (("--out", missing / "best.json"), ("--model", missing / "m.keras"),
+                         ("--plots", missing / "plots")):  # fmt: skip
+        with unchanged(existing):
+            code, _, err = cli("export", "--storage", existing, option, str(path))
+        one_error_line(code, err, f"its folder {missing} does not exist", "--mkdir")
+        assert not missing.exists()
+    code, _, err = cli(
+        "export", "--storage", existing, "--out", str(missing / "b.json"), "--mkdir"
+    )
+    assert code == 0, err
+    assert json.loads((missing / "b.json").read_text())["study"] == "clothing"
+
+
 # ---------------------------------------------------------------- 10: a changed search space
 
 
@@ -661,9 +706,20 @@ def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> N
         code, err, "data.image_size=[150, 150]", "data.image_size=[100, 100]",
         "--set study.name=clothing-2",
     )  # fmt: skip
-    with unchanged(existing):  # a weights file is named by its file name only
-        code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=/w/x.h5")
-    one_error_line(code, err, "model.weights=none", "model.weights=file x.h5")
+    with unchanged(existing):  # a missing weights file is named as such, not compared
+        code, _, err = cli("worker", "--storage", existing, "--set", "model.weights=nothing")
+    one_error_line(code, err, "weights file nothing does not exist")
+
+
+def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    import h5py
+
+    weights = tmp_path / "x.h5"
+    with h5py.File(weights, "w") as f:
+        f.attrs["layer_names"] = ["dense"]
+    with unchanged(existing):
+        code, _, err = cli("worker", "--storage", existing, "--set", f"model.weights={weights}")
+    one_error_line(code, err, "model.weights=none", "model.weights=x.h5 (a file)")
 
 
 def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:
@@ -843,6 +899,7 @@ def test_passwords_of_bad_urls_never_appear(url: str, cli) -> None:  # type: ign
     assert SECRET not in out + err
 
 
+@pytest.mark.slow  # spawns processes
 def test_passwords_stay_out_of_help_and_process_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url = _secret_url(closed_port())
     for args in (["worker", "--help"], ["status"], ["export", "--out", "x.json"]):
@@ -866,6 +923,7 @@ def test_passwords_stay_out_of_a_live_server_session(cli) -> None:  # type: igno
 # ---------------------------------------------------------------- a real process
 
 
+@pytest.mark.slow  # TensorFlow
 def test_a_real_process_prints_one_line_and_no_tensorflow_log(
     tmp_path: Path, existing: str
 ) -> None:

@@ -37,7 +37,7 @@ def exported(finished: Env) -> tuple[Env, dict, Path]:
     done = run_tuner(
         "export", "--study", "clothing", "--storage", finished.url,
         "--out", str(out / "best.json"), "--plots", str(out / "plots"),
-        "--model", str(out / "best.keras"), cwd=finished.root,
+        "--model", str(out / "best.keras"), "--mkdir", cwd=finished.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return finished, json.loads((out / "best.json").read_text()), out
@@ -59,7 +59,7 @@ def test_json_follows_the_contract_and_agrees_with_optuna(exported: tuple) -> No
     assert best.returncode == 0, best.stderr
     trial = json.loads(best.stdout)
     assert (result["best_trial"], result["best_params"]) == (trial["number"], trial["params"])
-    assert result["best_value"] == pytest.approx(trial["value"])
+    assert trial["value"] == {"val_accuracy": pytest.approx(result["best_value"])}
     assert result["gap"] is not None
     assert result["spec"]["train"]["epochs"] == 2
 
@@ -119,7 +119,7 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
     assert "trials by state" in out and "COMPLETE" in out
     assert "Best: trial" in out and "learning_rate=" in out and "gap" in out
     assert "Top 5 trials" in out
-    assert "No running trials." in out
+    assert "No running trials, and no worker alive." in out
 
 
 def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
@@ -225,7 +225,7 @@ def test_a_head_with_an_inner_layer_is_rebuilt_from_its_parameters(head_study: E
     done = run_tuner(
         "export", "--study", "clothing-head", "--storage", head_study.url,
         "--out", str(out / "best.json"), "--model", str(out / "best.keras"),
-        "--plots", str(out / "plots"), cwd=head_study.root,
+        "--plots", str(out / "plots"), "--mkdir", cwd=head_study.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "best.json").read_text())

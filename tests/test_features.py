@@ -163,6 +163,7 @@ def test_write_failing_halfway_leaves_no_entry(env: Env, monkeypatch: pytest.Mon
     assert features.load_or_compute(spec, scan).status == "hit"
 
 
+@pytest.mark.slow  # TensorFlow
 @pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "garbage", "drop-meta", "bad-meta"])
 def test_damaged_entry_is_recomputed(
     env: Env, monkeypatch: pytest.MonkeyPatch, damage: str

@@ -170,7 +170,7 @@ def _export(project: Path, study: str) -> dict:
     out = project / f"{study}-export"
     done = run_tuner(
         "export", "--study", f"studies/{study}.toml", "--out", str(out / "best.json"),
-        "--model", str(out / "best.keras"), "--plots", str(out / "plots"),
+        "--model", str(out / "best.keras"), "--plots", str(out / "plots"), "--mkdir",
         cwd=project, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

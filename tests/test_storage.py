@@ -153,6 +153,7 @@ def _load(spec: StudySpec, url: str) -> optuna.Study:
     return optuna.load_study(study_name=spec.study.name, storage=open_storage(url, spec))
 
 
+@pytest.mark.slow  # spawns processes
 def test_six_processes_create_one_study_and_warm_start_it_once(storage_url: str) -> None:
     spec = _spec(unique_name("create"), study="clothing-head")  # points of three parameters
     _run_together("_open_only", 6, spec, storage_url)
@@ -165,6 +166,7 @@ def test_six_processes_create_one_study_and_warm_start_it_once(storage_url: str)
     assert queued == list(spec.search.warm_start)
 
 
+@pytest.mark.slow  # spawns processes
 def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
     spec = _spec(unique_name("queue"), "search.warm_start=[]")
     study = open_study(spec, open_storage(storage_url, spec))
@@ -183,6 +185,7 @@ def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
         assert sorted(t.intermediate_values) == list(range(EPOCHS))
 
 
+@pytest.mark.slow  # spawns processes
 def test_killed_worker_trial_is_failed_and_rerun_with_the_same_params(storage_url: str) -> None:
     fast = ("storage.heartbeat_interval=1", "storage.grace_period=2", "search.warm_start=[]")
     spec = _spec(unique_name("stale"), *fast, study="clothing-head")
@@ -213,6 +216,7 @@ def test_killed_worker_trial_is_failed_and_rerun_with_the_same_params(storage_ur
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow  # spawns processes
 def test_budget_lock_makes_the_study_wide_budget_exact(storage_url: str) -> None:
     spec = _spec(unique_name("budget"))
     target = 14

@@ -12,6 +12,7 @@ __all__ = [
     "EPOCH_SECONDS",
     "FAIL_REASON",
     "GAP",
+    "METRIC_NAME",
     "PRUNED_AT_EPOCH",
     "PRUNE_REASON",
     "SPACE_ATTR",
@@ -43,6 +44,8 @@ CURVE_ARTIFACT = "curve_artifact"
 # A retried trial inherits the failed one's attributes; these no longer hold for it.
 STALE = frozenset({FAIL_REASON, PRUNE_REASON, PRUNED_AT_EPOCH, WEIGHTS_ARTIFACT, CURVE_ARTIFACT})
 
+# The objective's name, as the dashboard shows it.
+METRIC_NAME = "val_accuracy"
 # Study attributes: the search space as stored (to refuse a changed one), and the spec.
 SPACE_ATTR = "tuner:search_space"
 SPEC_ATTR = "tuner:spec"

@@ -13,7 +13,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -36,6 +36,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from tuner.console import err_console, say  # noqa: E402 - after the signal handlers
 from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
+
+if TYPE_CHECKING:
+    from tuner.spec import StudySpec
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -158,21 +161,44 @@ def _worker(
     accept_space_change: bool,
     signals: StopSignals,
 ) -> int:
-    from tuner.pool import check_pool_size, pool_argv, run_pool
-    from tuner.storage import open_storage
-    from tuner.worker import configure_threads, preflight, run_worker
+    from tuner.leftovers import removed_on_failure
+    from tuner.pool import check_pool_size
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)
+    with removed_on_failure(url):
+        return _work(spec, url, study, set_, n_trials, timeout, workers, accept_space_change,
+                     signals)  # fmt: skip
+
+
+def _work(
+    spec: StudySpec,
+    url: str,
+    study: str,
+    set_: list[str] | None,
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    accept_space_change: bool,
+    signals: StopSignals,
+) -> int:
+    from tuner.phases import PhaseBoard, worker_name
+    from tuner.pool import pool_argv, run_pool
+    from tuner.storage import open_storage
+    from tuner.worker import configure_threads, preflight, run_worker
+
     opened = open_storage(url, spec)
     if workers > 1:
-        # Check and download once, here; the children then find the data ready.
-        _, scan = preflight(
-            spec, opened, accept_space_change=accept_space_change, check=signals.check
-        )
-        os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
-        argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
-        return run_pool(argv, workers, scan)
+        with PhaseBoard(opened, spec.study.name, worker_name()) as board:
+            # Check and download once, here; the children then find the data ready.
+            _, scan = preflight(
+                spec, opened, accept_space_change=accept_space_change, check=signals.check,
+                publish=board.set,
+            )  # fmt: skip
+            board.set(f"running {workers} workers")
+            os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
+            argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
+            return run_pool(argv, workers, scan)
     signals.check()
     configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
     report = run_worker(
@@ -202,9 +228,10 @@ def status(
     """Show trials by state, the best trial, the top 5 and the running trials."""
     from rich.console import Console
 
+    from tuner.errors import StudyError
     from tuner.export import best_result
     from tuner.search import load_existing_study
-    from tuner.status import render_status, summarize
+    from tuner.status import render_status, summarize, workers_line
     from tuner.storage import open_storage
 
     spec, url = _load(study, storage, set_)
@@ -213,7 +240,12 @@ def status(
     # Piped into a file or a script, the tables keep every column rather than 80 characters.
     wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
     Console(highlight=False, width=wide).print(*render_status(summary))
-    if not summary.top:  # the tables still show what is queued or running
+    if not summary.top and summary.alive:  # the tables still show what is queued or running
+        raise StudyError(
+            f"study {found.study_name!r} has no complete trial yet; {workers_line(summary)}; "
+            f"run `tuner status --study {study}` again once a trial has finished"
+        )
+    if not summary.top:
         best_result(found)  # raises the one-line "no complete trial yet" error
 
 
@@ -234,6 +266,10 @@ def export(
         Path | None,
         typer.Option("--plots", help="Write the learning-curve and search plots (PNG) here."),
     ] = None,
+    mkdir: Annotated[
+        bool,
+        typer.Option("--mkdir", help="Create the folders of --out, --model and --plots."),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
@@ -248,7 +284,7 @@ def export(
     for path, option, folder in ((out, "--out", False), (model, "--model", False),
                                  (plots, "--plots", True)):  # fmt: skip
         if path is not None:
-            check_output(path, option, folder=folder)
+            check_output(path, option, folder=folder, mkdir=mkdir)
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
     result = best_result(found)

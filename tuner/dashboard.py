@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -45,7 +46,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The dashboard's importance chart (PED-ANOVA) warns in the terminal while a study has
+# few trials or one parameter; the chart itself already shows equal importances then.
+QUIET_WARNINGS = (
+    r".*Parameter importances will be equal.*",
+    r"PedAnovaImportanceEvaluator computes the importances.*",
+)
+
+
 def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     storage = open_storage(url, spec, must_exist=True)
     load_existing_study(spec, storage)
     app = wsgi(storage, artifact_store=artifact_store_for(url, spec, create=False))

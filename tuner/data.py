@@ -118,9 +118,11 @@ def scan_dataset(
     root = Path(root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
+        where = "" if root.is_absolute() else f" ({root.absolute()})"
         raise DataError(
-            f"data folder {root} {what}; set data.dir to a folder with "
-            f"{' and '.join(s + '/' for s in splits)} (or run `tuner data download clothing`)"
+            f"data folder {root}{where} {what}; set data.dir to a folder with "
+            f"{' and '.join(s + '/' for s in splits)} (or run "
+            f"`tuner data download clothing --dest {root}`)"
         )
     missing = [s for s in splits if not (root / s).is_dir()]
     if missing:
@@ -208,6 +210,7 @@ def download_dataset(
     *,
     url: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    offline: str = "",
 ) -> Path:
     """Download and unpack a known dataset into ``dest``; returns the dataset folder.
 
@@ -216,6 +219,8 @@ def download_dataset(
         dest: the folder to create; it must not exist yet or be empty.
         url: another address of the same archive (a mirror, or a local server).
         progress: called with (bytes so far, total bytes or None).
+        offline: what to do when the download fails, in the caller's options;
+            by default, those of ``tuner data download``.
 
     Raises:
         DataError: for an unknown name, a failed download or a bad archive; the
@@ -231,7 +236,11 @@ def download_dataset(
             what = "is a file" if not dest.is_dir() else "exists and is not empty"
             raise DataError(f"{dest} {what}; remove it or pick another --dest")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return _download_into(dest, url, source.folder, progress)
+        offline = offline or (
+            f"copy the dataset into {dest} by hand, or give a reachable copy of the archive "
+            "with --url URL"
+        )
+        return _download_into(dest, url, source.folder, progress, offline)
     except OSError as e:
         blocker = nearest_existing(dest.parent)
         reason = f"{blocker} is a file" if blocker and not blocker.is_dir() else e.strerror or e
@@ -241,12 +250,16 @@ def download_dataset(
 
 
 def _download_into(
-    dest: Path, url: str, folder: str, progress: Callable[[int, int | None], None] | None
+    dest: Path,
+    url: str,
+    folder: str,
+    progress: Callable[[int, int | None], None] | None,
+    offline: str,
 ) -> Path:
     """Fetch and unpack next to ``dest``, then move the dataset into place in one rename."""
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".tuner-download-") as tmp:
         archive = Path(tmp) / "archive.zip"
-        _fetch(url, archive, dest, progress)
+        _fetch(url, archive, dest, progress, offline)
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(Path(tmp) / "unpacked")
@@ -262,7 +275,11 @@ def _download_into(
 
 
 def _fetch(
-    url: str, archive: Path, dest: Path, progress: Callable[[int, int | None], None] | None
+    url: str,
+    archive: Path,
+    dest: Path,
+    progress: Callable[[int, int | None], None] | None,
+    offline: str,
 ) -> None:
     try:
         with urllib.request.urlopen(url, timeout=30) as response, archive.open("wb") as out:
@@ -276,7 +293,5 @@ def _fetch(
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(
-            f"cannot download the dataset for {dest} from {url} ({reason}); offline, copy "
-            f"the dataset there by hand, or point data.dir at a local copy with "
-            f"--set data.dir=PATH"
+            f"cannot download the dataset for {dest} from {url} ({reason}); offline, {offline}"
         ) from None

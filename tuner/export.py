@@ -112,11 +112,12 @@ def writing(path: Path, option: str) -> Iterator[None]:
         ) from None
 
 
-def check_output(path: Path, option: str, *, folder: bool = False) -> None:
+def check_output(path: Path, option: str, *, folder: bool = False, mkdir: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written: a file in the way, no rights.
 
     Export checks every output first, so a bad ``--out`` does not surface only after
-    the model has been built and saved.
+    the model has been built and saved. The folder that is to hold ``path`` must
+    exist, unless ``mkdir`` says to create it: a mistyped folder is not made silently.
     """
     existing = nearest_existing(path if folder else path.parent)
     with writing(path, option):
@@ -128,6 +129,11 @@ def check_output(path: Path, option: str, *, folder: bool = False) -> None:
             raise NotADirectoryError(20, f"{existing} is a file, not a folder")
         if existing is not None:
             probe_writable(existing)
+    if not mkdir and not path.parent.is_dir():
+        raise TunerError(
+            f"cannot write {path}: its folder {path.parent.absolute()} does not exist; create "
+            f"it, or add --mkdir to create it"
+        )
 
 
 def _sort_key(trial: FrozenTrial) -> tuple[tuple[int, Any], ...]:

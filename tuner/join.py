@@ -98,7 +98,7 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
     """
     weights = spec.model.weights
     if weights not in ("imagenet", "none"):
-        weights = f"file {Path(weights).name}"
+        weights = f"{Path(weights).name} (a file)"
     return {
         **identity(spec),
         "model.weights": weights,

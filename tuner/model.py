@@ -54,9 +54,11 @@ def weights_identity(spec: StudySpec) -> str:
         return f"random(seed={spec.model.seed})@keras-{keras.__version__}"
     path = Path(weights).expanduser()
     if not path.is_file():
+        base = BASES.get(spec.model.base)
+        named = base.weights_file if base else f"{spec.model.base} weights"
         raise WeightsError(
-            f"weights file {path} does not exist; give a path to {spec.model.base} notop "
-            'weights (.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
+            f"weights file {path} does not exist; give the path of {named}, or use "
+            '--set model.weights=none (or "imagenet" when online)'
         )
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -95,8 +97,8 @@ def _application(spec: StudySpec, base: Base) -> keras.Model:
                 f"{offline_hint(base)}"
             ) from None
         raise WeightsError(
-            f"cannot load weights file {weights} ({reason}); it must be {base.display} notop "
-            "weights (.weights.h5) for this input size, or use --set model.weights=none"
+            f"cannot load weights file {weights} ({reason}); it must be {base.weights_file} "
+            "or weights of the same shapes, or use --set model.weights=none"
         ) from None
     model.trainable = spec.model.trainable_base
     return model

@@ -10,15 +10,16 @@ from tuner.spec import StudySpec
 __all__ = ["study_note", "write_note"]
 
 
-def study_note(spec: StudySpec) -> str:
-    """The note's Markdown."""
+def study_note(spec: StudySpec, now: str = "") -> str:
+    """The note's Markdown; ``now`` is a line about what the workers are doing, if any."""
     space = spec.search.space
     params = "\n".join(f"  - {p.describe()}" for p in space.values())
     warm = "\n".join(f"  - {format_params(point)}" for point in spec.search.warm_start)
     base = f" on the frozen `{spec.model.base}` base" if spec.model.recipe != "small-cnn" else ""
+    now = f"> **Now:** {now}\n\n" if now else ""
     return f"""# {spec.study.name}
 
-Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
+{now}Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
 (weights: `{spec.model.weights}`) on `{spec.data.dir}` at
 {spec.data.image_size[0]}x{spec.data.image_size[1]}, {spec.train.epochs} epochs per trial,
 batch {spec.data.batch_size}.
@@ -36,8 +37,8 @@ Export the result with:
 """
 
 
-def write_note(study: optuna.Study, spec: StudySpec) -> None:
+def write_note(study: optuna.Study, spec: StudySpec, now: str = "") -> None:
     """Save :func:`study_note` as the study's dashboard note."""
     from optuna_dashboard import save_note
 
-    save_note(study, study_note(spec))
+    save_note(study, study_note(spec, now))

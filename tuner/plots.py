@@ -1,9 +1,10 @@
 """Plots with matplotlib: the manual sweep's chart and the search's own views.
 
 Each function takes plain data or a study and returns a figure; only
-:func:`save_figure` touches the disk. Optuna draws the search's views
-(history, intermediate values, and, with several hyperparameters, their
-importances and slices).
+:func:`save_figure` touches the disk. Every chart has one look: white axes,
+a light grid, epochs counted from 1, a legend wherever there are several
+curves, and markers so that curves that overlap stay apart. Optuna draws the
+importances and slices of several hyperparameters, restyled to match.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ __all__ = [
 
 # A label for each curve (the values of the parameters that vary) -> (train, validation).
 Curves = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+# Beyond this many trials, the legend names only the best of them.
+LEGEND_MAX = 12
 
 
 def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> Figure:
@@ -51,7 +55,8 @@ def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> 
         sep = " " if "=" in label else "="
         epochs = range(1, len(train) + 1)
         ax.plot(epochs, train, color=color, linestyle="--", label=f"train{sep}{label}")
-        ax.plot(range(1, len(val) + 1), val, color=color, marker="o", label=f"val{sep}{label}")
+        marker = MARKERS[i % len(MARKERS)]  # curves that coincide stay told apart
+        ax.plot(range(1, len(val) + 1), val, color=color, marker=marker, label=f"val{sep}{label}")
     ax.set_title(title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -94,13 +99,19 @@ def _last_value(trial: FrozenTrial) -> float | None:
 
 
 def _optuna_figure(plot: str, study: optuna.Study, size: tuple[float, float] = (8, 5)) -> Figure:
-    with warnings.catch_warnings():
+    # Optuna switches matplotlib to its "ggplot" style; the context keeps that to its figure.
+    with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         axes = getattr(optuna.visualization.matplotlib, plot)(study)
     ax = axes.flat[0] if isinstance(axes, np.ndarray) else axes  # one per parameter
     fig = ax.figure
     fig.set_size_inches(*size)
     fig.set_layout_engine("constrained")
+    fig.set_facecolor("white")
+    for each in fig.axes:  # tuner's look: white axes and a light grid, as in its own charts
+        each.set_facecolor("white")
+        each.grid(True, color="#b0b0b0", alpha=0.3)
+        each.title.set_fontsize(plt.rcParamsDefault["axes.titlesize"])
     return fig
 
 
@@ -144,21 +155,71 @@ def slice_figure(study: optuna.Study) -> Figure:
 
 
 def history_figure(study: optuna.Study) -> Figure:
-    """Optuna's optimization history: each trial's value and the best so far."""
-    fig = _optuna_figure("plot_optimization_history", study)
-    fig.axes[0].set_ylabel("validation accuracy")
+    """Each finished trial's validation accuracy, and the best so far, by trial number."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    for state, marker, label in (
+        (TrialState.COMPLETE, "o", "complete"),
+        (TrialState.PRUNED, "x", "pruned (last reported epoch)"),
+    ):
+        points = [(t.number, _last_value(t)) for t in trials if t.state == state]
+        points = [(n, v) for n, v in points if v is not None]
+        if points:
+            ax.scatter(*zip(*points, strict=True), marker=marker, s=40, label=label, zorder=3)
+    complete = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
+    complete = [(n, v) for n, v in complete if v is not None]
+    if complete:
+        numbers, values = zip(*complete, strict=True)
+        best = np.maximum.accumulate(values)
+        ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Optimization history")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
     return fig
 
 
 def intermediate_figure(study: optuna.Study) -> Figure:
-    """Validation accuracy per epoch of every trial; pruned trials stop early."""
-    fig = _optuna_figure("plot_intermediate_values", study)
-    ax = fig.axes[0]
+    """Validation accuracy per epoch (from 1) of every trial; pruned trials stop early.
+
+    Each trial has its own marker and a small sideways offset, so that curves
+    that coincide (every rate scores the majority class after epoch 1) stay
+    visible; the legend names the trials, or the best of them when there are many.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    trials.sort(key=lambda t: t.number)
+    ranked = sorted(trials, key=lambda t: -(_last_value(t) or 0.0))
+    named = {t.number for t in ranked[:LEGEND_MAX]}
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    spread = min(0.3, 0.03 * len(trials))
+    for i, t in enumerate(trials):
+        offset = spread * (i / (len(trials) - 1) - 0.5) if len(trials) > 1 else 0.0
+        steps = sorted(t.intermediate_values)
+        pruned = " (pruned)" if t.state == TrialState.PRUNED else ""
+        ax.plot(
+            [step + 1 + offset for step in steps],
+            [t.intermediate_values[step] for step in steps],
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            alpha=0.8,
+            linestyle=":" if pruned else "-",
+            label=f"trial {t.number}{pruned}" if t.number in named else "_nolegend_",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (0-based)")
+    ax.set_title("Validation accuracy per epoch")
+    ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()  # one entry per trial is unreadable; lines speak for themselves
+    ax.grid(alpha=0.3)
+    if trials:
+        more = len(trials) > LEGEND_MAX
+        ax.legend(
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize="small",
+            title=f"best {LEGEND_MAX} of {len(trials)}" if more else None,
+        )
     return fig
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -17,7 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
 from tuner import space as space_module
-from tuner.attrs import SPACE_ATTR, SPEC_ATTR, WARM_START
+from tuner.attrs import METRIC_NAME, SPACE_ATTR, SPEC_ATTR, WARM_START
 from tuner.errors import StudyError
 from tuner.join import (
     budget_difference,
@@ -103,6 +104,10 @@ def open_study(
         pruner=study_pruner(spec),
     )
     space = search_space(spec)
+    if study.metric_names is None:  # the dashboard's name for the value; else "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
     if created:
         study.set_user_attr(SPACE_ATTR, space)
         study.set_user_attr(SPEC_ATTR, json.dumps(spec_to_dict(spec)))

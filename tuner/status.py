@@ -12,10 +12,11 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from tuner.attrs import CACHE, GAP, SPACE_ATTR, TRAIN_ACCURACY, WORKER
+from tuner.phases import WorkerPhase, read_phases
 from tuner.retries import gave_up
 from tuner.space import format_params, format_value
 
-__all__ = ["StudySummary", "render_status", "summarize"]
+__all__ = ["StudySummary", "render_status", "summarize", "workers_line"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class StudySummary:
     now: dt.datetime
     params: list[str]  # the hyperparameters, in the order of the stored space
     gave_up: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[WorkerPhase] = field(default_factory=list)  # live ones first
+
+    @property
+    def alive(self) -> list[WorkerPhase]:
+        """The workers that published their phase within the last minute and did not exit."""
+        return [w for w in self.workers if w.alive(_utc(self.now))]
+
+
+def _utc(now: dt.datetime) -> dt.datetime:
+    return now.astimezone(dt.timezone.utc)
 
 
 def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
@@ -42,8 +53,10 @@ def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
+    now = dt.datetime.now()
+    workers = read_phases(study.user_attrs, _utc(now))
     return StudySummary(
-        study.study_name, states, top, running, dt.datetime.now(), params, gave_up(study)
+        study.study_name, states, top, running, now, params, gave_up(study), workers
     )
 
 
@@ -98,8 +111,12 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
                 str(dt.timedelta(seconds=int((summary.now - start).total_seconds()))),
             )
         out.append(running)
+    elif summary.alive:
+        out.append(f"No running trials; {workers_line(summary)}.")
     else:
-        out.append("No running trials.")
+        out.append("No running trials, and no worker alive.")
+    if summary.workers:
+        out.append(_workers_table(summary))
     if summary.gave_up:
         given = Table(
             title="Given up: retries ran out (raise storage.max_retry to try more)",
@@ -117,3 +134,21 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
             )
         out.append(given)
     return out
+
+
+def workers_line(summary: StudySummary) -> str:
+    """How many workers are alive and what they do, in one phrase."""
+    phases = ", ".join(f"{w.worker} {w.phase}" for w in summary.alive)
+    return f"{len(summary.alive)} worker{'s' if len(summary.alive) > 1 else ''} at work ({phases})"
+
+
+def _workers_table(summary: StudySummary) -> Table:
+    table = Table(title="Workers", title_justify="left")
+    for col in ("worker", "phase", "progress", "last seen"):
+        table.add_column(col, justify="left" if col != "last seen" else "right")
+    now = _utc(summary.now)
+    for w in summary.workers:
+        age = w.age(now)
+        gone = "" if w.phase == "exited" or w.alive(now) else " (silent: dead?)"
+        table.add_row(w.worker, w.phase, w.progress or "-", f"{age:.0f} s ago{gone}")
+    return table

@@ -62,13 +62,31 @@ _T = TypeVar("_T")
 
 
 def resolve_url(spec: StudySpec, cli_url: str | None = None) -> str:
-    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec."""
-    return (
-        cli_url
-        or os.environ.get("TUNER_STORAGE")
-        or spec.study.storage
-        or f"sqlite:///{spec.study.name}.db"
-    )
+    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec.
+
+    A relative file in the spec's URL (``sqlite:///clothing.db``) lies in
+    ``TUNER_HOME`` when that is set, else in the current folder; a URL given on
+    the command line or in ``TUNER_STORAGE`` is taken as it is.
+    """
+    given = cli_url or os.environ.get("TUNER_STORAGE")
+    return given or _at_home(spec.study.storage or f"sqlite:///{spec.study.name}.db")
+
+
+def _at_home(url: str) -> str:
+    home = os.environ.get("TUNER_HOME")
+    for prefix in ("sqlite:///", JOURNAL_PREFIX):
+        path = url[len(prefix) :] if url.startswith(prefix) else ""
+        if home and path and not path.startswith(("/", "~", ":memory:", "file:")):
+            return prefix + str(Path(home).expanduser() / path)
+    return url
+
+
+def where_studies_live() -> str:
+    """Where a spec's relative storage file is looked for, for messages."""
+    home = os.environ.get("TUNER_HOME")
+    if home:
+        return f"TUNER_HOME={home} ({Path(home).expanduser().absolute()})"
+    return f"the current folder {Path.cwd()} (set TUNER_HOME to look elsewhere)"
 
 
 def redact_url(url: str) -> str:
@@ -264,9 +282,10 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
     if path is not None and path.is_dir():
         raise StorageError(f"storage {redact_url(url)!r} is a folder; name a file in it")
     if must_exist and path is not None and not path.is_file():
+        looked = "" if path.is_absolute() else f" (relative files: {where_studies_live()})"
         raise StorageError(
-            f"storage file {path} does not exist; run `{worker_command(spec)}` first, or "
-            "check --storage / TUNER_STORAGE"
+            f"storage file {path.absolute()} does not exist{looked}; run "
+            f"`{worker_command(spec)}` first, or check --storage / TUNER_STORAGE / TUNER_HOME"
         )
     if (journal := journal_path(url)) is not None:
         _check_writable_folder(journal, url)

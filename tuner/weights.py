@@ -54,8 +54,9 @@ def check_weights_file(path: Path, base: Base = BASES["xception"]) -> None:
     """Raise a WeightsError unless ``path`` is a readable Keras weights file."""
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; give the path of {base.display} notop "
-            'weights (.weights.h5), or use --set model.weights=none (or "imagenet" when online)'
+            f"weights file {path} does not exist; give the path of {base.weights_file} or "
+            'of other .weights.h5 weights, or use --set model.weights=none (or "imagenet" '
+            "when online)"
         )
     if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise WeightsError(
@@ -68,8 +69,8 @@ def check_weights_file(path: Path, base: Base = BASES["xception"]) -> None:
         readable, reason = _is_hdf5_with_weights(path)
     if not readable:
         raise WeightsError(
-            f"weights file {path} is corrupt ({reason}); replace it with {base.display} notop "
-            "weights, or use --set model.weights=none"
+            f"weights file {path} is corrupt ({reason}); replace it with {base.weights_file}, "
+            "or use --set model.weights=none"
         )
 
 
@@ -85,8 +86,11 @@ def _is_hdf5_with_weights(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def check_weights(spec: StudySpec) -> None:
+def check_weights(spec: StudySpec, offline: str = "") -> None:
     """Fail now, with the offline options, when the spec's base weights cannot be had.
+
+    ``offline`` is the advice for a failed ImageNet download, in the caller's
+    options; by default, the ``--set model.weights`` choices.
 
     Raises:
         WeightsError: for a missing or corrupt weights file, or an ImageNet file
@@ -114,7 +118,7 @@ def check_weights(spec: StudySpec) -> None:
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise WeightsError(
             f"cannot download the ImageNet weights for {base.display} from {url} "
-            f"({reason}); offline, {offline_hint(base)}"
+            f"({reason}); offline, {offline or offline_hint(base)}"
         ) from None
 
 

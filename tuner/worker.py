@@ -21,10 +21,12 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.attrs import SPACE_ATTR
-from tuner.console import count_progress, download_progress, say, warn
+from tuner.console import download_progress, say, warn
 from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
 from tuner.errors import DataError, SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
+from tuner.offline import offline_advice, spec_names_folder
+from tuner.phases import PhaseBoard, epoch_progress, features_progress, worker_name
 from tuner.pool import CHECKED_DATA_ENV
 from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
@@ -48,6 +50,12 @@ __all__ = [
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
+
+Publish = Callable[..., None]  # (phase, progress="") of a PhaseBoard
+
+
+def _no_publish(phase: str, progress: object = "") -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def configure_threads(threads: int | None) -> None:
     )
 
 
-def _download(spec: StudySpec, folder: Path, check: Callable[[], None]) -> None:
+def _download(spec: StudySpec, folder: Path, check: Callable[[], None], publish: Publish) -> None:
     """Download the spec's known dataset into ``folder``, with a progress bar."""
     if spec.data.source not in DATASETS:
         raise DataError(
@@ -100,23 +108,46 @@ def _download(spec: StudySpec, folder: Path, check: Callable[[], None]) -> None:
                 say(message)
                 message = ""
             bar(done, total)
+            publish("downloading", f"{100 * done // total}%" if total else f"{done} bytes")
             check()  # a signal stops the download between chunks
 
-        download_dataset(spec.data.source, folder, url=spec.data.url or None, progress=progress)
+        download_dataset(
+            spec.data.source,
+            folder,
+            url=spec.data.url or None,
+            progress=progress,
+            offline=offline_advice(spec, data_ready=False),
+        )
 
 
-def ensure_dataset(spec: StudySpec, check: Callable[[], None] = lambda: None) -> DatasetScan:
+def ensure_dataset(
+    spec: StudySpec, check: Callable[[], None] = lambda: None, publish: Publish = _no_publish
+) -> DatasetScan:
     """Validate ``data.dir``, downloading the spec's known dataset first if it is missing.
 
-    ``check`` is called between download chunks, and may raise to stop.
+    Only the folder that the spec file itself names is downloaded into: a
+    ``--set data.dir`` that does not exist is more likely a typo, and an error.
+
+    ``check`` is called between download chunks, and may raise to stop;
+    ``publish`` receives the download's phase (see :class:`tuner.phases.PhaseBoard`).
     """
     folder = Path(spec.data.dir)
-    if not folder.exists() and spec.data.source:
+    if not folder.exists() and spec.data.source and spec_names_folder(spec):
         # Workers started together download once: the others wait, then find the folder.
+        made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{folder}.download.lock"):
-            if not folder.exists():
-                _download(spec, folder, check)
+        lock = Path(f"{folder}.download.lock")
+        try:
+            with FileLock(lock):
+                if not folder.exists():
+                    _download(spec, folder, check, publish)
+        finally:
+            # A waiting worker finds the folder once it holds the old lock, so it is safe
+            # to remove; a failed download leaves no folder behind that it created.
+            lock.unlink(missing_ok=True)
+            for parent in made if not folder.exists() else ():
+                with contextlib.suppress(OSError):  # not empty: something else is there
+                    parent.rmdir()
     # A pool's parent has just decoded every image; its children need not do it again.
     checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
     scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
@@ -134,6 +165,7 @@ def preflight(
     worker_index: int = 0,
     accept_space_change: bool = False,
     check: Callable[[], None] = lambda: None,
+    publish: Publish = _no_publish,
 ) -> tuple[optuna.Study, DatasetScan]:
     """Check the study, recipe, data and weights, then join the study, before training starts.
 
@@ -148,11 +180,14 @@ def preflight(
         StudyError, RecipeError, DataError, WeightsError: naming what is wrong and
             how to fix it.
     """
+    if spec.model.weights not in ("imagenet", "none"):  # a missing file is named as such
+        check_weights(spec)
     check_joinable(spec, storage, accept_space_change=accept_space_change)
     recipe = resolve_checked(spec)
-    scan = ensure_dataset(spec, check)
+    publish("checking data")
+    scan = ensure_dataset(spec, check, publish)
     check()
-    check_weights(spec)
+    check_weights(spec, offline=offline_advice(spec, data_ready=True))
     for message in probe(spec, recipe, len(scan.class_names)):
         warn(message)
     study = open_study(
@@ -284,10 +319,11 @@ def run_worker(
             ``storage.outage_tolerance``, or has a fatal fault (full, read-only, damaged).
     """
     signals = signals or StopSignals()
-    with signals.installed():
+    board = PhaseBoard(storage, spec.study.name, worker_name())
+    with signals.installed(), board:
         try:
             return _run(spec, storage, url, n_trials, timeout, worker_index,
-                        accept_space_change, signals)  # fmt: skip
+                        accept_space_change, signals, board)  # fmt: skip
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
@@ -302,6 +338,7 @@ def _run(
     worker_index: int,
     accept_space_change: bool,
     signals: StopSignals,
+    board: PhaseBoard,
 ) -> WorkerReport:
     watch = StorageWatch(
         spec.storage.outage_tolerance,
@@ -314,14 +351,24 @@ def _run(
     storage = ResilientStorage(raw_storage, watch)
     study, scan = preflight(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change,
-        check=signals.check,
+        check=signals.check, publish=board.set,
     )  # fmt: skip
+    target = sampler_budget(spec, n_trials or spec.search.n_trials)
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if finished >= target:  # said before TensorFlow and the data load, which take a while
+        say(
+            f"study {study.study_name!r} already holds {finished} of {target} finished trials; "
+            "nothing to do (give a larger --n-trials to search further)"
+        )
+        board.set("done", f"{finished} of {target} finished")
+        return _report([], None)
     say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+    board.set("loading TensorFlow")
     from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
     signals.check()
-    target = sampler_budget(spec, n_trials or spec.search.n_trials)
-    with count_progress("frozen-base features:", check=signals.check) as progress:
+    board.set("loading data")
+    with features_progress(study, spec, board, signals.check) as progress:
         data = prepare_data(spec, scan, say, progress)
     run = _Run()
 
@@ -339,6 +386,8 @@ def _run(
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
         run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
+        epochs = epoch_progress(raw_storage, trial._trial_id, spec.train.epochs)
+        board.set(f"training trial {trial.number}", epochs)
         try:
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
@@ -367,6 +416,7 @@ def _run(
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if finished >= target:
                     say(f"study {study.study_name!r} holds {finished} of {target} trials; done")
+                    board.set("done", f"{finished} of {target} finished")
                     break
                 if finished + len(running) < target:
                     run.number = run.trial_id = None
@@ -381,6 +431,7 @@ def _run(
                         )
                     continue
             waiting.on(running, finished, target)
+            board.set("waiting", f"for trial {', '.join(str(t.number) for t in running)}")
             signals.wait(min(2.0, spec.storage.heartbeat_interval))
     except Interrupted as stop:
         requeued = run.number is not None and _requeue(study, run.number)

@@ -30,6 +30,11 @@ class Base:
         return self.application
 
     @property
+    def weights_file(self) -> str:
+        """How every message names the base's weights file: one name, the same everywhere."""
+        return f"the {self.display} ImageNet weights file ({self.imagenet_file})"
+
+    @property
     def identity(self) -> str:
         """The architecture behind a feature vector, for the cache key."""
         return f"keras.applications.{self.application}(include_top=False)+GlobalAveragePooling2D"
