@@ -469,7 +469,8 @@ def _poll(base: str, name: str, study_id: int, failures: list[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_polling_dashboard_beside_two_workers_causes_no_lock_errors(env: Env) -> None:
-    args = ["worker", "--storage", env.url, "--n-trials", "6", *env.overrides(epochs=2)]
+    # Enough epochs that trials outlast a few polls (a cached epoch takes milliseconds).
+    args = ["worker", "--storage", env.url, "--n-trials", "6", *env.overrides(epochs=80)]
     logs = [env.root / f"worker{i}.log" for i in range(2)]
     workers = []
     for log in logs:

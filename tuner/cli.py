@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import traceback
 import warnings
@@ -143,11 +142,13 @@ def worker(
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             code = 128 + stop.signum
-    if _WORKER_PROCESS and hasattr(signal, "pthread_sigmask"):
-        # The work is done and its exit code decided. Python restores the default handlers
-        # while it shuts down (TensorFlow's teardown takes a while), where a late SIGTERM
-        # would kill the process and hide that code; held pending, it is simply dropped.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    if _WORKER_PROCESS:
+        # The work is done, every write committed, and the exit code decided. Python's
+        # shutdown restores the default signal handlers, and TensorFlow's teardown keeps it
+        # there for a while: a late SIGTERM would kill the process and hide the code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 
