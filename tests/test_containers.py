@@ -409,13 +409,14 @@ def _hosts(stack: Stack) -> dict[str, str]:
 
 
 def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> None:
-    s = stack(budget=8, epochs=30, **{"pruner.kind": "none"})
+    # Cached epochs take milliseconds: 600 of them keep a trial reporting for seconds.
+    s = stack(budget=4, epochs=600, **{"pruner.kind": "none"})
     _up(s)
     # Past its first epoch (model building, no storage calls), a trial reports every epoch for
     # seconds: long enough that the restart's outage meets the workers' storage calls.
     victim = _wait_for(
         "a trial in training",
-        lambda: _in_training(s, set(_hosts(s)), range(1, 8)),
+        lambda: _in_training(s, set(_hosts(s)), range(1, 60)),
         300,
         s.logs,
         every=0.2,
@@ -444,7 +445,7 @@ def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> Non
 def test_docker_stop_fails_the_trial_and_another_worker_reruns_it(
     stack: Callable[..., Stack],
 ) -> None:
-    s = stack(budget=4, epochs=30, **{"pruner.kind": "none"})
+    s = stack(budget=4, epochs=300, **{"pruner.kind": "none"})
     _up(s)
     hosts = _hosts(s)
     victim = _wait_for(
