@@ -37,7 +37,7 @@ from tuner.console import err_console, say  # noqa: E402 - after the signal hand
 from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
 
 if TYPE_CHECKING:
-    from tuner.spec import StudySpec
+    pass
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -163,60 +163,44 @@ def _worker(
     signals: StopSignals,
 ) -> int:
     from tuner.leftovers import removed_on_failure
-    from tuner.pool import check_pool_size
-
-    check_pool_size(workers)
-    spec, url = _load(study, storage, set_)
-    with removed_on_failure(url):
-        return _work(spec, url, study, set_, n_trials, timeout, workers, accept_space_change,
-                     signals)  # fmt: skip
-
-
-def _work(
-    spec: StudySpec,
-    url: str,
-    study: str,
-    set_: list[str] | None,
-    n_trials: int | None,
-    timeout: float | None,
-    workers: int,
-    accept_space_change: bool,
-    signals: StopSignals,
-) -> int:
     from tuner.phases import PhaseBoard, worker_name
-    from tuner.pool import pool_argv, run_pool
+    from tuner.pool import check_pool_size, pool_argv, run_pool
     from tuner.storage import open_storage
     from tuner.worker import configure_threads, preflight, run_worker
 
-    opened = open_storage(url, spec)
-    if workers > 1:
-        with PhaseBoard(opened, spec.study.name, worker_name()) as board:
-            # Check and download once, here; the children then find the data ready.
-            _, scan = preflight(
-                spec, opened, accept_space_change=accept_space_change, check=signals.check,
-                publish=board.set,
-            )  # fmt: skip
-            board.set(f"running {workers} workers")
-            os.environ["TUNER_STORAGE"] = url  # children read it; a password never goes in argv
-            argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
-            return run_pool(argv, workers, scan)
-    signals.check()
-    configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
-    report = run_worker(
-        spec,
-        opened,
-        url,
-        n_trials=n_trials,
-        timeout=timeout,
-        worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
-        accept_space_change=accept_space_change,
-        signals=signals,
-    )
-    say(
-        f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "
-        f"pruned, {report.failed} failed)"
-    )
-    return report.exit_code
+    check_pool_size(workers)
+    spec, url = _load(study, storage, set_)
+    with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
+        opened = open_storage(url, spec)
+        if workers > 1:
+            with PhaseBoard(opened, spec.study.name, worker_name()) as board:
+                # Check and download once, here; the children then find the data ready.
+                _, scan = preflight(
+                    spec, opened, accept_space_change=accept_space_change, check=signals.check,
+                    publish=board.set,
+                )  # fmt: skip
+                board.set(f"running {workers} workers")
+                # The children read the storage from here; a password never goes in argv.
+                os.environ["TUNER_STORAGE"] = url
+                argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
+                return run_pool(argv, workers, scan)
+        signals.check()
+        configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
+        report = run_worker(
+            spec,
+            opened,
+            url,
+            n_trials=n_trials,
+            timeout=timeout,
+            worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
+            accept_space_change=accept_space_change,
+            signals=signals,
+        )
+        say(
+            f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "
+            f"pruned, {report.failed} failed)"
+        )
+        return report.exit_code
 
 
 @app.command()
