@@ -126,7 +126,7 @@ def test_pool_children_skip_decoding_only_the_folder_their_parent_checked(
     import shutil
 
     from tuner.spec import load_spec
-    from tuner.worker import CHECKED_DATA_ENV, ensure_dataset
+    from tuner.startup import CHECKED_DATA_ENV, ensure_dataset
 
     data = shutil.copytree(tiny_data, tmp_path / "data")
     first = sorted(p for p in (data / "train").iterdir())[0]

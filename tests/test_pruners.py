@@ -279,7 +279,7 @@ class _PruneTrialZero(optuna.pruners.BasePruner):
 def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> None:
     """Pruning one trial leaves the next one's curve unchanged, so pruners compare pairwise."""
     from tuner.objective import make_objective, prepare_data
-    from tuner.worker import ensure_dataset
+    from tuner.startup import ensure_dataset
 
     sets = [s.removeprefix("--set=") for s in env.overrides(epochs=2)]
     spec = load_spec("clothing-scratch", [*sets, "data.image_size=[32, 32]"])

@@ -144,7 +144,8 @@ def test_search_logic_does_not_import_tensorflow() -> None:
     code = (
         "import sys, tuner.spec, tuner.storage, tuner.search, tuner.export, tuner.status, "
         "tuner.cli, tuner.space, tuner.join, tuner.pruners, tuner.note, tuner.attrs, "
-        "tuner.recipes, tuner.recipes.probe, tuner.worker; tuner.spec.load_spec('clothing'); "
+        "tuner.recipes, tuner.recipes.probe, tuner.worker, tuner.startup; "
+        "tuner.spec.load_spec('clothing'); "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -165,8 +165,9 @@ def _worker(
     from tuner.leftovers import removed_on_failure
     from tuner.phases import PhaseBoard, worker_name
     from tuner.pool import check_pool_size, pool_argv, run_pool
+    from tuner.startup import configure_threads, preflight
     from tuner.storage import open_storage
-    from tuner.worker import configure_threads, preflight, run_worker
+    from tuner.worker import run_worker
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)

@@ -368,7 +368,8 @@ class BudgetLock:
     It makes the study-wide trial budget exact: counting the trials and starting
     a new one happen as one step. File storages use a lock file beside the file;
     PostgreSQL and MySQL use the server's advisory locks, so workers on other
-    machines take the same lock. ``release`` may be called early and more than once.
+    machines take the same lock. An in-memory storage lives in one process, whose
+    single trial loop needs no lock. ``release`` may be called early and more than once.
     """
 
     def __init__(
@@ -385,6 +386,8 @@ class BudgetLock:
     def acquire(self) -> None:
         if self._file_lock is not None:
             self._file_lock.acquire()
+        elif self._engine is None:
+            return  # in memory: one process
         elif self._watch is not None:
             self._watch.call(self._acquire_server_lock)
         else:

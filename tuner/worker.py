@@ -1,61 +1,45 @@
-"""The worker loop: a study-wide trial budget, signals, retries and local process pools.
+"""The worker loop: a study-wide trial budget, signals, retries and the trial lifecycle.
 
 TensorFlow is imported lazily, inside :func:`run_worker`, after the thread
 budget is set, so that the pool's parent process never loads it.
+:func:`run_objective` runs the same loop with an objective of the caller's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import optuna
-from filelock import FileLock
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.attrs import SPACE_ATTR
-from tuner.console import download_progress, say, warn
-from tuner.data import DATASETS, DatasetScan, download_dataset, scan_dataset
-from tuner.errors import DataError, SpecError, StorageError, TunerError
+from tuner.console import say
+from tuner.errors import SpecError, StorageError, TunerError
 from tuner.faults import StorageWatch
-from tuner.offline import offline_advice, spec_names_folder
 from tuner.phases import PhaseBoard, epoch_progress, features_progress, worker_name
-from tuner.pool import CHECKED_DATA_ENV
-from tuner.recipes.probe import probe, resolve_checked
 from tuner.resilient import ResilientStorage
 from tuner.retries import OWNER_ATTR, owner_record, reap
 from tuner.samplers import sampler_budget
-from tuner.search import check_joinable, open_study, pruner_name
+from tuner.search import open_study, pruner_name
 from tuner.signals import Interrupted, StopSignals, TrialLost
 from tuner.space import Space, format_params
 from tuner.spec import StudySpec
+from tuner.startup import preflight
 from tuner.storage import BudgetLock, artifact_store_for, fatal_message, redact_url
-from tuner.weights import check_weights
 
-__all__ = [
-    "CHECKED_DATA_ENV",
-    "WorkerReport",
-    "configure_threads",
-    "ensure_dataset",
-    "preflight",
-    "run_worker",
-]
+__all__ = ["Objective", "ObjectiveFor", "WorkerReport", "run_objective", "run_worker"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
 
-Publish = Callable[..., None]  # (phase, progress="") of a PhaseBoard
-
-
-def _no_publish(phase: str, progress: object = "") -> None:
-    pass
+Objective = Callable[[optuna.Trial], float]
+# Given the worker's between-batches check (which raises to stop the trial), the objective.
+ObjectiveFor = Callable[[Callable[[], None]], Objective]
 
 
 @dataclass(frozen=True)
@@ -71,129 +55,6 @@ class WorkerReport:
     @property
     def exit_code(self) -> int:
         return 128 + self.interrupted if self.interrupted else 0
-
-
-def configure_threads(threads: int | None) -> None:
-    """Give TensorFlow a fixed number of CPU threads; call before any TF op runs."""
-    if not threads:
-        return
-    inter = max(1, min(2, threads))
-    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = str(inter)
-    import tensorflow as tf
-
-    with contextlib.suppress(RuntimeError):  # already initialised: keep its setting
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    # Read back, so the log shows what TensorFlow really uses.
-    say(
-        f"TensorFlow CPU threads: {tf.config.threading.get_intra_op_parallelism_threads()} "
-        f"intra-op, {tf.config.threading.get_inter_op_parallelism_threads()} inter-op"
-    )
-
-
-def _download(spec: StudySpec, folder: Path, check: Callable[[], None], publish: Publish) -> None:
-    """Download the spec's known dataset into ``folder``, with a progress bar."""
-    if spec.data.source not in DATASETS:
-        raise DataError(
-            f"data.source {spec.data.source!r} is not a known dataset "
-            f"({', '.join(DATASETS)}); fix data.source or download the data by hand"
-        )
-    message = f"{folder} is missing; downloading the {spec.data.source} dataset"
-    with download_progress(spec.data.source) as bar:
-
-        def progress(done: int, total: int | None) -> None:
-            nonlocal message  # said once bytes arrive: a failed start leaves one line
-            if message:
-                say(message)
-                message = ""
-            bar(done, total)
-            publish("downloading", f"{100 * done // total}%" if total else f"{done} bytes")
-            check()  # a signal stops the download between chunks
-
-        download_dataset(
-            spec.data.source,
-            folder,
-            url=spec.data.url or None,
-            progress=progress,
-            offline=offline_advice(spec, data_ready=False),
-        )
-
-
-def ensure_dataset(
-    spec: StudySpec, check: Callable[[], None] = lambda: None, publish: Publish = _no_publish
-) -> DatasetScan:
-    """Validate ``data.dir``, downloading the spec's known dataset first if it is missing.
-
-    Only the folder that the spec file itself names is downloaded into: a
-    ``--set data.dir`` that does not exist is more likely a typo, and an error.
-
-    ``check`` is called between download chunks, and may raise to stop;
-    ``publish`` receives the download's phase (see :class:`tuner.phases.PhaseBoard`).
-    """
-    folder = Path(spec.data.dir)
-    if not folder.exists() and spec.data.source and spec_names_folder(spec):
-        # Workers started together download once: the others wait, then find the folder.
-        made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = Path(f"{folder}.download.lock")
-        try:
-            with FileLock(lock):
-                if not folder.exists():
-                    _download(spec, folder, check, publish)
-        finally:
-            # A waiting worker finds the folder once it holds the old lock, so it is safe
-            # to remove; a failed download leaves no folder behind that it created.
-            lock.unlink(missing_ok=True)
-            for parent in made if not folder.exists() else ():
-                with contextlib.suppress(OSError):  # not empty: something else is there
-                    parent.rmdir()
-    # A pool's parent has just decoded every image; its children need not do it again.
-    checked = os.environ.get(CHECKED_DATA_ENV) == str(folder.resolve())
-    scan = scan_dataset(folder, skip_bad_files=spec.data.skip_bad_files, decode=not checked)
-    if scan.bad_files:
-        names = ", ".join(str(p) for p in scan.bad_files[:5])
-        more = f" and {len(scan.bad_files) - 5} more" if len(scan.bad_files) > 5 else ""
-        warn(f"skipping {len(scan.bad_files)} unreadable files: {names}{more}")
-    return scan
-
-
-def preflight(
-    spec: StudySpec,
-    storage: BaseStorage,
-    *,
-    worker_index: int = 0,
-    accept_space_change: bool = False,
-    check: Callable[[], None] = lambda: None,
-    publish: Publish = _no_publish,
-) -> tuple[optuna.Study, DatasetScan]:
-    """Check the study, recipe, data and weights, then join the study, before training starts.
-
-    A mistake in any of them thus fails at once, with one error line, and no
-    trial is started. A user's recipe module is imported and its signature
-    checked before the data is read, then the recipe is built once at the edges
-    of the space (see :mod:`tuner.recipes.probe`); built-in recipes need no
-    TensorFlow here. The study is created only once all of this passed, so a
-    first run that fails leaves no study behind with its settings.
-
-    Raises:
-        StudyError, RecipeError, DataError, WeightsError: naming what is wrong and
-            how to fix it.
-    """
-    if spec.model.weights not in ("imagenet", "none"):  # a missing file is named as such
-        check_weights(spec)
-    check_joinable(spec, storage, accept_space_change=accept_space_change)
-    recipe = resolve_checked(spec)
-    publish("checking data")
-    scan = ensure_dataset(spec, check, publish)
-    check()
-    check_weights(spec, offline=offline_advice(spec, data_ready=True))
-    for message in probe(spec, recipe, len(scan.class_names)):
-        warn(message)
-    study = open_study(
-        spec, storage, worker_index=worker_index, accept_space_change=accept_space_change
-    )
-    return study, scan
 
 
 def _stored_space(study: optuna.Study) -> Space | None:
@@ -286,6 +147,41 @@ def _requeue(study: optuna.Study, number: int) -> bool:
     return True
 
 
+@dataclass
+class _Session:
+    """One worker's hold on its study: the storage behind its fault watch, and its signals."""
+
+    spec: StudySpec
+    raw: BaseStorage
+    url: str
+    signals: StopSignals
+    board: PhaseBoard
+    watch: StorageWatch = field(init=False)
+    storage: ResilientStorage = field(init=False)
+    run: _Run = field(default_factory=lambda: _Run())
+
+    def __post_init__(self) -> None:
+        url = self.url
+        self.watch = StorageWatch(
+            self.spec.storage.outage_tolerance,
+            redact_url(url),
+            say,
+            fatal_message=lambda fault: fatal_message(fault, url),
+            check=self.signals.check,
+            sleep=self.signals.wait,
+        )
+        self.storage = ResilientStorage(self.raw, self.watch)
+
+    def check(self) -> None:
+        """Between batches: stop on a signal, a storage given up on, or a trial taken away."""
+        self.signals.check()
+        if self.watch.dead is not None:
+            raise self.watch.dead
+        run = self.run
+        if run.trial_id is not None and self.storage.is_lost(run.trial_id):
+            raise TrialLost(f"trial {run.number} was failed by another worker")
+
+
 def run_worker(
     spec: StudySpec,
     storage: BaseStorage,
@@ -321,73 +217,103 @@ def run_worker(
     signals = signals or StopSignals()
     board = PhaseBoard(storage, spec.study.name, worker_name())
     with signals.installed(), board:
+        s = _Session(spec, storage, url, signals, board)
         try:
-            return _run(spec, storage, url, n_trials, timeout, worker_index,
-                        accept_space_change, signals, board)  # fmt: skip
+            study, scan = preflight(
+                spec, s.storage, worker_index=worker_index,
+                accept_space_change=accept_space_change, check=signals.check, publish=board.set,
+            )  # fmt: skip
+            target = sampler_budget(spec, n_trials or spec.search.n_trials)
+            if _done(study, target, board, before_start=True):
+                return _report([], None)
+            say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+            board.set("loading TensorFlow")
+            from tuner.objective import make_objective, prepare_data  # loads TensorFlow
+
+            signals.check()
+            board.set("loading data")
+            with features_progress(study, spec, board, signals.check) as progress:
+                data = prepare_data(spec, scan, say, progress)
+            store = artifact_store_for(url, spec)
+            objective = make_objective(spec, data, store, say, check=s.check)
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
+        return _trial_loop(s, study, objective, target, timeout)
 
 
-def _run(
+def run_objective(
     spec: StudySpec,
-    raw_storage: BaseStorage,
+    storage: BaseStorage,
     url: str,
-    n_trials: int | None,
-    timeout: float | None,
-    worker_index: int,
-    accept_space_change: bool,
-    signals: StopSignals,
-    board: PhaseBoard,
+    objective_for: ObjectiveFor,
+    *,
+    n_trials: int | None = None,
+    worker_index: int = 0,
+    signals: StopSignals | None = None,
 ) -> WorkerReport:
-    watch = StorageWatch(
-        spec.storage.outage_tolerance,
-        redact_url(url),
-        say,
-        fatal_message=lambda fault: fatal_message(fault, url),
-        check=signals.check,
-        sleep=signals.wait,
-    )
-    storage = ResilientStorage(raw_storage, watch)
-    study, scan = preflight(
-        spec, storage, worker_index=worker_index, accept_space_change=accept_space_change,
-        check=signals.check, publish=board.set,
-    )  # fmt: skip
-    target = sampler_budget(spec, n_trials or spec.search.n_trials)
-    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    if finished >= target:  # said before TensorFlow and the data load, which take a while
+    """The worker's trial loop over the spec's study, with an objective of the caller's.
+
+    The study is created or joined as :func:`run_worker` does it (the spec's
+    sampler and pruner, seeded for ``worker_index``; the warm-start points queued
+    once), and trials run under the same budget, retries and signals; only the
+    data, model and weights checks and the training are left to the objective.
+    Replaying recorded learning curves through the real search is what it is for.
+
+    Args:
+        objective_for: given the worker's between-batches check, the objective.
+        n_trials, worker_index, signals: as for :func:`run_worker`.
+    """
+    signals = signals or StopSignals()
+    board = PhaseBoard(storage, spec.study.name, worker_name())
+    with signals.installed(), board:
+        s = _Session(spec, storage, url, signals, board)
+        study = open_study(spec, s.storage, worker_index=worker_index)
+        target = sampler_budget(spec, n_trials or spec.search.n_trials)
+        if _done(study, target, board, before_start=True):
+            return _report([], None)
+        return _trial_loop(s, study, objective_for(s.check), target, None)
+
+
+def _done(
+    study: optuna.Study,
+    target: int,
+    board: PhaseBoard,
+    before_start: bool,
+    trials: list[FrozenTrial] | None = None,
+) -> bool:
+    """Whether the study holds its budget of finished trials; says so when it does."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    finished = sum(t.state in FINISHED for t in trials)
+    if finished < target:
+        return False
+    if before_start:  # said before TensorFlow and the data load, which take a while
         say(
-            f"study {study.study_name!r} already holds {finished} of {target} finished trials; "
-            "nothing to do (give a larger --n-trials to search further)"
+            f"study {study.study_name!r} already holds {finished} of {target} finished "
+            "trials; nothing to do (give a larger --n-trials to search further)"
         )
-        board.set("done", f"{finished} of {target} finished")
-        return _report([], None)
-    say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
-    board.set("loading TensorFlow")
-    from tuner.objective import make_objective, prepare_data  # loads TensorFlow
+    else:
+        say(f"study {study.study_name!r} holds {finished} of {target} trials; done")
+    board.set("done", f"{finished} of {target} finished")
+    return True
 
-    signals.check()
-    board.set("loading data")
-    with features_progress(study, spec, board, signals.check) as progress:
-        data = prepare_data(spec, scan, say, progress)
-    run = _Run()
 
-    def check() -> None:
-        """Between batches: stop on a signal, a storage given up on, or a trial taken away."""
-        signals.check()
-        if watch.dead is not None:
-            raise watch.dead
-        if run.trial_id is not None and storage.is_lost(run.trial_id):
-            raise TrialLost(f"trial {run.number} was failed by another worker")
-
-    objective = make_objective(spec, data, artifact_store_for(url, spec), say, check=check)
-    lock = BudgetLock(raw_storage, url, study.study_name, watch)
+def _trial_loop(
+    s: _Session,
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    timeout: float | None,
+) -> WorkerReport:
+    """Run trials until the study holds ``target`` finished ones (or a stop)."""
+    spec, run, storage, signals = s.spec, s.run, s.storage, s.signals
+    lock = BudgetLock(s.raw, s.url, study.study_name, s.watch)
 
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
         run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
-        epochs = epoch_progress(raw_storage, trial._trial_id, spec.train.epochs)
-        board.set(f"training trial {trial.number}", epochs)
+        epochs = epoch_progress(s.raw, trial._trial_id, spec.train.epochs)
+        s.board.set(f"training trial {trial.number}", epochs)
         try:
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
@@ -414,13 +340,11 @@ def _run(
                 trials = study.get_trials(deepcopy=False)
                 finished = sum(t.state in FINISHED for t in trials)
                 running = [t for t in trials if t.state == TrialState.RUNNING]
-                if finished >= target:
-                    say(f"study {study.study_name!r} holds {finished} of {target} trials; done")
-                    board.set("done", f"{finished} of {target} finished")
+                if _done(study, target, s.board, before_start=False, trials=trials):
                     break
                 if finished + len(running) < target:
                     run.number = run.trial_id = None
-                    _run_one(study, claimed_then_run, ran, run, watch)
+                    _run_one(study, claimed_then_run, ran, run, s.watch)
                     failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
                     run.number = run.trial_id = None
                     if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -431,7 +355,7 @@ def _run(
                         )
                     continue
             waiting.on(running, finished, target)
-            board.set("waiting", f"for trial {', '.join(str(t.number) for t in running)}")
+            s.board.set("waiting", f"for trial {', '.join(str(t.number) for t in running)}")
             signals.wait(min(2.0, spec.storage.heartbeat_interval))
     except Interrupted as stop:
         requeued = run.number is not None and _requeue(study, run.number)

@@ -1,0 +1,113 @@
+"""Replay: search strategies run through tuner's study machinery on recorded curves.
+
+Each run is :func:`tuner.worker.run_objective` on an in-memory study: the
+spec's sampler (``sampler.kind``, seeded with the run's seed) and pruner, its
+warm-start points queued first, the worker's trial loop and budget. Only the
+training is replaced: a trial's point is looked up among the recorded
+configurations (the nearest one) and its curve reported epoch by epoch through
+tuner's own pruning callback, exactly as a real trial reports, so the pruner
+sees what it would see live. A run stops spending once it has used the largest
+budget of epochs; later trials are pruned before their first epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages import InMemoryStorage
+
+from searchbench.curves import Curves
+from tuner.callbacks import PruningBeforeLastEpoch
+from tuner.console import err_console
+from tuner.space import suggest
+from tuner.spec import StudySpec, load_spec
+from tuner.worker import run_objective
+
+__all__ = ["Strategy", "Trajectory", "replay"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A way to spend the budget: spec overrides on top of the study's spec."""
+
+    name: str
+    sets: tuple[str, ...]
+
+    def spec(self, study: str, seed: int, budget: int) -> StudySpec:
+        # A bound on the trials: every trial but the warm start's trains two epochs or more.
+        return load_spec(
+            study,
+            [*self.sets, f"sampler.seed={seed}", f"search.n_trials={budget}", "study.name=replay"],
+        )
+
+
+@dataclass
+class Trajectory:
+    """One run: after each finished trial, the epochs spent so far and the best value."""
+
+    spent: list[int] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def best_within(self, budget: int) -> float:
+        """The best final validation accuracy of trials completed within ``budget`` epochs."""
+        within = [b for s, b in zip(self.spent, self.best, strict=True) if s <= budget]
+        return within[-1] if within else 0.0
+
+    def epochs_to_reach(self, target: float) -> int | None:
+        """Epochs spent when the best value first reached ``target``; None if never."""
+        return next((s for s, b in zip(self.spent, self.best, strict=True) if b >= target), None)
+
+
+def replay(curves: Curves, strategy: Strategy, seed: int, budget: int) -> Trajectory:
+    """Run ``strategy`` with sampler seed ``seed`` until ``budget`` epochs are spent."""
+    spec = strategy.spec(curves.study, seed, budget)
+    epochs = curves.epochs
+    if spec.train.epochs != epochs:
+        spec = load_spec(curves.study, [*strategy.sets, f"sampler.seed={seed}",
+                                        f"search.n_trials={budget}", "study.name=replay",
+                                        f"train.epochs={epochs}"])  # fmt: skip
+    path = Trajectory()
+    spent = 0
+    best = 0.0
+
+    def objective_for(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            nonlocal spent, best
+            point = suggest(trial, spec.search.space)
+            if spent >= budget:
+                raise optuna.TrialPruned("budget spent")
+            curve = curves.nearest(point, spec.search.space)["val_accuracy"]
+            pruning = PruningBeforeLastEpoch(trial, "val_accuracy", epochs)
+            try:
+                for epoch, value in enumerate(curve[:epochs]):
+                    check()
+                    spent += 1
+                    pruning.on_epoch_end(epoch, {"val_accuracy": value})
+            except optuna.TrialPruned:
+                _record(path, spent, best, point)
+                raise
+            best = max(best, curve[epochs - 1])
+            _record(path, spent, best, point)
+            return curve[epochs - 1]
+
+        return objective
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet, err_console.quiet = err_console.quiet, True
+    try:
+        with contextlib.redirect_stdout(None):
+            run_objective(spec, InMemoryStorage(), "memory", objective_for, worker_index=0)
+    finally:
+        err_console.quiet = quiet
+    return path
+
+
+def _record(path: Trajectory, spent: int, best: float, point: dict[str, Any]) -> None:
+    path.spent.append(spent)
+    path.best.append(best)
+    path.points.append(point)

@@ -1,0 +1,122 @@
+"""The search benchmark's table and plot, from replayed trajectories."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from searchbench.replay import Trajectory
+
+__all__ = ["plot", "summarize", "table"]
+
+console = Console(highlight=False, width=160)
+
+
+def summarize(
+    runs: dict[str, list[Trajectory]], grid_best: float, budgets: list[int]
+) -> list[dict[str, Any]]:
+    """Per strategy and budget: median and worst best, share reaching the grid, epochs to it."""
+    rows = []
+    for name, paths in runs.items():
+        reach = [p.epochs_to_reach(grid_best) for p in paths]
+        for budget in budgets:
+            bests = [p.best_within(budget) for p in paths]
+            rows.append(
+                {
+                    "strategy": name,
+                    "budget": budget,
+                    "seeds": len(paths),
+                    "median": statistics.median(bests),
+                    "worst": min(bests),
+                    "mean": statistics.fmean(bests),
+                    "reach_grid": sum(b >= grid_best for b in bests) / len(bests),
+                    "epochs_to_grid": _median_epochs(reach, budget),
+                }
+            )
+    return rows
+
+
+def _median_epochs(reach: list[int | None], budget: int) -> float:
+    """Median epochs to the grid's best; a seed that never got there counts as infinite."""
+    return statistics.median([r if r is not None and r <= budget else math.inf for r in reach])
+
+
+def table(rows: list[dict[str, Any]], grid_best: float, title: str) -> Table:
+    t = Table(title=f"{title} (grid's best: {grid_best:.4f})")
+    for col in ("strategy", "budget", "seeds", "median best", "vs grid", "worst best",
+                "reach grid's best", "epochs to grid's best (median)"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in rows:
+        epochs = r["epochs_to_grid"]
+        t.add_row(
+            r["strategy"],
+            str(r["budget"]),
+            str(r["seeds"]),
+            f"{r['median']:.4f}",
+            f"{100 * (r['median'] - grid_best):+.1f} pt",
+            f"{r['worst']:.4f}",
+            f"{100 * r['reach_grid']:.0f}%",
+            "never" if math.isinf(epochs) else f"{epochs:g}",
+        )
+    return t
+
+
+def markdown(rows: list[dict[str, Any]], grid_best: float) -> str:
+    """The table as Markdown, for the README."""
+    lines = [
+        "| strategy | budget | median best | vs grid | worst best | reach grid's best "
+        "| epochs to grid's best |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        epochs = r["epochs_to_grid"]
+        lines.append(
+            f"| {r['strategy']} | {r['budget']} | {r['median']:.3f} | "
+            f"{100 * (r['median'] - grid_best):+.1f} pt | {r['worst']:.3f} | "
+            f"{100 * r['reach_grid']:.0f}% | {'never' if math.isinf(epochs) else f'{epochs:g}'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(
+    runs: dict[str, list[Trajectory]], grid_best: float, budget: int, title: str, path: Path
+) -> None:
+    """Best-so-far against epochs spent: the median over seeds, with the 10-90% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), dpi=110)
+    ax = fig.add_subplot()
+    xs = list(range(0, budget + 1, 2))
+    for name, paths in runs.items():
+        curves = [[p.best_within(x) for x in xs] for p in paths]
+        columns = list(zip(*curves, strict=True))
+        median = [statistics.median(c) for c in columns]
+        low = [_quantile(c, 0.1) for c in columns]
+        high = [_quantile(c, 0.9) for c in columns]
+        style = "--" if "no pruning" in name else "-"
+        (line,) = ax.plot(xs, median, style, label=name, linewidth=1.6)
+        if len(paths) > 1:
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
+    ax.axhline(grid_best, color="black", linewidth=0.8, linestyle=":", label="grid's best")
+    floor = min(grid_best - 0.15, ax.get_ylim()[1] - 0.2)
+    ax.set_ylim(bottom=max(0.0, floor))
+    ax.set_xlabel("epochs spent")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    fig.savefig(path, bbox_inches="tight")
+    console.print(f"wrote {path}")
+
+
+def _quantile(values: tuple[float, ...], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

@@ -1,0 +1,64 @@
+"""The worker's trial loop with an objective of the caller's (``run_objective``), in memory."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+from tuner.spec import load_spec
+from tuner.worker import run_objective
+
+SETS = ["pruner.kind=median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"]
+
+
+def curve_objective(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+    """Learns best near 1e-3; rates far from it stay at chance: easy to prune."""
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+        top = 0.9 - 0.2 * abs(math.log10(lr) + 3)
+        value = 0.0
+        for epoch in range(5):
+            check()
+            value = top * (epoch + 1) / 5
+            trial.report(value, epoch)
+            if epoch < 4 and trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    return objective
+
+
+def run(n_trials: int, sets: list[str] = SETS, index: int = 0) -> optuna.Study:
+    spec = load_spec("clothing-scratch", [*sets, "study.name=replay"])
+    storage = InMemoryStorage()
+    report = run_objective(
+        spec, storage, "memory", curve_objective, n_trials=n_trials, worker_index=index
+    )
+    assert report.exit_code == 0 and report.ran == len(storage.get_all_trials(0))
+    return optuna.load_study(study_name="replay", storage=storage)
+
+
+def test_warm_start_first_then_the_sampler_to_the_exact_budget() -> None:
+    study = run(12)
+    trials = study.get_trials()
+    assert len(trials) == 12
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert [t.params["learning_rate"] for t in trials[:4]] == [1e-4, 1e-3, 1e-2, 1e-1]
+    assert any(t.state == TrialState.PRUNED for t in trials)  # the spec's pruner is in force
+    assert study.best_params["learning_rate"] == 1e-3 or study.best_value >= 0.9 - 1e-9
+
+
+def test_same_seed_same_search_and_other_index_another() -> None:
+    lrs = [[t.params["learning_rate"] for t in run(10, index=i).get_trials()] for i in (0, 0, 1)]
+    assert lrs[0] == lrs[1]
+    assert lrs[0][4:] != lrs[2][4:]
+
+
+def test_grid_kind_runs_the_warm_start_points_and_stops() -> None:
+    study = run(20, [*SETS, "sampler.kind=grid", "pruner.kind=none"])
+    assert [t.params["learning_rate"] for t in study.get_trials()] == [1e-4, 1e-3, 1e-2, 1e-1]
