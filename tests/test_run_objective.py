@@ -62,3 +62,23 @@ def test_same_seed_same_search_and_other_index_another() -> None:
 def test_grid_kind_runs_the_warm_start_points_and_stops() -> None:
     study = run(20, [*SETS, "sampler.kind=grid", "pruner.kind=none"])
     assert [t.params["learning_rate"] for t in study.get_trials()] == [1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def test_until_stops_before_the_next_trial() -> None:
+    spec = load_spec("clothing-scratch", [*SETS, "study.name=replay"])
+    storage = InMemoryStorage()
+    seen: list[int] = []
+
+    def objective_for(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+        inner = curve_objective(check)
+
+        def objective(trial: optuna.Trial) -> float:
+            seen.append(trial.number)
+            return inner(trial)
+
+        return objective
+
+    report = run_objective(
+        spec, storage, "memory", objective_for, n_trials=50, until=lambda: len(seen) >= 6
+    )
+    assert report.ran == 6 and len(storage.get_all_trials(0)) == 6

@@ -251,6 +251,7 @@ def run_objective(
     n_trials: int | None = None,
     worker_index: int = 0,
     signals: StopSignals | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> WorkerReport:
     """The worker's trial loop over the spec's study, with an objective of the caller's.
 
@@ -263,6 +264,8 @@ def run_objective(
     Args:
         objective_for: given the worker's between-batches check, the objective.
         n_trials, worker_index, signals: as for :func:`run_worker`.
+        until: asked before each trial; once it answers True no new trial starts
+            (a budget of the caller's, such as epochs spent).
     """
     signals = signals or StopSignals()
     board = PhaseBoard(storage, spec.study.name, worker_name())
@@ -272,7 +275,7 @@ def run_objective(
         target = sampler_budget(spec, n_trials or spec.search.n_trials)
         if _done(study, target, board, before_start=True):
             return _report([], None)
-        return _trial_loop(s, study, objective_for(s.check), target, None)
+        return _trial_loop(s, study, objective_for(s.check), target, None, until)
 
 
 def _done(
@@ -304,6 +307,7 @@ def _trial_loop(
     objective: Objective,
     target: int,
     timeout: float | None,
+    until: Callable[[], bool] | None = None,
 ) -> WorkerReport:
     """Run trials until the study holds ``target`` finished ones (or a stop)."""
     spec, run, storage, signals = s.spec, s.run, s.storage, s.signals
@@ -334,6 +338,8 @@ def _trial_loop(
             signals.check()
             if time.monotonic() >= deadline:
                 say(f"--timeout {timeout:g} s reached; starting no new trial")
+                break
+            if until is not None and until():
                 break
             with lock:
                 reap(study, spec.storage.grace_period)

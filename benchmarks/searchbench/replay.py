@@ -7,7 +7,7 @@ training is replaced: a trial's point is looked up among the recorded
 configurations (the nearest one) and its curve reported epoch by epoch through
 tuner's own pruning callback, exactly as a real trial reports, so the pruner
 sees what it would see live. A run stops spending once it has used the largest
-budget of epochs; later trials are pruned before their first epoch.
+budget of epochs (``until``), as a worker stops at its trial budget.
 """
 
 from __future__ import annotations
@@ -79,8 +79,6 @@ def replay(curves: Curves, strategy: Strategy, seed: int, budget: int) -> Trajec
         def objective(trial: optuna.Trial) -> float:
             nonlocal spent, best
             point = suggest(trial, spec.search.space)
-            if spent >= budget:
-                raise optuna.TrialPruned("budget spent")
             curve = curves.nearest(point, spec.search.space)["val_accuracy"]
             pruning = PruningBeforeLastEpoch(trial, "val_accuracy", epochs)
             try:
@@ -101,7 +99,14 @@ def replay(curves: Curves, strategy: Strategy, seed: int, budget: int) -> Trajec
     quiet, err_console.quiet = err_console.quiet, True
     try:
         with contextlib.redirect_stdout(None):
-            run_objective(spec, InMemoryStorage(), "memory", objective_for, worker_index=0)
+            run_objective(
+                spec,
+                InMemoryStorage(),
+                "memory",
+                objective_for,
+                worker_index=0,
+                until=lambda: spent >= budget,
+            )
     finally:
         err_console.quiet = quiet
     return path
