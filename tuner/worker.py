@@ -158,7 +158,7 @@ class _Session:
     board: PhaseBoard
     watch: StorageWatch = field(init=False)
     storage: ResilientStorage = field(init=False)
-    run: _Run = field(default_factory=lambda: _Run())
+    run: _Run = field(default_factory=_Run)
 
     def __post_init__(self) -> None:
         url = self.url

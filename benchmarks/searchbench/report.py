@@ -86,33 +86,41 @@ def markdown(rows: list[dict[str, Any]], grid_best: float) -> str:
 def plot(
     runs: dict[str, list[Trajectory]], grid_best: float, budget: int, title: str, path: Path
 ) -> None:
-    """Best-so-far against epochs spent: the median over seeds, with the 10-90% band."""
+    """Best-so-far against epochs spent: the median over seeds and its 10-90% band.
+
+    Two panels: the strategies with the spec's pruner, and those without pruning.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5.5), dpi=110)
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(12, 5), dpi=100)
+    axes = fig.subplots(1, 2, sharey=True)
     xs = list(range(0, budget + 1, 2))
-    for name, paths in runs.items():
-        curves = [[p.best_within(x) for x in xs] for p in paths]
-        columns = list(zip(*curves, strict=True))
-        median = [statistics.median(c) for c in columns]
-        low = [_quantile(c, 0.1) for c in columns]
-        high = [_quantile(c, 0.9) for c in columns]
-        style = "--" if "no pruning" in name else "-"
-        (line,) = ax.plot(xs, median, style, label=name, linewidth=1.6)
-        if len(paths) > 1:
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
-    ax.axhline(grid_best, color="black", linewidth=0.8, linestyle=":", label="grid's best")
-    floor = min(grid_best - 0.15, ax.get_ylim()[1] - 0.2)
-    ax.set_ylim(bottom=max(0.0, floor))
-    ax.set_xlabel("epochs spent")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    colors: dict[str, str] = {}
+    for ax, pruned in zip(axes, (True, False), strict=True):
+        for name, paths in runs.items():
+            if name.startswith("grid") or ("no pruning" in name) == pruned:
+                continue
+            columns = list(zip(*[[p.best_within(x) for x in xs] for p in paths], strict=True))
+            kind = name.split(",")[0]
+            style = ":" if "no warm start" in name else "-"
+            (line,) = ax.plot(xs, [statistics.median(c) for c in columns], style,
+                              color=colors.get(kind), label=name, linewidth=1.6)  # fmt: skip
+            colors.setdefault(kind, line.get_color())
+            low = [_quantile(c, 0.1) for c in columns]
+            high = [_quantile(c, 0.9) for c in columns]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.1, linewidth=0)
+        ax.axhline(grid_best, color="black", linewidth=1, linestyle="--", label="grid's best")
+        ax.axvline(40, color="grey", linewidth=0.6)
+        ax.set_title("with the median pruner" if pruned else "without pruning", fontsize=10)
+        ax.set_xlabel("epochs spent")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("best validation accuracy so far (median, 10-90% band)")
+    axes[0].set_ylim(bottom=max(0.0, grid_best - 0.2), top=min(1.0, grid_best + 0.08))
+    fig.suptitle(title)
     fig.savefig(path, bbox_inches="tight")
     console.print(f"wrote {path}")
 
