@@ -35,7 +35,7 @@ from tuner.attr_writes import set_user_attrs
 from tuner.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.data import DatasetScan, load_split
 from tuner.errors import StorageError
-from tuner.headfit import HeadTrainer
+from tuner.headfit import HeadTrainer, kernels_kept
 from tuner.model import (
     assemble,
     build_feature_extractor,
@@ -220,13 +220,17 @@ def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
     # A retried trial inherits the failed one's attributes; clear what no longer holds.
     cleared = dict.fromkeys(attrs.STALE & trial.user_attrs.keys())
     set_user_attrs(trial, {**cleared, attrs.CACHE: data.cache, attrs.WORKER: worker_id()})
+    seed = spec.model.seed + trial.number
     if data.features is not None:
         # A cached trial takes well under a second, and a full garbage collection would be a
-        # quarter of it; Python's own collector frees the dropped heads soon enough.
-        keras.backend.clear_session(free_memory=False)
-    elif data.extractor is None:
+        # quarter of it; Python's own collector frees the dropped heads soon enough. The kept
+        # epoch functions keep their instantiated kernels (see kernels_kept).
+        with kernels_kept():
+            keras.backend.clear_session(free_memory=False)
+            keras.utils.set_random_seed(seed)
+        return seed
+    if data.extractor is None:
         keras.backend.clear_session()
-    seed = spec.model.seed + trial.number
     keras.utils.set_random_seed(seed)
     return seed
 
