@@ -7,11 +7,9 @@ and claims trials with the worker loop's protocol: under the study's
 :class:`~tuner.storage.BudgetLock` it fails stale trials, counts, and starts
 one trial. The objective does no work but talks to the storage exactly like a
 real cached trial: 10 epochs, each with ``trial.report`` and (but the last) ``should_prune``,
-then the two artifacts' metadata, and the user attributes in the two writes
-that tuner.objective makes: ``cache`` and ``worker`` as the trial starts, and
-the contract's record (``train_accuracy``, ``val_loss``, ``gap``,
-``epoch_seconds``) with the two artifact ids at its end (the artifacts' files
-themselves are part of the cached trial's time).
+then the contract's attributes (``train_accuracy``, ``val_loss``, ``gap``,
+``epoch_seconds``) written once, plus ``cache``, ``worker`` and the two artifact
+ids (the artifacts' files themselves are part of the cached trial's time).
 
 Two figures per trial. The wall time per trial (wall time / trials) with every
 worker hammering the storage is the inverse of the storage's capacity: the
@@ -24,7 +22,6 @@ epochs of the Dense head on 3068x2048 features, batch 32, timed through
 
     python3 benchmarks/storage.py                  # every backend, 1, 4 and 8 workers
     python3 benchmarks/storage.py --backends sqlite --workers 8 --trials 96
-    python3 benchmarks/storage.py --backends sqlite --workers 8 --writes batched one-by-one
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.attr_writes import set_user_attrs
 from tuner.search import open_study, suggest
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import BudgetLock, open_storage
@@ -59,62 +55,43 @@ SERVERS = {
 }
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 EPOCHS = 10
-WRITES = ("batched", "one-by-one")
 SPAWN = mp.get_context("spawn")
 
 
-def trivial_objective(spec: StudySpec, batched: bool = True) -> Callable[[optuna.Trial], float]:
-    """No training, but every storage call that a real cached trial makes.
-
-    Without ``batched``, every user attribute is a write of its own, as in the
-    previous release.
-    """
-
-    def write(trial: optuna.Trial, values: dict[str, Any]) -> None:
-        if batched:
-            set_user_attrs(trial, values)
-        else:
-            for key, value in values.items():
-                trial.set_user_attr(key, value)
+def trivial_objective(spec: StudySpec) -> Callable[[optuna.Trial], float]:
+    """No training, but every storage call that a real cached trial makes."""
 
     def objective(trial: optuna.Trial) -> float:
         suggest(trial, spec)
-        # tuner.objective writes where the trial runs in one write as it starts ...
-        write(trial, {"cache": "hit", "worker": f"{socket.gethostname()}:{os.getpid()}"})
+        trial.set_user_attr("cache", "hit")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for epoch in range(EPOCHS):
             trial.report(0.5, epoch)  # equal everywhere, so the median pruner never prunes
             # tuner.objective.PruningBeforeLastEpoch does not ask after the last epoch
             if epoch + 1 < EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned()
-        # ... each artifact's metadata (Optuna's upload_artifact: a system attribute) ...
-        for name in ("weights.npz", "learning_curve.png"):
-            trial.storage.set_trial_system_attr(trial._trial_id, f"artifacts:{name}", "{}")
-        # ... and the record (tuner.callbacks.EpochRecorder, once at the end of a cached trial,
-        # whose epochs take milliseconds) with both artifact ids, in one write.
-        record: dict[str, Any] = {
-            "train_accuracy": [0.5] * EPOCHS,
-            "val_loss": [1.0] * EPOCHS,
-            "gap": 0.0,
-            "epoch_seconds": [0.001] * EPOCHS,
-            "weights_artifact": "00000000-0000-0000-0000-000000000000",
-            "curve_artifact": "00000000-0000-0000-0000-000000000001",
-        }
-        write(trial, record)
+        # tuner.objective.EpochRecorder writes the per-epoch lists once at the end of a
+        # cached trial (its epochs take milliseconds; it flushes at most every 5 s).
+        trial.set_user_attr("train_accuracy", [0.5] * EPOCHS)
+        trial.set_user_attr("val_loss", [1.0] * EPOCHS)
+        trial.set_user_attr("gap", 0.0)
+        trial.set_user_attr("epoch_seconds", [0.001] * EPOCHS)
+        # the artifact ids of the head's weights and the learning-curve PNG
+        trial.set_user_attr("weights_artifact", "00000000-0000-0000-0000-000000000000")
+        trial.set_user_attr("curve_artifact", "00000000-0000-0000-0000-000000000000")
         return 0.5
 
     return objective
 
 
-def worker(
-    spec: StudySpec, url: str, target: int, batched: bool, barrier: Any, results: Any
-) -> None:
+def worker(spec: StudySpec, url: str, target: int, barrier: Any, results: Any) -> None:
     """One worker process: the worker loop's claim protocol around the trivial objective."""
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, spec)
     study = open_study(spec, storage)
     lock = BudgetLock(storage, url, study.study_name)
-    inner = trivial_objective(spec, batched)
+    inner = trivial_objective(spec)
 
     def objective(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
@@ -131,15 +108,13 @@ def worker(
     results.put((start, time.time(), time.process_time() - cpu))
 
 
-def measure(
-    kind: str, url: str, workers: int, trials: int, batched: bool = True
-) -> dict[str, float]:
+def measure(kind: str, url: str, workers: int, trials: int) -> dict[str, float]:
     """Run ``trials`` trials with ``workers`` processes; check the study afterwards."""
     name = f"bench_{kind}_{workers}_{os.getpid()}_{time.time_ns()}"
     spec = load_spec("clothing", [f"study.name={name}", "search.warm_start=[]"])
     open_study(spec, open_storage(url, spec))  # created once, outside the timing
     barrier, results = SPAWN.Barrier(workers), SPAWN.Queue()
-    args = (spec, url, trials, batched, barrier, results)
+    args = (spec, url, trials, barrier, results)
     procs = [SPAWN.Process(target=worker, args=args) for _ in range(workers)]
     for p in procs:
         p.start()
@@ -216,13 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--trials", type=int, default=48, help="trials per measurement")
     parser.add_argument("--trial-seconds", type=float, help="a cached trial's time, if known")
-    parser.add_argument(
-        "--writes",
-        nargs="+",
-        default=["batched"],
-        choices=WRITES,
-        help="user attributes in tuner's batched writes, or one write each (previous release)",
-    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore")
@@ -231,10 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         for kind, url in backend_urls(args.backends, Path(tmp)).items():
             for n in args.workers:
-                for writes in args.writes:
-                    r = measure(kind, url, n, args.trials, writes == "batched")
-                    rows.append((f"{kind}, {writes}", n, r))
-                    print(f"  {rows[-1][0]} x{n}: {r['per_second']:.1f} trials/s", flush=True)
+                rows.append((kind, n, measure(kind, url, n, args.trials)))
+                print(f"  {kind} x{n}: {rows[-1][2]['per_second']:.1f} trials/s", flush=True)
     trial_s = args.trial_seconds or cached_trial_seconds()
     print(f"\none cached clothing trial: {trial_s:.2f} s\n")
     print("| storage | workers | trials/s | wall per trial | CPU per trial | overhead |")

@@ -22,7 +22,6 @@ with quiet_tensorflow():
     from optuna_integration import KerasPruningCallback
 
 from tuner import attrs
-from tuner.attr_writes import set_user_attrs
 from tuner.space import Space, format_params
 
 __all__ = ["EpochRecorder", "PruningBeforeLastEpoch"]
@@ -79,21 +78,19 @@ class EpochRecorder(keras.callbacks.Callback):
         if time.perf_counter() - self._flushed >= self.flush_every:
             self.flush()
 
-    def record(self) -> dict[str, Any]:
-        """The attributes recorded so far, by name; empty before the first epoch."""
+    def flush(self) -> None:
+        """Write the attributes recorded so far to the trial."""
         if not self.train_accuracy:
-            return {}
+            return
         gap = self.train_accuracy[-1] - self.val_accuracy[-1]
-        return {
+        record = {
             attrs.TRAIN_ACCURACY: self.train_accuracy,
             attrs.VAL_LOSS: [v if math.isfinite(v) else None for v in self.val_loss],
             attrs.GAP: gap if math.isfinite(gap) else None,
             attrs.EPOCH_SECONDS: self.epoch_seconds,
         }
-
-    def flush(self, extra: dict[str, Any] | None = None) -> None:
-        """Write the attributes recorded so far, and ``extra``, to the trial in one write."""
-        set_user_attrs(self.trial, {**self.record(), **(extra or {})})
+        for key, value in record.items():
+            self.trial.set_user_attr(key, value)
         self._flushed = time.perf_counter()
 
 

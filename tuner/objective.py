@@ -31,7 +31,6 @@ with quiet_tensorflow():
 
 from tuner import attrs
 from tuner import features as feature_cache
-from tuner.attr_writes import set_user_attrs
 from tuner.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.data import DatasetScan, load_split
 from tuner.errors import StorageError
@@ -171,10 +170,9 @@ def _fit(
 
 def _upload(
     store: ArtifactStore | None, trial: optuna.Trial, attr: str, name: str, write: Any
-) -> dict[str, str]:
-    """Write the file ``name`` with ``write`` and upload it; ``{attr: artifact id}`` to record."""
+) -> None:
     if store is None:
-        return {}
+        return
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
             path = Path(tmp) / name
@@ -189,7 +187,7 @@ def _upload(
             f"cannot write trial files to {where} ({e.strerror or e}); free space, or point "
             "storage.artifacts at another folder"
         ) from None
-    return {attr: artifact}
+    trial.set_user_attr(attr, artifact)
 
 
 class StopCheck(keras.callbacks.Callback):
@@ -218,8 +216,10 @@ _WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
 def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
     """Record where the trial runs, start Keras afresh, and return the trial's seed."""
     # A retried trial inherits the failed one's attributes; clear what no longer holds.
-    cleared = dict.fromkeys(attrs.STALE & trial.user_attrs.keys())
-    set_user_attrs(trial, {**cleared, attrs.CACHE: data.cache, attrs.WORKER: worker_id()})
+    for stale in attrs.STALE & trial.user_attrs.keys():
+        trial.set_user_attr(stale, None)
+    trial.set_user_attr(attrs.CACHE, data.cache)
+    trial.set_user_attr(attrs.WORKER, worker_id())
     seed = spec.model.seed + trial.number
     if data.features is not None:
         # A cached trial takes well under a second, and a full garbage collection would be a
@@ -272,36 +272,32 @@ def make_objective(
         except _WORKER_STOPS:
             raise
         except optuna.TrialPruned:
-            # the record, where it stopped and the curve's id: one storage write
-            pruned = {attrs.PRUNED_AT_EPOCH: len(recorder.val_accuracy) - 1}
-            try:
-                pruned |= _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
-            finally:
-                recorder.flush(pruned)
+            recorder.flush()
+            trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
+            _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
-            signal = e.args[0] if e.args else "SIGINT"
-            recorder.flush({attrs.FAIL_REASON: f"interrupted by {signal}"})
+            recorder.flush()
+            trial.set_user_attr(
+                attrs.FAIL_REASON, f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
+            )
             raise
         except Exception as e:
-            recorder.flush({attrs.FAIL_REASON: f"{type(e).__name__}: {e}"[:500]})
+            recorder.flush()
+            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
             raise
+        recorder.flush()
         value = recorder.val_accuracy[-1]
         if not math.isfinite(value):
-            recorder.flush()
             raise optuna.TrialPruned("validation accuracy is not a number")
-        files: dict[str, str] = {}
-        try:  # the record and both artifact ids: one storage write
-            files |= _upload(
-                artifact_store,
-                trial,
-                attrs.WEIGHTS_ARTIFACT,
-                "weights.npz",
-                lambda p: save_trained_weights(trained, p),
-            )
-            files |= _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
-        finally:
-            recorder.flush(files)
+        _upload(
+            artifact_store,
+            trial,
+            attrs.WEIGHTS_ARTIFACT,
+            "weights.npz",
+            lambda p: save_trained_weights(trained, p),
+        )
+        _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
         return value
 
     return objective
@@ -309,12 +305,12 @@ def make_objective(
 
 def _upload_curve(
     store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder, epochs: int
-) -> dict[str, str]:
+) -> None:
     if store is None or not rec.val_accuracy:
-        return {}
+        return
     title = f"Trial {trial.number}: {format_params(trial.params)}"
 
     def write(path: Path) -> None:
         write_learning_curve(path, rec.train_accuracy, rec.val_accuracy, epochs, title)
 
-    return _upload(store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", write)
+    _upload(store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", write)

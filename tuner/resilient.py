@@ -13,7 +13,7 @@ failed this worker's trial as stale, so the owner can stop it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
@@ -22,7 +22,6 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.attr_writes import set_trial_user_attrs
 from tuner.errors import StorageError
 from tuner.faults import StorageWatch
 
@@ -108,11 +107,6 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
 
         return self.watch.call(write)
-
-    def set_trial_user_attrs(self, trial_id: int, values: Mapping[str, Any]) -> None:
-        """Several user attributes in one write of the wrapped storage; retried as a whole."""
-        inner = self.inner
-        self.watch.call(lambda: set_trial_user_attrs(inner, trial_id, values))
 
     def get_all_trials(
         self,

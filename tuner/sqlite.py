@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
 from optuna.storages import RDBStorage
-
-from tuner.attr_writes import write_rdb_user_attrs
 
 __all__ = ["SQLiteStorage"]
 
@@ -104,11 +102,6 @@ class SQLiteStorage(RDBStorage):
 
         # Connections opened while Optuna created the tables predate the listeners.
         self.engine.dispose()
-
-    @_writing
-    def set_trial_user_attrs(self, trial_id: int, values: Mapping[str, Any]) -> None:
-        """Several user attributes of a trial in one transaction (see tuner.attr_writes)."""
-        write_rdb_user_attrs(self, trial_id, values)
 
 
 for _name in _WRITES:
