@@ -126,3 +126,23 @@ def test_a_nan_loss_prunes_the_trial_and_the_search_goes_on() -> None:
     study.optimize(make_objective(spec, _data(poison=True), None, say=lambda _: None), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all("diverged" in t.user_attrs["prune_reason"] for t in study.trials)
+
+
+def test_complete_and_pruned_trials_keep_their_learning_curve_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+    from PIL import Image
+
+    from tuner.objective import make_objective
+
+    spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
+    store = FileSystemArtifactStore(tmp_path)
+    for data, state in ((_data(), TrialState.COMPLETE), (_data(poison=True), TrialState.PRUNED)):
+        study = optuna.create_study(direction="maximize")
+        study.optimize(make_objective(spec, data, store, say=lambda _: None), n_trials=1)
+        trial = study.trials[0]
+        assert trial.state == state
+        metas = {m.artifact_id: m for m in get_all_artifact_meta(trial, storage=study._storage)}
+        curve = metas[trial.user_attrs["curve_artifact"]]
+        assert curve.filename == "learning_curve.png"
+        with Image.open(tmp_path / curve.artifact_id) as image:
+            assert image.format == "PNG"

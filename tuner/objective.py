@@ -34,7 +34,7 @@ from tuner import features as feature_cache
 from tuner.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.data import DatasetScan, load_split
 from tuner.errors import StorageError
-from tuner.headfit import HeadTrainer
+from tuner.headfit import HeadTrainer, kernels_kept
 from tuner.model import (
     assemble,
     build_feature_extractor,
@@ -42,12 +42,12 @@ from tuner.model import (
     compile_model,
     save_trained_weights,
 )
-from tuner.plots import learning_curve_figure, save_figure
 from tuner.recipes import HEAD, Params, Recipe, recipe_for
 from tuner.search import suggest
 from tuner.signals import TrialLost
 from tuner.space import format_params
 from tuner.spec import StudySpec
+from tuner.trial_curve import write_learning_curve
 
 tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
 
@@ -220,13 +220,17 @@ def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
         trial.set_user_attr(stale, None)
     trial.set_user_attr(attrs.CACHE, data.cache)
     trial.set_user_attr(attrs.WORKER, worker_id())
+    seed = spec.model.seed + trial.number
     if data.features is not None:
         # A cached trial takes well under a second, and a full garbage collection would be a
-        # quarter of it; Python's own collector frees the dropped heads soon enough.
-        keras.backend.clear_session(free_memory=False)
-    elif data.extractor is None:
+        # quarter of it; Python's own collector frees the dropped heads soon enough. The kept
+        # epoch functions keep their instantiated kernels (see kernels_kept).
+        with kernels_kept():
+            keras.backend.clear_session(free_memory=False)
+            keras.utils.set_random_seed(seed)
+        return seed
+    if data.extractor is None:
         keras.backend.clear_session()
-    seed = spec.model.seed + trial.number
     keras.utils.set_random_seed(seed)
     return seed
 
@@ -270,7 +274,7 @@ def make_objective(
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
-            _upload_curve(artifact_store, trial, recorder)
+            _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.worker
             recorder.flush()
@@ -293,19 +297,20 @@ def make_objective(
             "weights.npz",
             lambda p: save_trained_weights(trained, p),
         )
-        _upload_curve(artifact_store, trial, recorder)
+        _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
         return value
 
     return objective
 
 
-def _upload_curve(store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder) -> None:
+def _upload_curve(
+    store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder, epochs: int
+) -> None:
     if store is None or not rec.val_accuracy:
         return
-    figure = learning_curve_figure(
-        {format_params(trial.params): (rec.train_accuracy, rec.val_accuracy)},
-        title=f"Trial {trial.number}",
-    )
-    _upload(
-        store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", lambda p: save_figure(figure, p)
-    )
+    title = f"Trial {trial.number}: {format_params(trial.params)}"
+
+    def write(path: Path) -> None:
+        write_learning_curve(path, rec.train_accuracy, rec.val_accuracy, epochs, title)
+
+    _upload(store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", write)
