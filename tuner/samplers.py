@@ -9,7 +9,9 @@ is the number of points.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
 
 from tuner.errors import SpecError
@@ -37,7 +39,9 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> BaseSampler:
             )
         return GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
     if s.kind == "qmc":
-        return QMCSampler(seed=seed, scramble=True)
+        with warnings.catch_warnings():  # Optuna calls it experimental; nothing to act on
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return QMCSampler(seed=seed, scramble=True)
     return RandomSampler(seed=seed)  # random; grid only ever runs its queued points
 
 
