@@ -104,19 +104,18 @@ GRID = {
 
 
 def strategies(study: str, kinds: list[str]) -> list[Strategy]:
-    """The grid, then each sampler kind with the spec's pruner and without pruning.
+    """The grid, then each sampler kind: with the spec's pruner, without pruning, and cold.
 
-    Every strategy but the grid keeps the spec's warm start (the manual sweep's
-    rates come first, as they do for a user), and TPE is also run without it.
+    The first two keep the spec's warm start (the points a user's study runs
+    first); "cold" drops it, to show what the sampler finds on its own.
     """
     found = [Strategy("grid (manual sweep)", ("sampler.kind=grid", NO_PRUNING, GRID[study]))]
     for kind in kinds:
         found.append(Strategy(f"{kind}, median pruner", (f"sampler.kind={kind}",)))
         found.append(Strategy(f"{kind}, no pruning", (f"sampler.kind={kind}", NO_PRUNING)))
-    if "tpe" in kinds:
         found.append(
             Strategy(
-                "tpe, median pruner, no warm start", ("sampler.kind=tpe", "search.warm_start=[]")
+                f"{kind}, median pruner, cold", (f"sampler.kind={kind}", "search.warm_start=[]")
             )
         )
     return found

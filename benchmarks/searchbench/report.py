@@ -67,19 +67,26 @@ def table(rows: list[dict[str, Any]], grid_best: float, title: str) -> Table:
 
 
 def markdown(rows: list[dict[str, Any]], grid_best: float) -> str:
-    """The table as Markdown, for the README."""
+    """The table as Markdown for the README: one row per strategy, the budgets side by side."""
+    budgets = sorted({r["budget"] for r in rows})
+    b = " / ".join(str(x) for x in budgets)
     lines = [
-        "| strategy | budget | median best | vs grid | worst best | reach grid's best "
-        "| epochs to grid's best |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| strategy | median best at {b} epochs | worst best | reach the grid's best "
+        "| epochs to the grid's best (median) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    by_name: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        epochs = r["epochs_to_grid"]
-        lines.append(
-            f"| {r['strategy']} | {r['budget']} | {r['median']:.3f} | "
-            f"{100 * (r['median'] - grid_best):+.1f} pt | {r['worst']:.3f} | "
-            f"{100 * r['reach_grid']:.0f}% | {'never' if math.isinf(epochs) else f'{epochs:g}'} |"
-        )
+        by_name.setdefault(r["strategy"], []).append(r)
+    for name, mine in by_name.items():
+        mine.sort(key=lambda r: r["budget"])
+        epochs = mine[-1]["epochs_to_grid"]
+        medians = " / ".join(f"{r['median']:.3f}" for r in mine)
+        worst = " / ".join(f"{r['worst']:.3f}" for r in mine)
+        reach = " / ".join(f"{100 * r['reach_grid']:.0f}%" for r in mine)
+        to_grid = "never" if math.isinf(epochs) else f"{epochs:g}"
+        lines.append(f"| {name} | {medians} | {worst} | {reach} | {to_grid} |")
+    lines.append(f"\nThe grid's best: {grid_best:.3f}.")
     return "\n".join(lines)
 
 
@@ -105,7 +112,7 @@ def plot(
                 continue
             columns = list(zip(*[[p.best_within(x) for x in xs] for p in paths], strict=True))
             kind = name.split(",")[0]
-            style = ":" if "no warm start" in name else "-"
+            style = ":" if "cold" in name else "-"
             (line,) = ax.plot(xs, [statistics.median(c) for c in columns], style,
                               color=colors.get(kind), label=name, linewidth=1.6)  # fmt: skip
             colors.setdefault(kind, line.get_color())
