@@ -131,6 +131,10 @@ def replay_command(
     samplers: Annotated[
         str, typer.Option(help="sampler kinds, comma-separated")
     ] = "random,tpe,gp,qmc",
+    also: Annotated[
+        list[str] | None,
+        typer.Option(help='another strategy, "LABEL=KEY=VALUE;KEY=VALUE" (spec overrides)'),
+    ] = None,
     plot_to: Annotated[
         Path | None, typer.Option("--plot", help="write the plot here (PNG)")
     ] = None,
@@ -142,7 +146,7 @@ def replay_command(
     kinds = [k.strip() for k in samplers.split(",") if k.strip()]
     budget = max(BUDGETS)
     runs: dict[str, list[Trajectory]] = {}
-    for strategy in strategies(which, kinds):
+    for strategy in [*strategies(which, kinds), *map(_parse_strategy, also or [])]:
         seed_list = (
             [0] if strategy.name.startswith("grid") else range(first_seed, first_seed + seeds)
         )
@@ -271,6 +275,13 @@ def _compare_live(done: dict[str, Any], budget: int) -> None:
         t.add_row(tag, f"{live:.4f}", f"{predicted:.4f}", _yes(live >= grid_live),
                   _yes(predicted >= grid_replay))  # fmt: skip
     console.print(t)
+
+
+def _parse_strategy(text: str) -> Strategy:
+    label, sep, sets = text.partition("=")
+    if not sep or not label.strip():
+        raise typer.BadParameter(f"{text!r}: write it as LABEL=KEY=VALUE;KEY=VALUE")
+    return Strategy(label.strip(), tuple(s.strip() for s in sets.split(";") if s.strip()))
 
 
 def _yes(flag: bool) -> str:
