@@ -160,9 +160,10 @@ def replay_command(
     console.print(table(rows, grid_best, f"{spec_name}: best validation accuracy by epochs spent"))
     console.print(f"best recorded configuration: {curves.ceiling:.4f}")
     console.print(markdown(rows, grid_best), markup=False)
-    if plot_to:
+    if plot_to:  # the strategies above; --also ones are in the table only
+        shown = {s.name for s in strategies(which, kinds)}
         plot(
-            runs,
+            {name: paths for name, paths in runs.items() if name in shown},
             grid_best,
             budget,
             f"{spec_name}: best-so-far over seeds {first_seed}-{first_seed + seeds - 1}",

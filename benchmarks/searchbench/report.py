@@ -118,7 +118,8 @@ def plot(
             colors.setdefault(kind, line.get_color())
             low = [_quantile(c, 0.1) for c in columns]
             high = [_quantile(c, 0.9) for c in columns]
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.1, linewidth=0)
+            alpha = 0.05 if "cold" in name else 0.12
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=alpha, linewidth=0)
         ax.axhline(grid_best, color="black", linewidth=1, linestyle="--", label="grid's best")
         ax.axvline(40, color="grey", linewidth=0.6)
         ax.set_title("with the median pruner" if pruned else "without pruning", fontsize=10)
