@@ -445,11 +445,17 @@ def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> Non
 def test_docker_stop_fails_the_trial_and_another_worker_reruns_it(
     stack: Callable[..., Stack],
 ) -> None:
-    s = stack(budget=4, epochs=300, **{"pruner.kind": "none"})
+    # Cached epochs take milliseconds: trials long enough, and a window wide enough, that the
+    # poll finds one mid-training and the stop lands before it ends.
+    s = stack(budget=4, epochs=2000, **{"pruner.kind": "none"})
     _up(s)
     hosts = _hosts(s)
     victim = _wait_for(
-        "a trial in training", lambda: _in_training(s, set(hosts), range(1, 20)), 300, s.logs
+        "a trial in training",
+        lambda: _in_training(s, set(hosts), range(1, 1000)),
+        300,
+        s.logs,
+        every=0.2,
     )
     host = victim.user_attrs["worker"].split(":")[0]
     stop_timeout = 10  # docker stop's default
