@@ -82,3 +82,15 @@ def test_until_stops_before_the_next_trial() -> None:
         spec, storage, "memory", objective_for, n_trials=50, until=lambda: len(seen) >= 6
     )
     assert report.ran == 6 and len(storage.get_all_trials(0)) == 6
+
+
+def test_timeout_is_a_deadline_before_each_trial() -> None:
+    import time
+
+    from tuner.worker import _deadline
+
+    assert _deadline(None) is None and _deadline(0) is None
+    reached = _deadline(0.2)
+    assert reached is not None and not reached()
+    time.sleep(0.25)
+    assert reached()

@@ -7,9 +7,9 @@ budget is set, so that the pool's parent process never loads it.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import optuna
@@ -214,14 +214,13 @@ def run_worker(
         StorageError: when the storage stays unreachable for longer than
             ``storage.outage_tolerance``, or has a fatal fault (full, read-only, damaged).
     """
-    signals = signals or StopSignals()
-    board = PhaseBoard(storage, spec.study.name, worker_name())
-    with signals.installed(), board:
-        s = _Session(spec, storage, url, signals, board)
+    with _session(spec, storage, url, signals) as s:
+        board = s.board
         try:
             study, scan = preflight(
                 spec, s.storage, worker_index=worker_index,
-                accept_space_change=accept_space_change, check=signals.check, publish=board.set,
+                accept_space_change=accept_space_change, check=s.signals.check,
+                publish=board.set,
             )  # fmt: skip
             target = sampler_budget(spec, n_trials or spec.search.n_trials)
             if _done(study, target, board, before_start=True):
@@ -230,16 +229,16 @@ def run_worker(
             board.set("loading TensorFlow")
             from tuner.objective import make_objective, prepare_data  # loads TensorFlow
 
-            signals.check()
+            s.signals.check()
             board.set("loading data")
-            with features_progress(study, spec, board, signals.check) as progress:
+            with features_progress(study, spec, board, s.signals.check) as progress:
                 data = prepare_data(spec, scan, say, progress)
             store = artifact_store_for(url, spec)
             objective = make_objective(spec, data, store, say, check=s.check)
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
-        return _trial_loop(s, study, objective, target, timeout)
+        return _trial_loop(s, study, objective, target, _deadline(timeout))
 
 
 def run_objective(
@@ -267,15 +266,38 @@ def run_objective(
         until: asked before each trial; once it answers True no new trial starts
             (a budget of the caller's, such as epochs spent).
     """
+    with _session(spec, storage, url, signals) as s:
+        study = open_study(spec, s.storage, worker_index=worker_index)
+        target = sampler_budget(spec, n_trials or spec.search.n_trials)
+        if _done(study, target, s.board, before_start=True):
+            return _report([], None)
+        return _trial_loop(s, study, objective_for(s.check), target, until)
+
+
+@contextlib.contextmanager
+def _session(
+    spec: StudySpec, storage: BaseStorage, url: str, signals: StopSignals | None
+) -> Iterator[_Session]:
+    """The worker's signals installed and its phase published, for as long as it runs."""
     signals = signals or StopSignals()
     board = PhaseBoard(storage, spec.study.name, worker_name())
     with signals.installed(), board:
-        s = _Session(spec, storage, url, signals, board)
-        study = open_study(spec, s.storage, worker_index=worker_index)
-        target = sampler_budget(spec, n_trials or spec.search.n_trials)
-        if _done(study, target, board, before_start=True):
-            return _report([], None)
-        return _trial_loop(s, study, objective_for(s.check), target, None, until)
+        yield _Session(spec, storage, url, signals, board)
+
+
+def _deadline(timeout: float | None) -> Callable[[], bool] | None:
+    """``--timeout``: true, said once, when no new trial may start any more."""
+    if not timeout:
+        return None
+    end = time.monotonic() + timeout
+
+    def reached() -> bool:
+        if time.monotonic() < end:
+            return False
+        say(f"--timeout {timeout:g} s reached; starting no new trial")
+        return True
+
+    return reached
 
 
 def _done(
@@ -306,10 +328,9 @@ def _trial_loop(
     study: optuna.Study,
     objective: Objective,
     target: int,
-    timeout: float | None,
     until: Callable[[], bool] | None = None,
 ) -> WorkerReport:
-    """Run trials until the study holds ``target`` finished ones (or a stop)."""
+    """Run trials until the study holds ``target`` finished ones, ``until`` says so, or a stop."""
     spec, run, storage, signals = s.spec, s.run, s.storage, s.signals
     lock = BudgetLock(s.raw, s.url, study.study_name, s.watch)
 
@@ -329,16 +350,12 @@ def _trial_loop(
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
 
-    deadline = time.monotonic() + timeout if timeout else math.inf
     ran: list[FrozenTrial] = []
     waiting = _Waiting(is_heartbeat_enabled(storage), spec.storage.grace_period)
     failures = 0
     try:
         while True:
             signals.check()
-            if time.monotonic() >= deadline:
-                say(f"--timeout {timeout:g} s reached; starting no new trial")
-                break
             if until is not None and until():
                 break
             with lock:

@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.storages import InMemoryStorage
 
-from searchbench.record import read_curves
+from searchbench.record import grid_sets, read_curves
 from tuner.data import scan_dataset
 from tuner.spec import StudySpec, load_spec
 from tuner.worker import run_objective
@@ -83,9 +83,7 @@ def record_head_grid(
     """Train one clothing-head trial per point on ``features``; return the curves."""
     from tuner.objective import TrialData, make_objective
 
-    sets = [*sets, "study.name=search-record-head", "sampler.kind=grid", "pruner.kind=none",
-            f"model.seed={model_seed}", f"search.n_trials={len(points)}",
-            "search.warm_start=[" + ", ".join(_inline(p) for p in points) + "]"]  # fmt: skip
+    sets = [*sets, f"model.seed={model_seed}", *grid_sets("search-record-head", points)]
     spec = load_spec("clothing-head", sets)
     data = TrialData(scan, "hit", features=features)
     storage = InMemoryStorage()
@@ -103,7 +101,3 @@ def record_head_grid(
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _inline(point: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k} = {v!r}" for k, v in point.items()) + "}"

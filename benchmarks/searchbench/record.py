@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from tuner.spec import load_spec
 
-__all__ = ["log_grid", "read_curves", "record_study", "run_tuner_worker"]
+__all__ = ["grid_sets", "log_grid", "read_curves", "record_study", "run_tuner_worker"]
 
 
 def log_grid(low: float, high: float, per_decade: int) -> list[float]:
@@ -50,18 +50,9 @@ def record_study(
         workdir: where the study's SQLite file and log go.
         tag: names the file and the study.
     """
-    db = workdir / f"{tag}.db"
     name = f"search-record-{tag}"
-    url = f"sqlite:///{db}"
-    warm = "[" + ", ".join(_toml_table(p) for p in points) + "]"
-    sets = [
-        *sets,
-        f"study.name={name}",
-        "sampler.kind=grid",
-        "pruner.kind=none",
-        f"search.n_trials={len(points)}",
-        f"search.warm_start={warm}",
-    ]
+    url = f"sqlite:///{workdir / f'{tag}.db'}"
+    sets = [*sets, *grid_sets(name, points)]
     print(f"recording {len(points)} configurations of {study} ({tag})", flush=True)
     command = run_tuner_worker(study, sets, url, workdir / f"{tag}.log")
     seed = load_spec(study, sets).model.seed
@@ -104,5 +95,16 @@ def read_curves(study: optuna.Study, model_seed: int) -> list[dict[str, Any]]:
     return curves
 
 
-def _toml_table(point: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in point.items()) + "}"
+def grid_sets(name: str, points: list[dict[str, Any]]) -> list[str]:
+    """The overrides that make a study train each of ``points`` once, in full, and stop."""
+    warm = ", ".join(
+        "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in point.items()) + "}"
+        for point in points
+    )
+    return [
+        f"study.name={name}",
+        "sampler.kind=grid",
+        "pruner.kind=none",
+        f"search.n_trials={len(points)}",
+        f"search.warm_start=[{warm}]",
+    ]

@@ -37,12 +37,10 @@ class Strategy:
     name: str
     sets: tuple[str, ...]
 
-    def spec(self, study: str, seed: int, budget: int) -> StudySpec:
-        # A bound on the trials: every trial but the warm start's trains two epochs or more.
-        return load_spec(
-            study,
-            [*self.sets, f"sampler.seed={seed}", f"search.n_trials={budget}", "study.name=replay"],
-        )
+    def spec(self, study: str, seed: int, budget: int, epochs: int) -> StudySpec:
+        # Every trial trains an epoch at least: the budget of epochs bounds the trials.
+        sets = [f"sampler.seed={seed}", f"search.n_trials={budget}", f"train.epochs={epochs}"]
+        return load_spec(study, [*self.sets, *sets, "study.name=replay"])
 
 
 @dataclass
@@ -65,12 +63,8 @@ class Trajectory:
 
 def replay(curves: Curves, strategy: Strategy, seed: int, budget: int) -> Trajectory:
     """Run ``strategy`` with sampler seed ``seed`` until ``budget`` epochs are spent."""
-    spec = strategy.spec(curves.study, seed, budget)
     epochs = curves.epochs
-    if spec.train.epochs != epochs:
-        spec = load_spec(curves.study, [*strategy.sets, f"sampler.seed={seed}",
-                                        f"search.n_trials={budget}", "study.name=replay",
-                                        f"train.epochs={epochs}"])  # fmt: skip
+    spec = strategy.spec(curves.study, seed, budget, epochs)
     path = Trajectory()
     spent = 0
     best = 0.0
