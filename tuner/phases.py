@@ -43,6 +43,9 @@ PHASE_PREFIX = "tuner:worker:"
 EXITED = "exited"
 # Written this often while nothing changes; a worker silent for STALE_AFTER is shown as gone.
 REFRESH_S = 10.0
+# Written at most this often however often the phase changes: a cached trial takes a fraction
+# of a second, and two storage calls per trial would be a tenth of its time.
+MIN_GAP_S = 1.0
 STALE_AFTER_S = 60.0
 # Exited or silent workers stay in the table this long, then drop out of it.
 FORGET_AFTER_S = 3600.0
@@ -103,6 +106,7 @@ class PhaseBoard:
         study_name: the study to write to, once it exists.
         worker: ``host:pid``, the attribute's name after :data:`PHASE_PREFIX`.
         every: seconds between writes while the phase does not change.
+        min_gap: seconds between writes at least; a change within it is written at its end.
         clock: the current UTC time, for tests.
     """
 
@@ -113,10 +117,11 @@ class PhaseBoard:
         worker: str,
         *,
         every: float = REFRESH_S,
+        min_gap: float = MIN_GAP_S,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     ) -> None:
         self.storage, self.study_name, self.key = storage, study_name, PHASE_PREFIX + worker
-        self.every, self.clock = every, clock
+        self.every, self.min_gap, self.clock = every, min(min_gap, every), clock
         self._phase, self._progress = "starting", ""
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -147,7 +152,9 @@ class PhaseBoard:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.write()
-            self._changed.wait(self.every)
+            if self._stop.wait(self.min_gap):
+                return
+            self._changed.wait(self.every - self.min_gap)
             self._changed.clear()
 
     def start(self) -> None:

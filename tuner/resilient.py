@@ -79,6 +79,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self.inner = optuna.storages.get_storage(inner)  # type: ignore[arg-type]
         self.watch = watch
         self.lost: set[int] = set()  # trials of this worker that another worker failed
+        self._beating: int | None = None  # the trial of the last heartbeat
         self._lost_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -134,12 +135,17 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
         Runs in Optuna's heartbeat thread, which must never die of a storage
         fault: once the worker has given up on the storage, the trial loop
-        reports it, so this thread only stops beating.
+        reports it, so this thread only stops beating. A trial's first beat,
+        sent as it starts, checks nothing: it cannot have been failed as stale yet.
         """
         assert isinstance(self.inner, BaseHeartbeat)
         heartbeat = self.inner
         try:
             self.watch.call(lambda: heartbeat.record_heartbeat(trial_id))
+            with self._lost_lock:
+                first, self._beating = trial_id != self._beating, trial_id
+            if first:  # just claimed: no worker fails it before a grace period without beats
+                return
             state = self.watch.call(lambda: self.inner.get_trial(trial_id).state)
         except StorageError:
             return

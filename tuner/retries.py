@@ -95,19 +95,31 @@ def _stale_ids(storage: BaseStorage, study: optuna.Study) -> set[int]:
     return set(stale(study._study_id))
 
 
-def reap(study: optuna.Study, grace_period: float) -> list[FrozenTrial]:
+def reap(
+    study: optuna.Study, grace_period: float, trials: list[FrozenTrial] | None = None
+) -> list[FrozenTrial]:
     """Fail the study's trials whose workers are gone, and queue them again.
 
     Call it under the study's budget lock, before counting the trials.
 
+    Args:
+        study: the study.
+        grace_period: seconds without heartbeat after which a trial's worker counts as dead.
+        trials: the study's trials as just read under the lock, which spares a read.
+
     Returns:
         The trials this call failed (another worker may have reaped some first).
     """
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if not running:
+        return []
     storage = study._storage
     stale = _stale_ids(storage, study)
     me = owner_record()
     reaped = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         worker = trial.user_attrs.get("worker", "a worker")
         if trial._trial_id in stale:
             reason = (

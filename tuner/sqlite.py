@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
-from optuna.storages import RDBStorage
+
+from tuner.rdbcore import CoreRDBStorage
 
 __all__ = ["SQLiteStorage"]
 
@@ -42,11 +43,19 @@ _WRITES = [
 ]
 
 
-def _writing(method: Callable[..., Any]) -> Callable[..., Any]:
+# Reads that open a connection of their own. Optuna's writes call get_trial inside their
+# transaction (for an error message); on a second connection, a read must not ask for the
+# write lock that the first holds.
+_READS = ["get_trial", "_get_trials", "_get_stale_trial_ids"]
+
+
+def _with_intent(method: Callable[..., Any], write: bool) -> Callable[..., Any]:
+    """``method`` with its transactions begun for writing (IMMEDIATE) or for reading."""
+
     @functools.wraps(method)
     def wrapper(self: SQLiteStorage, *args: Any, **kwargs: Any) -> Any:
         outer = getattr(self._intent, "write", False)
-        self._intent.write = True
+        self._intent.write = write
         try:
             return method(self, *args, **kwargs)
         finally:
@@ -55,7 +64,7 @@ def _writing(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class SQLiteStorage(RDBStorage):
+class SQLiteStorage(CoreRDBStorage):
     """Optuna's RDB storage on a SQLite file, hardened as the module docstring says.
 
     Args:
@@ -104,5 +113,6 @@ class SQLiteStorage(RDBStorage):
         self.engine.dispose()
 
 
-for _name in _WRITES:
-    setattr(SQLiteStorage, _name, _writing(getattr(RDBStorage, _name)))
+for _names, _write in ((_WRITES, True), (_READS, False)):
+    for _name in _names:
+        setattr(SQLiteStorage, _name, _with_intent(getattr(CoreRDBStorage, _name), _write))

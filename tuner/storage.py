@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 from tuner.errors import StorageError
 from tuner.faults import Fault, StorageWatch, classify
 from tuner.paths import nearest_existing, probe_writable
+from tuner.rdbcore import CoreRDBStorage
 from tuner.retries import RetryOrGiveUp
 from tuner.spec import StudySpec, worker_command
 from tuner.sqlite import SQLiteStorage
@@ -240,9 +241,9 @@ def _check_sqlite_file(path: Path, url: str, busy_timeout: float) -> None:
         raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
 
 
-def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> RDBStorage:
+def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> CoreRDBStorage:
     parsed = _parse(url)
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": busy_timeout}
     else:
@@ -258,7 +259,7 @@ def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> RDBStorage:
         }
         if parsed.get_backend_name() == "sqlite":
             return SQLiteStorage(url, busy_timeout, **options)
-        return RDBStorage(url, **options)
+        return CoreRDBStorage(url, **options)
 
 
 def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
