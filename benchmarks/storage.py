@@ -25,15 +25,18 @@ CPU time is not counted.
 
     python3 benchmarks/storage.py                  # every backend, 1, 4 and 8 workers
     python3 benchmarks/storage.py --backends sqlite --workers 8 --trials 96
+    git worktree add /tmp/before REV && python3 benchmarks/storage.py --against /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,8 +127,22 @@ def worker(
     results.put((start, time.time(), end - cpu, *warm))
 
 
-def measure(kind: str, url: str, workers: int, trials: int, folder: Path) -> dict[str, float]:
-    """Run ``trials`` trials with ``workers`` processes; check the study afterwards."""
+def measure(
+    kind: str, url: str, workers: int, trials: int, folder: Path, tree: str | None = None
+) -> dict[str, float]:
+    """Run ``trials`` trials with ``workers`` processes; check the study afterwards.
+
+    ``tree``: a checkout of another version of tuner, measured by this script run
+    again with that tree first on its path (its spawned workers inherit the path).
+    """
+    if tree:
+        command = [sys.executable, __file__, "--measure-one", kind, url, str(workers)]
+        command += [str(trials), str(folder)]
+        env = {**os.environ, "PYTHONPATH": tree}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"the run against {tree} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
     name = f"bench_{kind}_{workers}_{os.getpid()}_{time.time_ns()}"
     spec = load_spec("clothing", [f"study.name={name}", "search.warm_start=[]"])
     open_study(spec, open_storage(url, spec))  # created once, outside the timing
@@ -203,11 +220,23 @@ def backend_urls(kinds: list[str], folder: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--measure-one"]:  # one measurement, for --against: JSON on stdout
+        kind, url, workers, trials, folder = argv[1:]
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.simplefilter("ignore")
+        print(json.dumps(measure(kind, url, int(workers), int(trials), Path(folder))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--trials", type=int, default=48, help="trials per measurement")
     parser.add_argument("--trial-seconds", type=float, help="a cached trial's time, if known")
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="a checkout of another version (git worktree add DIR REV), measured alternately",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore")
@@ -216,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         for kind, url in backend_urls(args.backends, Path(tmp)).items():
             for n in args.workers:
-                rows.append((kind, n, measure(kind, url, n, args.trials, Path(tmp))))
-                print(f"  {kind} x{n}: {rows[-1][2]['per_second']:.1f} trials/s", flush=True)
+                trees = (
+                    [(f"{kind} ({Path(args.against).name})", args.against)] if args.against else []
+                )
+                for label, tree in [*trees, (kind, None)]:
+                    rows.append((label, n, measure(kind, url, n, args.trials, Path(tmp), tree)))
+                    print(f"  {label} x{n}: {rows[-1][2]['per_second']:.1f} trials/s", flush=True)
     trial_s = args.trial_seconds or cached_trial_seconds()
     print(f"\none cached clothing trial: {trial_s:.2f} s\n")
     print(
