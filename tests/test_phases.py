@@ -39,7 +39,35 @@ def test_board_writes_once_the_study_exists_and_marks_its_exit() -> None:
     assert study.user_attrs[PHASE_PREFIX + "host:1"]["phase"] == EXITED
 
 
-def test_board_thread_writes_a_new_phase_at_once() -> None:
+class _CountingStorage(optuna.storages.InMemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def set_study_user_attr(self, study_id: int, key: str, value: object) -> None:
+        self.writes += 1
+        super().set_study_user_attr(study_id, key, value)
+
+
+def test_board_writes_at_most_once_per_gap_however_often_the_phase_changes() -> None:
+    storage = _CountingStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    with PhaseBoard(storage, "s", "host:4", every=3600, min_gap=0.5):
+        pass  # the first write, then the exit
+    base = storage.writes
+    with PhaseBoard(storage, "s", "host:4", every=3600, min_gap=0.5) as board:
+        start = time.monotonic()
+        for trial in range(60):  # a fast trial every 20 ms for 1.2 s
+            board.set(f"training trial {trial}")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        time.sleep(0.7)  # the last change is written at the end of its gap
+        assert study.user_attrs[PHASE_PREFIX + "host:4"]["phase"] == "training trial 59"
+    writes = storage.writes - base
+    assert 2 <= writes <= 2 + elapsed / 0.5 + 1, writes  # not one per change
+
+
+def test_board_thread_writes_a_new_phase_within_its_gap() -> None:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="s", storage=storage)
     with PhaseBoard(storage, "s", "host:2", every=3600) as board:

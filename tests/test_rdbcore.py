@@ -196,3 +196,19 @@ def test_heartbeats_and_stale_trials_are_optunas(rdb_url: str) -> None:
         assert core._get_stale_trial_ids(study_id) == []
     finally:
         own.delete_study(study_id)
+
+
+def test_rows_of_a_trial_created_between_a_reads_two_queries_wait_for_the_next_read(
+    pair: tuple[CoreRDBStorage, RDBStorage, int],
+) -> None:
+    """PostgreSQL reads in READ COMMITTED: the second query may see trials the first did not."""
+    from tuner import rdbcore
+
+    core, own, study_id = pair
+    first = _fill(own, study_id, TrialState.RUNNING, [0.5])
+    _fill(own, study_id, TrialState.RUNNING, [0.5, 0.75])  # "created since the first query"
+    trials_query, _ = rdbcore._reads(rdbcore._TRIALS.c.trial_id == first)
+    _, children_query = rdbcore._reads(rdbcore._TRIALS.c.study_id == study_id)
+    with core.engine.begin() as conn:
+        found = rdbcore._read(conn, trials_query, children_query, {})
+    assert [_comparable(t) for t in found] == [_comparable(own.get_trial(first))]

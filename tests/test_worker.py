@@ -230,3 +230,31 @@ def zip_server(tmp_path: Path, tiny_data: Path) -> Iterator[str]:
 
     with serve_archive(tmp_path, tiny_data) as url:
         yield url
+
+
+def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tuner.worker import _Announcer
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.75, 0.25):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": value},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                value=value,
+            )
+        )
+    announce = _Announcer(study)
+    frozen = study.trials
+    announce(study, frozen[0])  # before any read: only the trial itself is known
+    assert "best so far: trial 0" in capsys.readouterr().err
+    announce.seen(frozen)
+    announce(study, frozen[2])
+    assert "trial 2 x=0.25 finished val_acc=0.2500; best so far: trial 1 x=0.75" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.9})
+    announce(study, pruned)
+    assert "best so far: trial 1" in capsys.readouterr().err
