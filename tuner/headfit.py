@@ -5,7 +5,9 @@ spends most of a trial on overhead: a ``tf.data`` pipeline per call, Python
 callbacks and a dispatch per batch, and a model built, compiled and traced per
 trial. :class:`HeadTrainer` does the same training without it:
 
-- the features sit in memory as tensors, made once per worker;
+- the features sit in memory as tensors, made once per worker; an epoch copies
+  the training rows once, in its order (so a trainer's peak memory is twice
+  the training features), and its batches are slices of that copy;
 - one epoch (every batch, then the validation pass) is one call of a compiled
   ``tf.function``;
 - that function, its model and its Adam optimizer are kept per head
@@ -114,7 +116,8 @@ class HeadTrainer:
         jit_compile: compile the epoch with XLA, for heads without random layers. Off by
             default: a batch's matrix products are small, and XLA's CPU code for them
             (the gradient's above all) is slower than TensorFlow's own kernels; an epoch of
-            the clothing head took about 15-35% longer with it, and tracing 1-2 s more.
+            the clothing head took about 15-35% longer with it on one machine, 60% longer
+            on another once the batches were slices of one gather, and tracing 1-2 s more.
     """
 
     def __init__(
@@ -197,9 +200,8 @@ class HeadTrainer:
         x, y, val_x, val_y, b = self.x, self.y, self.val_x, self.val_y, self.batch_size
         full = self.n // b
 
-        def step(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             """One batch: Keras' train step. Returns the batch's loss and correct count."""
-            xb, yb = tf.gather(x, rows), tf.gather(y, rows)
             with tf.GradientTape() as tape:
                 logits = model(xb, training=True)
                 loss = loss_fn(yb, logits)
@@ -211,13 +213,18 @@ class HeadTrainer:
 
         def epoch(order: tf.Tensor) -> tuple[tf.Tensor, ...]:
             loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-            batches = tf.reshape(order[: full * b], (full, b))
+            # The epoch's full batches gathered in one go, each batch then a view of the
+            # copy: a gather per batch took a third of the epoch.
+            rows = order[: full * b]
+            xs = tf.reshape(tf.gather(x, rows), (full, b, x.shape[1]))
+            ys = tf.reshape(tf.gather(y, rows), (full, b, y.shape[1]))
             for i in tf.range(full):
-                loss, hits = step(batches[i])
+                loss, hits = step(xs[i], ys[i])
                 loss_sum += loss * b
                 correct += hits
             if self.n > full * b:  # the last, partial batch, as fit makes it
-                loss, hits = step(order[full * b :])
+                rest = order[full * b :]
+                loss, hits = step(tf.gather(x, rest), tf.gather(y, rest))
                 loss_sum += loss * (self.n - full * b)
                 correct += hits
             logits = model(val_x, training=False)
