@@ -29,7 +29,7 @@ synthetic features of that shape in the same run (or given with
 alternately with this one.
 
     python3 benchmarks/storage.py                  # every backend, 1, 4 and 8 workers
-    python3 benchmarks/storage.py --backends sqlite --workers 8 --trials 96
+    python3 benchmarks/storage.py --backends sqlite --workers 8 --trials 96 --by-call
     git worktree add /tmp/before REV && python3 benchmarks/storage.py --against /tmp/before
 """
 
@@ -117,15 +117,16 @@ class StorageClock:
 
     def __init__(self, storage: BaseStorage) -> None:
         self.total = 0.0
+        self.by_call: dict[str, float] = {}
         self._lock = threading.Lock()
         self._depth = threading.local()
         public = [n for n in dir(BaseStorage) if not n.startswith("_")]
         for name in [*public, *self.PRIVATE, "record_heartbeat"]:
             method = getattr(storage, name, None)
             if callable(method):
-                setattr(storage, name, self._timed(method))
+                setattr(storage, name, self._timed(name, method))
 
-    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             depth = getattr(self._depth, "n", 0)
             self._depth.n = depth + 1
@@ -135,8 +136,10 @@ class StorageClock:
             finally:
                 self._depth.n = depth
                 if depth == 0:
+                    spent = time.thread_time() - start
                     with self._lock:
-                        self.total += time.thread_time() - start
+                        self.total += spent
+                        self.by_call[name] = self.by_call.get(name, 0.0) + spent
 
         return timed
 
@@ -158,9 +161,12 @@ def worker(
     clock = StorageClock(storage)
     inner = trivial_objective(spec, folder)
     steady: list[tuple[float, float]] = []  # CPU time and storage CPU at each trial's start
+    calls: dict[str, float] = {}  # storage CPU per call at the second trial's start
 
     def objective(trial: optuna.Trial) -> float:
         steady.append((time.process_time(), clock.total))
+        if len(steady) == 2:
+            calls.update(clock.by_call)
         return inner(trial)
 
     barrier.wait()
@@ -169,9 +175,10 @@ def worker(
     end = time.process_time()
     if len(steady) > 1:
         warm = (end - steady[1][0], clock.total - steady[1][1], len(steady) - 1)
+        by_call = {k: v - calls.get(k, 0.0) for k, v in clock.by_call.items()}
     else:
-        warm = (0.0, 0.0, 0)
-    results.put((start, time.time(), end - cpu, *warm))
+        warm, by_call = (0.0, 0.0, 0), {}
+    results.put((start, time.time(), end - cpu, *warm, by_call))
 
 
 def measure(
@@ -212,7 +219,12 @@ def measure(
         optuna.delete_study(study_name=name, storage=storage)  # the databases are shared
     cpu = sum(o[2] for o in outcomes) / trials
     counted = max(1, sum(o[5] for o in outcomes))
+    by_call: dict[str, float] = {}
+    for o in outcomes:
+        for name, spent in o[6].items():
+            by_call[name] = by_call.get(name, 0.0) + spent / counted
     return {
+        "by_call": by_call,
         "per_second": trials / wall,
         "wall_s": wall / trials,
         "cpu_s": cpu,
@@ -290,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="a checkout of another version (git worktree add DIR REV), measured alternately",
     )
+    parser.add_argument(
+        "--by-call", action="store_true", help="also the storage time per trial of each call"
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore")
@@ -318,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {1000 * r['steady_s']:.0f} ms ({100 * r['steady_s'] / trial_s:.1f}%) "
             f"| {1000 * r['storage_s']:.0f} ms | {100 * r['storage_s'] / trial_s:.1f}% |"
         )
+    if args.by_call:
+        print("\nsteady storage CPU per trial, by call, ms (a call inside another counts there)")
+        for kind, n, r in rows:
+            ranked = sorted(r.get("by_call", {}).items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{name} {1000 * t:.1f}" for name, t in ranked if t > 5e-4)
+            print(f"- {kind} x{n}: {shown}")
     return 0
 
 

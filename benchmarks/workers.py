@@ -8,8 +8,13 @@ and TensorFlow start-up included) and in the steady state, from the first
 trial's start to the last trial's end, read from the study itself. The
 pruner is off by default so that every trial does the same 10 epochs of work.
 
+``--against DIR`` runs the same two commands with another checkout of tuner
+(say, the previous release) first on the import path, right after this one's,
+and adds its rows and the ratio of the two steady throughputs.
+
     python3 benchmarks/workers.py                       # 16 trials per run
     python3 benchmarks/workers.py --trials 24 --pruner median
+    git worktree add /tmp/before REV && python3 benchmarks/workers.py --against /tmp/before
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/clothing-dat
 
 
 def run_worker(
-    args: argparse.Namespace, url: str, workers: int, trials: int, log: Path
+    args: argparse.Namespace, url: str, workers: int, trials: int, log: Path, tree: str | None
 ) -> dict[str, Any]:
-    """Run ``tuner worker``; returns its start, wall time, CPU time and the load around it."""
+    """Run ``tuner worker`` (from ``tree`` when given); returns its start, wall time, CPU
+    time and the load around it."""
     sets = {
         "data.dir": args.data,
         "model.weights": "none",
@@ -50,12 +56,20 @@ def run_worker(
     begun, load = datetime.now(), os.getloadavg()[0]
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    # `python -m` puts the working folder first on the import path: run from the tree itself
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
     with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        done = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tree, check=False
+        )
+    code = done.returncode
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code != 0:
-        sys.exit(f"tuner worker --workers {workers} failed ({code}):\n{log.read_text()[-3000:]}")
+        where = f" from {tree}" if tree else ""
+        sys.exit(
+            f"tuner worker --workers {workers}{where} failed ({code}):\n{log.read_text()[-3000:]}"
+        )
     used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     return {"begun": begun, "wall": wall, "cpu": used, "load": (load, os.getloadavg()[0])}
 
@@ -80,9 +94,11 @@ def summarize(url: str, run: dict[str, Any], trials: int) -> dict[str, Any]:
     }
 
 
-def print_table(rows: dict[int, dict[str, Any]], trials: int) -> None:
+def print_table(rows: dict[int, dict[str, Any]], trials: int, code: str = "") -> None:
     """The side-by-side table, in Markdown."""
     base = rows[1]
+    if code:
+        print(f"\n{code}:")
     print(
         "\n| --workers | wall (s) | start-up (s) | trials/min (whole run) | trials/min (steady) "
         "| speed-up (steady) | median trial (s) | of it fitting (s) | CPU s per trial "
@@ -112,20 +128,34 @@ def main(argv: list[str] | None = None) -> int:
         default=str(Path(tempfile.gettempdir()) / "tuner-bench-cache"),
         help="feature cache folder, kept between runs",
     )
+    parser.add_argument("--against", metavar="DIR", help="another checkout of tuner to run too")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"{os.cpu_count()} cores; {args.trials} trials of {args.epochs} epochs per run")
-    rows = {}
+    trees: dict[str, str | None] = {"this checkout": None}
+    if args.against:
+        trees[f"{args.against} (--against)"] = str(Path(args.against).resolve())
+    tables: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="tuner-workers-") as tmp:
         folder = Path(tmp)
-        warm = run_worker(args, f"sqlite:///{folder / 'warm.db'}", 1, 1, folder / "warm.log")
-        print(f"cache warmed (and one trial run) in {warm['wall']:.0f} s", flush=True)
+        for i, (name, tree) in enumerate(trees.items()):
+            warm_url = f"sqlite:///{folder / f'warm{i}.db'}"
+            warm = run_worker(args, warm_url, 1, 1, folder / f"warm{i}.log", tree)
+            print(f"{name}: cache warmed (and one trial run) in {warm['wall']:.0f} s", flush=True)
+            rows = tables[name] = {}
+            for workers in (1, 2):
+                url = f"sqlite:///{folder / f'w{workers}-{i}.db'}"
+                log = folder / f"w{workers}-{i}.log"
+                run = run_worker(args, url, workers, args.trials, log, tree)
+                rows[workers] = summarize(url, run, args.trials)
+                print(f"  --workers {workers}: {run['wall']:.0f} s", flush=True)
+    for name, rows in tables.items():
+        print_table(rows, args.trials, name if len(tables) > 1 else "")
+    if len(tables) > 1:
+        ours, theirs = tables.values()
         for workers in (1, 2):
-            url = f"sqlite:///{folder / f'w{workers}.db'}"
-            run = run_worker(args, url, workers, args.trials, folder / f"w{workers}.log")
-            rows[workers] = summarize(url, run, args.trials)
-            print(f"  --workers {workers}: {run['wall']:.0f} s", flush=True)
-    print_table(rows, args.trials)
+            ratio = ours[workers]["per_min_steady"] / theirs[workers]["per_min_steady"]
+            print(f"--workers {workers}: steady throughput {ratio:.1f}x the --against checkout's")
     return 0
 
 
