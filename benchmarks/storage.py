@@ -118,6 +118,7 @@ class StorageClock:
     def __init__(self, storage: BaseStorage) -> None:
         self.total = 0.0
         self.by_call: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
         self._depth = threading.local()
         public = [n for n in dir(BaseStorage) if not n.startswith("_")]
@@ -140,6 +141,7 @@ class StorageClock:
                     with self._lock:
                         self.total += spent
                         self.by_call[name] = self.by_call.get(name, 0.0) + spent
+                        self.calls[name] = self.calls.get(name, 0) + 1
 
         return timed
 
@@ -161,12 +163,12 @@ def worker(
     clock = StorageClock(storage)
     inner = trivial_objective(spec, folder)
     steady: list[tuple[float, float]] = []  # CPU time and storage CPU at each trial's start
-    calls: dict[str, float] = {}  # storage CPU per call at the second trial's start
+    calls: dict[str, tuple[float, int]] = {}  # CPU and count per call at the 2nd trial's start
 
     def objective(trial: optuna.Trial) -> float:
         steady.append((time.process_time(), clock.total))
         if len(steady) == 2:
-            calls.update(clock.by_call)
+            calls.update({k: (v, clock.calls[k]) for k, v in clock.by_call.items()})
         return inner(trial)
 
     barrier.wait()
@@ -175,7 +177,10 @@ def worker(
     end = time.process_time()
     if len(steady) > 1:
         warm = (end - steady[1][0], clock.total - steady[1][1], len(steady) - 1)
-        by_call = {k: v - calls.get(k, 0.0) for k, v in clock.by_call.items()}
+        by_call = {
+            k: (v - calls.get(k, (0.0, 0))[0], clock.calls[k] - calls.get(k, (0.0, 0))[1])
+            for k, v in clock.by_call.items()
+        }
     else:
         warm, by_call = (0.0, 0.0, 0), {}
     results.put((start, time.time(), end - cpu, *warm, by_call))
@@ -219,10 +224,11 @@ def measure(
         optuna.delete_study(study_name=name, storage=storage)  # the databases are shared
     cpu = sum(o[2] for o in outcomes) / trials
     counted = max(1, sum(o[5] for o in outcomes))
-    by_call: dict[str, float] = {}
+    by_call: dict[str, tuple[float, float]] = {}  # CPU and number of calls, per trial
     for o in outcomes:
-        for name, spent in o[6].items():
-            by_call[name] = by_call.get(name, 0.0) + spent / counted
+        for name, (spent, n) in o[6].items():
+            was = by_call.get(name, (0.0, 0.0))
+            by_call[name] = (was[0] + spent / counted, was[1] + n / counted)
     return {
         "by_call": by_call,
         "per_second": trials / wall,
@@ -334,10 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {1000 * r['storage_s']:.0f} ms | {100 * r['storage_s'] / trial_s:.1f}% |"
         )
     if args.by_call:
-        print("\nsteady storage CPU per trial, by call, ms (a call inside another counts there)")
+        print(
+            "\nstorage CPU per steady trial by call: ms (calls); calls inside another count in it"
+        )
         for kind, n, r in rows:
-            ranked = sorted(r.get("by_call", {}).items(), key=lambda kv: -kv[1])
-            shown = ", ".join(f"{name} {1000 * t:.1f}" for name, t in ranked if t > 5e-4)
+            ranked = sorted(r.get("by_call", {}).items(), key=lambda kv: -kv[1][0])
+            shown = ", ".join(f"{k} {1000 * t:.1f} ({c:.1f})" for k, (t, c) in ranked if t > 5e-4)
             print(f"- {kind} x{n}: {shown}")
     return 0
 

@@ -101,6 +101,7 @@ def test_a_dead_worker_on_another_machine_is_found_by_its_heartbeat(env: Env) ->
     assert "sent no heartbeat for over 3 s" in failed[0].user_attrs["fail_reason"]
 
 
+@pytest.mark.soak
 def test_kill_storm_loses_no_trial(env: Env) -> None:
     # For a minute, a random worker is SIGKILLed every few seconds and started again.
     args = ["--n-trials", "14", *env.overrides(epochs=4, **{"cache.enabled": "false"}),
@@ -125,6 +126,7 @@ def test_kill_storm_loses_no_trial(env: Env) -> None:
     assert sorted({t.params["learning_rate"] for t in warm}) == [1e-4, 1e-3, 1e-2, 1e-1]
 
 
+@pytest.mark.soak
 def test_sigterm_at_random_moments_is_never_swallowed(env: Env) -> None:
     args = ["--n-trials", "6", *env.overrides(epochs=30), *FAST_HEARTBEAT]
     rng = random.Random(3)
