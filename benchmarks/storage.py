@@ -116,9 +116,7 @@ class StorageClock:
     PRIVATE = ("_get_trials", "_set_trial_param", "_get_best_trial_id", "_get_stale_trial_ids")
 
     def __init__(self, storage: BaseStorage) -> None:
-        self.total = 0.0
-        self.by_call: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
+        self.by_call: dict[str, tuple[float, int]] = {}  # CPU seconds and calls, by name
         self._lock = threading.Lock()
         self._depth = threading.local()
         public = [n for n in dir(BaseStorage) if not n.startswith("_")]
@@ -126,6 +124,12 @@ class StorageClock:
             method = getattr(storage, name, None)
             if callable(method):
                 setattr(storage, name, self._timed(name, method))
+
+    @property
+    def total(self) -> float:
+        """CPU seconds inside storage calls so far."""
+        with self._lock:  # other threads (the heartbeat's) add calls
+            return sum(spent for spent, _ in self.by_call.values())
 
     def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -139,9 +143,8 @@ class StorageClock:
                 if depth == 0:
                     spent = time.thread_time() - start
                     with self._lock:
-                        self.total += spent
-                        self.by_call[name] = self.by_call.get(name, 0.0) + spent
-                        self.calls[name] = self.calls.get(name, 0) + 1
+                        was, n = self.by_call.get(name, (0.0, 0))
+                        self.by_call[name] = (was + spent, n + 1)
 
         return timed
 
@@ -163,12 +166,13 @@ def worker(
     clock = StorageClock(storage)
     inner = trivial_objective(spec, folder)
     steady: list[tuple[float, float]] = []  # CPU time and storage CPU at each trial's start
-    calls: dict[str, tuple[float, int]] = {}  # CPU and count per call at the 2nd trial's start
+    calls: dict[str, tuple[float, int]] = {}  # clock.by_call at the second trial's start
 
     def objective(trial: optuna.Trial) -> float:
         steady.append((time.process_time(), clock.total))
         if len(steady) == 2:
-            calls.update({k: (v, clock.calls[k]) for k, v in clock.by_call.items()})
+            with clock._lock:
+                calls.update(clock.by_call)
         return inner(trial)
 
     barrier.wait()
@@ -178,8 +182,8 @@ def worker(
     if len(steady) > 1:
         warm = (end - steady[1][0], clock.total - steady[1][1], len(steady) - 1)
         by_call = {
-            k: (v - calls.get(k, (0.0, 0))[0], clock.calls[k] - calls.get(k, (0.0, 0))[1])
-            for k, v in clock.by_call.items()
+            k: (spent - calls.get(k, (0.0, 0))[0], n - calls.get(k, (0.0, 0))[1])
+            for k, (spent, n) in clock.by_call.items()
         }
     else:
         warm, by_call = (0.0, 0.0, 0), {}
