@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,43 @@ def test_the_heartbeat_stops_quietly_once_the_storage_is_given_up(
     storage.record_heartbeat(trial._trial_id)  # no exception: the trial loop reports it
     with pytest.raises(StorageError, match="gone"):
         storage.get_trial(trial._trial_id)
+
+
+def test_reads_from_lends_one_read_to_its_thread_until_read_afresh(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "shared")
+    done = storage.create_new_trial(sid)
+    storage.set_trial_state_values(done, TrialState.COMPLETE, [0.5])
+    storage.create_new_trial(sid)  # RUNNING
+    trials = storage.get_all_trials(sid, deepcopy=False)
+    reads = _Counting(storage.inner)
+    with storage.reads_from(sid, trials):
+        storage.create_new_trial(sid)  # made inside: not in the lent read
+        assert storage.get_all_trials(sid, deepcopy=False) == trials
+        complete = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.COMPLETE,))
+        assert [t._trial_id for t in complete] == [done] and complete[0] is trials[0]
+        copied = storage.get_all_trials(sid, deepcopy=True)
+        assert copied == trials and copied[0] is not trials[0]
+        assert reads.n == 0
+        other: list[int] = []  # another thread (the heartbeat's, say) reads the study
+        thread = threading.Thread(target=lambda: other.append(len(storage.get_all_trials(sid))))
+        thread.start()
+        thread.join()
+        assert other == [3] and reads.n == 1
+        storage.read_afresh()  # the objective starts: its reads see the study as it is
+        assert len(storage.get_all_trials(sid)) == 3 and reads.n == 2
+    assert len(storage.get_all_trials(sid)) == 3 and reads.n == 3
+
+
+class _Counting:
+    """Counts the calls of ``get_all_trials`` on a storage."""
+
+    def __init__(self, storage: Any) -> None:
+        self.n, self.real = 0, storage.get_all_trials
+        storage.get_all_trials = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.n += 1
+        return self.real(*args, **kwargs)

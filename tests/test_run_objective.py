@@ -94,3 +94,45 @@ def test_timeout_is_a_deadline_before_each_trial() -> None:
     assert reached is not None and not reached()
     time.sleep(0.25)
     assert reached()
+
+
+def test_a_trial_is_claimed_and_sampled_on_one_read_and_trains_on_fresh_ones() -> None:
+    """The loop's read under the budget lock serves Optuna's ask and the TPE sampler too.
+
+    Without the shared read, a trial past the sampler's start-up read the study four
+    times before its first report (the loop, ask's queue, the sampler's search space
+    and its points); with it, once. From its first report on, reads are fresh again.
+    """
+    spec = load_spec("clothing-scratch", ["pruner.kind=none", "study.name=reads"])
+    storage = InMemoryStorage()
+    reads: list[str] = []
+    real = storage.get_all_trials
+
+    def counted(*args: object, **kwargs: object) -> list[optuna.trial.FrozenTrial]:
+        reads.append("read")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    storage.get_all_trials = counted  # type: ignore[method-assign]
+    before_report: list[int] = []
+    after_report: list[list[int]] = []
+
+    def objective_for(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            lr = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+            before_report.append(len(reads))
+            trial.report(lr, 0)
+            running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            after_report.append([t.number for t in running])
+            reads.append("objective")
+            return lr
+
+        return objective
+
+    n = 14  # the 4 warm-start points, the sampler's start-up trials, then TPE's own
+    assert run_objective(spec, storage, "memory", objective_for, n_trials=n).exit_code == 0
+    assert after_report == [[i] for i in range(n)]  # a fresh read sees the trial itself
+    marks = [i for i, r in enumerate(reads) if r == "objective"]
+    # from the end of one trial's objective to the next one's first report: the trial
+    # loop's read alone
+    assert [b - m - 1 for m, b in zip(marks[:-1], before_report[1:], strict=True)] == [1] * (n - 1)
+    assert len(storage.get_all_trials(0)) == n

@@ -8,12 +8,21 @@ a fault is safe; the one write whose second run can see its own first
 (finishing a trial whose commit went through just before the connection
 dropped) is recognised. The heartbeat also notices when another worker has
 failed this worker's trial as stale, so the owner can stop it.
+
+Claiming a trial reads the study several times in a few milliseconds: the
+worker's loop (for the budget), Optuna's ``ask`` (for a queued trial) and the
+sampler (for the search space, then for the points). All of it happens under
+the study's budget lock, where no other worker can create or claim a trial, or
+moments after it, so :meth:`ResilientStorage.reads_from` lets the later reads
+share the loop's read, until the trial first reports.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -44,7 +53,6 @@ _DELEGATED = [
     "get_trial_id_from_study_id_trial_number",
     "get_trial_number_from_id",
     "get_trial_param",
-    "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial",
@@ -81,15 +89,17 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self.lost: set[int] = set()  # trials of this worker that another worker failed
         self._beating: int | None = None  # the trial of the last heartbeat
         self._lost_lock = threading.Lock()
+        self._shared = threading.local()  # the read that reads_from() lends, per thread
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lost_lock"]
+        del state["_lost_lock"], state["_shared"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lost_lock = threading.Lock()
+        self._shared = threading.local()
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -120,11 +130,45 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         Optuna claims the first queued trial it can, so a trial whose worker died is
         finished before queued points that never started, however the budget ends.
         """
-        inner = self.inner
-        found = self.watch.call(lambda: inner.get_all_trials(study_id, deepcopy, states))
+        shared = getattr(self._shared, "read", None)
+        if shared is not None and shared[0] == study_id:
+            found = [t for t in shared[1] if states is None or t.state in states]
+            found = copy.deepcopy(found) if deepcopy else found
+        else:
+            inner = self.inner
+            found = self.watch.call(lambda: inner.get_all_trials(study_id, deepcopy, states))
         if states is not None and tuple(states) == (TrialState.WAITING,):
             found.sort(key=lambda t: "failed_trial" not in t.system_attrs)
         return found
+
+    @contextmanager
+    def reads_from(self, study_id: int, trials: list[FrozenTrial]) -> Iterator[None]:
+        """Inside, this thread's reads of the study filter ``trials`` instead of reading it.
+
+        For claiming a trial and sampling its parameters: ``trials`` must be a read
+        of all the study's trials just made under the study's budget lock. The
+        block ends at the trial's first report (or at :meth:`read_afresh`), so
+        the pruner and the training read the study as it is. The trial this worker
+        creates or claims inside is not in ``trials``, which the sampler does not
+        need (it leaves out the trial it samples for); a trial that another worker
+        finishes or starts in those milliseconds is seen by the next trial, as if
+        this one had been sampled a moment earlier.
+        """
+        self._shared.read = (study_id, trials)
+        try:
+            yield
+        finally:
+            self.read_afresh()
+
+    def read_afresh(self) -> None:
+        """End this thread's :meth:`reads_from` block early: later reads read the study."""
+        self._shared.read = None
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        """Report a value; the trial trains now, so this thread's shared read ends."""
+        self.read_afresh()
+        inner = self.inner
+        self.watch.call(lambda: inner.set_trial_intermediate_value(trial_id, step, value))
 
     def remove_session(self) -> None:
         self.inner.remove_session()

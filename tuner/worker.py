@@ -404,7 +404,9 @@ def _trial_loop(
                     break
                 if finished + len(running) < target:
                     run.number = run.trial_id = None
-                    _run_one(study, claimed_then_run, ran, run, s.watch, announce)
+                    # ask and the sampler share the read just made, until the first report
+                    with storage.reads_from(study._study_id, trials):
+                        _run_one(study, claimed_then_run, ran, run, s.watch, announce)
                     failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
                     run.number = run.trial_id = None
                     if failures >= MAX_CONSECUTIVE_FAILURES:
