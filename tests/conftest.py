@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import socketserver
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -94,6 +95,15 @@ class Env:
     def url(self) -> str:
         return f"sqlite:///{self.db}"
 
+    def study_names(self) -> list[str]:
+        """Study names read straight from the file, without creating it or its schema: a
+        poller that created them would race the workers that do."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as c:
+                return [row[0] for row in c.execute("SELECT study_name FROM studies")]
+        except sqlite3.Error:
+            return []
+
     def overrides(self, epochs: int = 1, **extra: object) -> list[str]:
         """``--set`` arguments for fast TensorFlow runs on the tiny data."""
         sets = {
@@ -167,6 +177,30 @@ def _server_reachable(url: str) -> str | None:
 
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}_{os.getpid()}_{random.Random().randrange(10**9)}"
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """The URL of an own, empty database on the server of ``server_url``; dropped afterwards.
+
+    Skips the test, with the reason, when the server does not answer.
+    """
+    import sqlalchemy
+
+    if (reason := _server_reachable(server_url)) is not None:
+        pytest.skip(f"server not reachable at {server_url}: {reason}")
+    name = unique_name("tuner_fresh")
+    url = sqlalchemy.engine.make_url(server_url)
+    force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "journal", "postgresql", "mysql"])

@@ -30,12 +30,18 @@ from typing import Any
 
 import optuna
 import pytest
-import sqlalchemy
 import yaml
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tests.conftest import PG_URL, REPO, TINY_SIZE, _server_reachable, make_subset, unique_name
+from tests.conftest import (
+    PG_URL,
+    REPO,
+    TINY_SIZE,
+    fresh_database,
+    make_subset,
+    unique_name,
+)
 
 # A cold build (TensorFlow) is part of the first test.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -187,18 +193,8 @@ def _assert_complete_and_consistent(trials: list[FrozenTrial], budget: int) -> N
 @pytest.fixture
 def host_database() -> Iterator[str]:
     """An own, empty database on the shared PostgreSQL; dropped afterwards."""
-    if (reason := _server_reachable(PG_URL)) is not None:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {reason}")
-    name = unique_name("tuner_docker")
-    admin = sqlalchemy.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield str(sqlalchemy.engine.make_url(PG_URL).set(database=name).render_as_string(False))
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_database(PG_URL) as url:
+        yield url
 
 
 def test_image_answers_help_as_its_own_user(image: str) -> None:

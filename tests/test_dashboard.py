@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -446,15 +445,6 @@ def test_learning_curves_of_a_real_worker_are_listed_and_served(
             assert len(body) > 10_000  # a rendered figure, not an empty file
 
 
-def _study_names(db: Path) -> list[str]:
-    """Study names read straight from the file, without creating it or its schema."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return [row[0] for row in conn.execute("SELECT study_name FROM studies")]
-    except sqlite3.Error:
-        return []
-
-
 def _poll(base: str, name: str, study_id: int, failures: list[str]) -> set[str]:
     """One poll of the list and the detail; returns the trial states seen."""
     try:
@@ -469,28 +459,34 @@ def _poll(base: str, name: str, study_id: int, failures: list[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_polling_dashboard_beside_two_workers_causes_no_lock_errors(env: Env) -> None:
-    # Enough epochs that trials outlast a few polls (a cached epoch takes milliseconds). No
-    # pruner: on the tiny data a median pruner may stop a trial, and this test counts six
-    # finished trials to prove that none was lost to a lock.
-    sets = env.overrides(epochs=80, **{"pruner.kind": "none"})
-    args = ["worker", "--storage", env.url, "--n-trials", "6", *sets]
-    logs = [env.root / f"worker{i}.log" for i in range(2)]
-    workers = []
-    for log in logs:
-        with log.open("w") as out:
-            workers.append(
-                subprocess.Popen(tuner_cmd(*args), cwd=env.root, stdout=out, stderr=out)
-            )
-    deadline = time.monotonic() + 120
-    while "clothing" not in _study_names(env.db) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # The dashboard is up before the workers start, and trials outlast several polls (a
+    # cached epoch on the tiny data takes a few milliseconds), so polls overlap running
+    # trials however slowly the machine starts the dashboard. No pruner: on the tiny data a
+    # median pruner may stop a trial, and this test counts finished trials to prove that none
+    # was lost to a lock.
+    sets = env.overrides(epochs=400, **{"pruner.kind": "none"})
+    first = subprocess.run(
+        tuner_cmd("worker", "--storage", env.url, "--n-trials", "1", *sets),
+        cwd=env.root,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
     study = Finished(env.root, env.url, "clothing")
+    args = ["worker", "--storage", env.url, "--n-trials", "7", *sets]
+    logs = [env.root / f"worker{i}.log" for i in range(2)]
+    workers: list[subprocess.Popen[bytes]] = []
     failures: list[str] = []
     states: set[str] = set()
     polls = 0
     with _dashboard(study) as (dash, url):
         base = url.split("/dashboard")[0]
         study_id = int(url.rsplit("/", 1)[1])
+        for log in logs:
+            with log.open("w") as out:
+                workers.append(
+                    subprocess.Popen(tuner_cmd(*args), cwd=env.root, stdout=out, stderr=out)
+                )
         deadline = time.monotonic() + 420
         while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
             states |= _poll(base, "clothing", study_id, failures)
@@ -508,7 +504,7 @@ def test_polling_dashboard_beside_two_workers_causes_no_lock_errors(env: Env) ->
     assert "Traceback" not in dash.output()
     trials = optuna.load_study(study_name="clothing", storage=env.url).get_trials()
     assert not [t.number for t in trials if t.state == TrialState.FAIL]
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 7
 
 
 # --- a real browser ---------------------------------------------------------------------------

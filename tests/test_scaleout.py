@@ -70,19 +70,18 @@ def test_pool_of_two_shares_the_study_with_one_thread_each(env: Env) -> None:
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "both children ran trials"
 
 
-def _wait_for_two_running_epochs(url: str, timeout: float = 300) -> list[int]:
+def _wait_for_two_running_epochs(env: Env, timeout: float = 300) -> list[int]:
     """Pids of the pool's children once each is inside a trial."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(1)
-        try:
-            running = [
-                t
-                for t in _trials(url, "clothing")
-                if t.state == TrialState.RUNNING and t.intermediate_values
-            ]
-        except (KeyError, ValueError):  # the study does not exist yet
+        if "clothing" not in env.study_names():
             continue
+        running = [
+            t
+            for t in _trials(env.url, "clothing")
+            if t.state == TrialState.RUNNING and t.intermediate_values
+        ]
         if len(running) == 2:
             return [int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running]
     raise AssertionError("the pool never had two trials running")
@@ -95,7 +94,7 @@ def test_ctrl_c_stops_every_child_of_the_pool_cleanly(env: Env) -> None:
     args = ["--workers", "2", "--n-trials", "8", *slow]
     pool = _worker(env, env.url, *args, start_new_session=True)
     try:
-        children = _wait_for_two_running_epochs(env.url)
+        children = _wait_for_two_running_epochs(env)
     except AssertionError:
         pool.kill()
         raise AssertionError(pool.communicate()[0]) from None

@@ -8,21 +8,25 @@ No TensorFlow here: each worker is a spawned process that opens the storage with
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
 import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy
+from alembic.runtime.migration import MigrationContext
 from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
-from tests.conftest import unique_name
+from tests.conftest import MYSQL_URL, PG_URL, fresh_database, unique_name
 from tuner.errors import StorageError
 from tuner.search import open_study, suggest
 from tuner.spec import StudySpec, load_spec
@@ -261,3 +265,37 @@ def test_rdb_backends_have_the_heartbeat_and_retry_callback(storage_url: str) ->
     assert storage.grace_period == spec.storage.grace_period
     callback = storage.get_heartbeat_stale_trial_callback()
     assert isinstance(callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage with no schema yet: a new SQLite file, or an own, empty server database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    with fresh_database(PG_URL if request.param == "postgresql" else MYSQL_URL) as url:
+        yield url
+
+
+def test_a_schema_created_by_another_process_at_the_same_moment_is_not_an_error(
+    fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna's schema stamp (alembic's) reads the stamps, finds none and inserts its own. Plain
+    # Optuna and optuna-dashboard take no lock of tuner's, so another process may stamp a fresh
+    # storage between the read and the insert: this runs such a process exactly there.
+    original = MigrationContext._ensure_version_table
+    raced: list[int] = []
+
+    def stamped_by_another_process_first(self: MigrationContext, *args: Any) -> None:
+        if not raced:
+            other = "import sys, optuna; optuna.storages.RDBStorage(sys.argv[1])"
+            raced.append(subprocess.run([sys.executable, "-c", other, fresh_url]).returncode)
+        original(self, *args)
+
+    monkeypatch.setattr(
+        MigrationContext, "_ensure_version_table", stamped_by_another_process_first
+    )
+    spec = _spec(unique_name("race"))
+    study = open_study(spec, open_storage(fresh_url, spec))
+    assert raced == [0]
+    assert study.study_name in optuna.study.get_all_study_names(fresh_url)

@@ -194,12 +194,18 @@ def _check_writable_folder(path: Path, url: str) -> None:
 
 
 def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
-    """Run ``fn``, retrying database errors that come from concurrent creation."""
+    """Run ``fn``, retrying database errors that come from concurrent creation.
+
+    Two processes that create the same schema or study at once both find it
+    missing and both insert it; the loser's insert fails, and its retry finds
+    what the winner made. A fatal fault (a full disk, a read-only or damaged
+    file) is raised at once, since waiting cannot mend it.
+    """
     for attempt in range(attempts):
         try:
             return fn()
-        except (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.ProgrammingError):
-            if attempt == attempts - 1:
+        except (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.ProgrammingError) as e:
+            if attempt == attempts - 1 or ((fault := classify(e)) is not None and fault.fatal):
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
@@ -315,12 +321,13 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
             _probe_server(server_url, spec.storage.connect_timeout)
             return retry_transient(lambda: _rdb_storage(server_url, spec, busy_timeout))
         _check_writable_folder(db_file, url)
-        # Only one process creates the schema of a fresh file.
+        # Only one tuner process creates the schema of a fresh file. Plain Optuna and
+        # optuna-dashboard take no such lock: a race with them is retried.
         with FileLock(f"{db_file}.lock", timeout=busy_timeout):
             with contextlib.closing(sqlite3.connect(db_file, timeout=busy_timeout)) as conn:
                 conn.execute("PRAGMA journal_mode = WAL")
             _check_sqlite_file(db_file, url, busy_timeout)
-            return _rdb_storage(url, spec, busy_timeout)
+            return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
     except FileLockTimeout:
         raise StorageError(
             f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
