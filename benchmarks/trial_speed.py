@@ -18,7 +18,10 @@ cache. Only the objective's training function differs between variants:
 The variants alternate trial by trial (medians, so a shared machine's load
 falls on all of them alike). The first trial of each variant is shown apart:
 it traces. Also printed: the FLOP floor of one epoch at the best matmul rate
-this process reaches (at the start and at the end), the final accuracies of
+this process reaches (at the start and at the end), the same floor at one
+core's rate (a child process with one TensorFlow thread: a trial's batches form
+a chain, each step reading the weights the last one wrote, so one core runs
+them), the final accuracies of
 ``keras fit`` and ``headfit`` trial by trial, and one full-pipeline epoch
 (cache off) for scale.
 
@@ -33,6 +36,7 @@ import cProfile
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,6 +144,17 @@ def matmul_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
+def one_core_gflops() -> float:
+    """The best 2048-square matmul rate of a child process with one TensorFlow thread."""
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code += "from trial_speed import matmul_gflops; print(matmul_gflops())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: the one-thread matmul failed: {out.stderr.strip()[-300:]}")
+    return float(out.stdout.split()[-1])
+
+
 def epoch_gflop(train: int, val: int, dim: int, classes: int, inner: int = 0) -> float:
     """Multiply-adds of one epoch of the head (forward 2, backward 4 per weight and row)."""
     weights = dim * inner + inner * classes if inner else dim * classes
@@ -205,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     loads.append(os.getloadavg()[0])
     full = full_epoch(sets, scan, args.full_epochs) if args.full_epochs else None
     loads.append(os.getloadavg()[0])
-    print_table(args, data, studies, first, walls, epochs, full, max(rate, matmul_gflops()))
+    rates = (max(rate, matmul_gflops()), one_core_gflops())
+    print_table(args, data, studies, first, walls, epochs, full, rates)
     print(f"load average (1 min): {' -> '.join(f'{x:.1f}' for x in loads)}; {os.cpu_count()} CPUs")
     return 0
 
@@ -238,14 +254,15 @@ def print_table(
     walls: dict[str, list[float]],
     epochs: dict[str, list[float]],
     full: float | None,
-    rate: float,
+    rates: tuple[float, float],
 ) -> None:
     """The Markdown table: per variant, median epoch and trial, and the first trial."""
     old = statistics.median(walls["keras fit (previous release)"])
     old_epoch = statistics.median(epochs["keras fit (previous release)"])
     train, val = (len(data.features.features[s]) for s in ("train", "validation"))
     gflop = epoch_gflop(train, val, data.feature_dim, data.num_classes)
-    floor = gflop / rate
+    rate, core_rate = rates
+    floor, core_floor = gflop / rate, gflop / core_rate
     print(f"\n{args.rounds} timed trials of {args.epochs} epochs per variant, alternating\n")
     print("| path | median epoch | median trial | trial speed-up | first trial (traces) |")
     print("|---|---:|---:|---:|---:|")
@@ -260,11 +277,16 @@ def print_table(
         f"| FLOP floor: {gflop:.3f} GFLOP per epoch at {rate:.0f} GFLOP/s (2048^2 matmul) "
         f"| {1000 * floor:.1f} ms | {1000 * floor * args.epochs:.0f} ms | | |"
     )
+    print(
+        f"| FLOP floor at one core's rate: {core_rate:.0f} GFLOP/s (one TensorFlow thread) "
+        f"| {1000 * core_floor:.1f} ms | {1000 * core_floor * args.epochs:.0f} ms | | |"
+    )
     if full is not None:
         print(f"| full pipeline, cache off (one epoch) | {full:.1f} s | | | |")
     print(
         f"\nepoch: {old_epoch / now_epoch:.1f}x faster than keras fit, "
-        f"{now_epoch / floor:.1f}x the FLOP floor"
+        f"{now_epoch / floor:.1f}x the FLOP floor ({os.cpu_count()} CPUs), "
+        f"{now_epoch / core_floor:.1f}x the one-core floor"
     )
     old_acc, now_acc = (
         [t.value for t in studies[n].trials]
