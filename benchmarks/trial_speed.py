@@ -262,7 +262,7 @@ def print_table(
     train, val = (len(data.features.features[s]) for s in ("train", "validation"))
     gflop = epoch_gflop(train, val, data.feature_dim, data.num_classes)
     rate, core_rate = rates
-    floor, core_floor = gflop / rate, gflop / core_rate
+    floor, core_floor = (gflop / r for r in rates)
     print(f"\n{args.rounds} timed trials of {args.epochs} epochs per variant, alternating\n")
     print("| path | median epoch | median trial | trial speed-up | first trial (traces) |")
     print("|---|---:|---:|---:|---:|")
@@ -273,14 +273,11 @@ def print_table(
             f"| {first[name][0]:.2f} s |"
         )
     now_epoch = statistics.median(epochs["headfit (tuner now)"])
-    print(
-        f"| FLOP floor: {gflop:.3f} GFLOP per epoch at {rate:.0f} GFLOP/s (2048^2 matmul) "
-        f"| {1000 * floor:.1f} ms | {1000 * floor * args.epochs:.0f} ms | | |"
-    )
-    print(
-        f"| FLOP floor at one core's rate: {core_rate:.0f} GFLOP/s (one TensorFlow thread) "
-        f"| {1000 * core_floor:.1f} ms | {1000 * core_floor * args.epochs:.0f} ms | | |"
-    )
+    for label, seconds in (
+        (f"FLOP floor: {gflop:.3f} GFLOP per epoch at {rate:.0f} GFLOP/s (2048^2 matmul)", floor),
+        (f"FLOP floor at one core's rate: {core_rate:.0f} GFLOP/s (one TF thread)", core_floor),
+    ):
+        print(f"| {label} | {1000 * seconds:.1f} ms | {1000 * seconds * args.epochs:.0f} ms | | |")
     if full is not None:
         print(f"| full pipeline, cache off (one epoch) | {full:.1f} s | | | |")
     print(
