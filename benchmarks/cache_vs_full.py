@@ -2,10 +2,10 @@
 
 It measures, with tuner's own code paths:
 
-- extraction: ``tuner.features.extract_features`` (Keras's compiled predict step over a
+- extraction: ``tuner.training.features.extract_features`` (Keras's compiled predict step over a
   prefetched pipeline) against a bare ``model.predict`` over the same images, both splits;
 - the epoch time of the full pipeline (frozen Xception + head, cache off) against the
-  cached head, each trained by ``tuner.objective.make_objective``;
+  cached head, each trained by ``tuner.training.objective.make_objective``;
 - the total time of a 10-trial, 10-epoch study each way (the full total is extrapolated
   from its measured epochs);
 - the peak RSS of ``tuner worker`` on the study, with the cache cold, warm and off, and
@@ -35,8 +35,8 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from tuner.data import DatasetScan, load_split, scan_dataset
-from tuner.spec import StudySpec, load_spec
+from tuner.assets.datasets import DatasetScan, load_split, scan_dataset
+from tuner.config.spec import StudySpec, load_spec
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 GIB = 1024**3
@@ -88,8 +88,8 @@ def time_extraction(spec: StudySpec, scan: DatasetScan, repeats: int) -> dict[st
     time (all threads of this process) is the figure that other jobs on a shared
     machine disturb least.
     """
-    from tuner.features import extract_features
-    from tuner.model import build_feature_extractor
+    from tuner.training.features import extract_features
+    from tuner.training.model import build_feature_extractor
 
     extractor = build_feature_extractor(spec)
     size, batch = spec.data.image_size, spec.data.batch_size
@@ -122,7 +122,7 @@ def time_extraction(spec: StudySpec, scan: DatasetScan, repeats: int) -> dict[st
 
 def run_study(spec: StudySpec, scan: DatasetScan, trials: int) -> tuple[list[float], float]:
     """Run ``trials`` trials through tuner's objective in memory; (epoch seconds, wall)."""
-    from tuner.objective import make_objective, prepare_data
+    from tuner.training.objective import make_objective, prepare_data
 
     start = time.perf_counter()
     data = prepare_data(spec, scan, say=lambda line: console.print(f"  {line}", style="dim"))

@@ -160,7 +160,7 @@ def sigterms(run: Run, count: int, rng: random.Random) -> None:
 def measure(run: Run) -> dict[str, object]:
     trials = run.trials()
     study = optuna.load_study(study_name="clothing", storage=run.url)
-    from tuner.retries import gave_up
+    from tuner.storages.retries import gave_up
 
     given = {r["trials"][0] for r in gave_up(study)}
     finished_params = [t.params for t in trials if t.state in FINISHED]

@@ -46,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from tuner.spec import StudySpec, load_spec
+from tuner.config.spec import StudySpec, load_spec
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 # The settings each kind reads; a run is reused only when these are unchanged.

@@ -12,7 +12,7 @@ Two steps, as tabular HPO benchmarks do it (HPOBench, LCBench):
    small CNN trained once on the training split and frozen.
 2. ``replay``: every strategy runs through tuner's own study machinery (the
    spec's sampler and pruner, its warm start, the worker's trial loop and
-   budget, see :func:`tuner.worker.run_objective`), with an objective that
+   budget, see :func:`tuner.runner.worker.run_objective`), with an objective that
    answers from the recorded curves, for many sampler seeds. The table gives,
    per strategy and budget of epochs, the median and worst best validation
    accuracy over seeds, the share of seeds reaching the grid's best, and the

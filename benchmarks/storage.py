@@ -1,8 +1,8 @@
 """Storage overhead: trials per second with a trivial objective, on every backend.
 
 Each worker is a spawned process that opens the storage with
-:func:`tuner.storage.open_storage` and runs the worker's own trial loop,
-:func:`tuner.worker.run_objective`: the clothing spec's study (TPE sampler,
+:func:`tuner.storages.storage.open_storage` and runs the worker's own trial loop,
+:func:`tuner.runner.worker.run_objective`: the clothing spec's study (TPE sampler,
 median pruner), the budget lock, reaping, the phase board, the trial lines.
 Only the objective is trivial. It does no training but talks to the storage
 exactly like a real cached trial: the sampled parameters, ``cache`` and
@@ -22,7 +22,7 @@ and in the steady state (from each worker's second trial on). Of the steady
 state, the part spent inside the storage's calls, in every thread (the
 heartbeat's and the phase board's included), is the storage time, shown
 against the wall time of one cached clothing trial: 10 epochs of the Dense
-head on 3068x2048 features, batch 32, timed through ``tuner.objective`` on
+head on 3068x2048 features, batch 32, timed through ``tuner.training.objective`` on
 synthetic features of that shape in the same run (or given with
 ``--trial-seconds``). A database server's own CPU time is not counted.
 ``--against DIR`` measures another checkout of tuner (say, the last release)
@@ -56,11 +56,11 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from tuner.console import err_console
-from tuner.search import open_study, suggest
-from tuner.spec import StudySpec, load_spec
-from tuner.storage import open_storage
-from tuner.worker import run_objective
+from tuner.common.console import err_console
+from tuner.config.spec import StudySpec, load_spec
+from tuner.runner.worker import run_objective
+from tuner.storages.storage import open_storage
+from tuner.study.opening import open_study, suggest
 
 BACKENDS = ("sqlite", "journal", "postgresql", "mysql")
 SERVERS = {
@@ -86,16 +86,16 @@ def trivial_objective(spec: StudySpec, folder: Path) -> Callable[[optuna.Trial],
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for epoch in range(EPOCHS):
             trial.report(0.5, epoch)  # equal everywhere, so the median pruner never prunes
-            # tuner.objective.PruningBeforeLastEpoch does not ask after the last epoch
+            # tuner.training.objective.PruningBeforeLastEpoch does not ask after the last epoch
             if epoch + 1 < EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned()
-        # tuner.objective.EpochRecorder writes the per-epoch lists once at the end of a
+        # tuner.training.objective.EpochRecorder writes the per-epoch lists once at the end of a
         # cached trial (its epochs take milliseconds; it flushes at most every 5 s).
         trial.set_user_attr("train_accuracy", [0.5] * EPOCHS)
         trial.set_user_attr("val_loss", [1.0] * EPOCHS)
         trial.set_user_attr("gap", 0.0)
         trial.set_user_attr("epoch_seconds", [0.001] * EPOCHS)
-        # the head's weights and the learning-curve PNG, as tuner.objective uploads them
+        # the head's weights and the learning-curve PNG, as tuner.training.objective uploads them
         for attr in ("weights_artifact", "curve_artifact"):
             artifact = upload_artifact(
                 artifact_store=store, file_path=str(blob), study_or_trial=trial
@@ -248,9 +248,9 @@ def cached_trial_seconds(repeats: int = 5) -> float:
     import numpy as np
     from optuna.artifacts import FileSystemArtifactStore
 
-    from tuner.data import DatasetScan
-    from tuner.features import FeatureSet
-    from tuner.objective import TrialData, make_objective
+    from tuner.assets.datasets import DatasetScan
+    from tuner.training.features import FeatureSet
+    from tuner.training.objective import TrialData, make_objective
 
     rng = np.random.default_rng(0)
     shapes = {"train": 3068, "validation": 341}

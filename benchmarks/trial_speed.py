@@ -1,6 +1,6 @@
-"""A cached clothing trial: Keras ``fit`` (the previous release's path) against tuner.headfit.
+"""A cached clothing trial: Keras ``fit`` (the previous release's path) against headfit.
 
-Every variant runs whole trials through ``tuner.objective.make_objective`` on a
+Every variant runs whole trials through ``tuner.training.objective.make_objective`` on a
 real Optuna study (in-memory storage, no pruning, artifacts written to a
 folder as the worker writes them), on the full clothing features from the
 cache. Only the objective's training function differs between variants:
@@ -9,7 +9,7 @@ cache. Only the objective's training function differs between variants:
   build the head, compile it, ``fit`` the NumPy features with ``shuffle=True``;
 - ``keras fit, 1 call/epoch, XLA``: the same with ``steps_per_execution`` equal
   to the steps of an epoch and ``jit_compile=True``;
-- ``headfit, no reuse``: tuner.headfit's tensors and whole-epoch calls, but
+- ``headfit, no reuse``: tuner.training.headfit's tensors and whole-epoch calls, but
   every trial traces its own function (the kept heads are dropped per trial),
   without and with XLA;
 - ``headfit, reused``: one compiled head per architecture, reused, with XLA
@@ -50,20 +50,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from tuner import objective as objective_module
-from tuner.data import scan_dataset
-from tuner.spec import load_spec
+from tuner.assets.datasets import scan_dataset
+from tuner.config.spec import load_spec
+from tuner.training import objective as objective_module
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 Fit = Callable[..., list[Any]]
 
 
 def keras_fit(steps_per_execution: int = 1, jit_compile: bool | str = "auto") -> Fit:
-    """The previous release's cached branch of ``tuner.objective._fit``, with Keras' knobs."""
+    """The previous release's cached branch of ``objective._fit``, with Keras' knobs."""
     import keras
 
-    from tuner.model import build_part
     from tuner.recipes import Params
+    from tuner.training.model import build_part
 
     def fit(spec, data, recipe, point, seed, callbacks):  # type: ignore[no-untyped-def]
         head = build_part(recipe, Params(point), data.feature_dim, data.num_classes)
@@ -92,7 +92,7 @@ def keras_fit(steps_per_execution: int = 1, jit_compile: bool | str = "auto") ->
 
 def headfit(reuse: bool, jit: bool) -> Fit:
     """tuner's cached branch with its own trainer; without reuse, every trial traces anew."""
-    from tuner.headfit import HeadTrainer
+    from tuner.training.headfit import HeadTrainer
 
     shipped = objective_module._fit
     own: list[HeadTrainer] = []

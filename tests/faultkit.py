@@ -55,8 +55,8 @@ def start_worker(
 
 
 def load(url: str, name: str = "clothing") -> optuna.Study:
-    from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.config.spec import load_spec
+    from tuner.storages.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(url, load_spec("clothing")))
 
@@ -91,7 +91,7 @@ def running_with_epoch(url: str, name: str = "clothing") -> bool:
 
 def assert_invariants(url: str, target: int, logs: list[str], name: str = "clothing") -> None:
     """Exact budget, nothing RUNNING, every failed trial retried to the end or given up."""
-    from tuner.retries import gave_up
+    from tuner.storages.retries import gave_up
 
     study = load(url, name)
     all_trials = study.get_trials()

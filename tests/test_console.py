@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner import console
-from tuner.console import PlainProgress
+from tuner.common import console
+from tuner.common.console import PlainProgress
 
 
 class Clock:

@@ -26,10 +26,10 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner, serving, tuner_cmd, unique_name
-from tuner.dashboard import is_loopback, make_app
-from tuner.search import open_study, suggest
-from tuner.spec import StudySpec, load_spec
-from tuner.storage import open_storage
+from tuner.config.spec import StudySpec, load_spec
+from tuner.results.dashboard import is_loopback, make_app
+from tuner.storages.storage import open_storage
+from tuner.study.opening import open_study, suggest
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import serving
-from tuner.data import DATASETS, download_dataset, scan_dataset
+from tuner.assets.datasets import DATASETS, download_dataset, scan_dataset
 from tuner.errors import DataError
 
 
@@ -125,8 +125,8 @@ def test_pool_children_skip_decoding_only_the_folder_their_parent_checked(
 ) -> None:
     import shutil
 
-    from tuner.spec import load_spec
-    from tuner.startup import CHECKED_DATA_ENV, ensure_dataset
+    from tuner.config.spec import load_spec
+    from tuner.runner.startup import CHECKED_DATA_ENV, ensure_dataset
 
     data = shutil.copytree(tiny_data, tmp_path / "data")
     first = sorted(p for p in (data / "train").iterdir())[0]

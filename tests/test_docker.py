@@ -26,8 +26,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from tests.conftest import REPO
 from tuner.cli import app
-from tuner.dashboard import address_line
-from tuner.spec import load_spec
+from tuner.config.spec import load_spec
+from tuner.results.dashboard import address_line
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SERVICES: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]

@@ -37,9 +37,9 @@ from tests.conftest import (
     tuner_cmd,
     unique_name,
 )
-from tuner.search import SPACE_ATTR, open_study, suggest
-from tuner.spec import load_spec
-from tuner.storage import open_storage
+from tuner.config.spec import load_spec
+from tuner.storages.storage import open_storage
+from tuner.study.opening import SPACE_ATTR, open_study, suggest
 
 SECRET = "s3cr3t-pw"
 
@@ -440,7 +440,7 @@ def test_weights_file_of_another_model_is_an_error_not_a_partial_load(tmp_path: 
     import keras
 
     from tuner.errors import WeightsError
-    from tuner.model import build_feature_extractor
+    from tuner.training.model import build_feature_extractor
 
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     path = tmp_path / "other.weights.h5"
@@ -475,11 +475,12 @@ def test_imagenet_download_that_hangs_fails_fast(
 
 @pytest.mark.slow
 def test_keras_own_imagenet_download_is_bounded_too(tmp_path: Path, silent_server: int) -> None:
-    """Keras downloads with urlretrieve, which has no timeout; tuner.model bounds it."""
+    """Keras downloads with urlretrieve, which has no timeout; tuner.training.model bounds it."""
     proxy = f"http://127.0.0.1:{silent_server}"
     code = (
-        "import time; from tuner.spec import load_spec; from tuner.errors import WeightsError\n"
-        "from tuner.model import build_feature_extractor\n"
+        "import time; from tuner.config.spec import load_spec\n"
+        "from tuner.errors import WeightsError\n"
+        "from tuner.training.model import build_feature_extractor\n"
         "spec = load_spec('clothing', ['model.download_timeout=2', 'data.image_size=[71, 71]'])\n"
         "start = time.monotonic()\n"
         "try:\n    build_feature_extractor(spec)\nexcept WeightsError as e:\n"
@@ -723,7 +724,7 @@ def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, c
 
 
 def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:
-    from tuner.search import budget_difference, load_existing_study
+    from tuner.study.opening import budget_difference, load_existing_study
 
     spec = load_spec("clothing", ["model.weights=none"])
     study = load_existing_study(spec, open_storage(existing, spec))

@@ -82,7 +82,7 @@ def test_plots_are_valid_pngs(exported: tuple) -> None:
 def test_model_loads_plainly_and_reproduces_validation_accuracy(exported: tuple) -> None:
     import keras
 
-    from tuner.data import load_split, scan_dataset
+    from tuner.assets.datasets import load_split, scan_dataset
 
     env, result, out = exported
     model = keras.saving.load_model(out / "best.keras")
@@ -123,9 +123,9 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
 
 
 def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    from tuner.search import open_study
-    from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.config.spec import load_spec
+    from tuner.storages.storage import open_storage
+    from tuner.study.opening import open_study
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     spec = load_spec("clothing")
@@ -187,7 +187,7 @@ def _frozen(number: int, params: dict, state: TrialState = TrialState.COMPLETE) 
 
 
 def test_sweep_curves_are_labelled_by_the_parameters_that_vary() -> None:
-    from tuner.export import _labels
+    from tuner.results.export import _labels
 
     rates = [_frozen(0, {"learning_rate": 1e-3}), _frozen(1, {"learning_rate": 1e-2})]
     assert sorted(_labels(rates).values()) == ["0.001", "0.01"]  # as in the manual sweep
@@ -219,7 +219,7 @@ def head_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Env
 def test_a_head_with_an_inner_layer_is_rebuilt_from_its_parameters(head_study: Env) -> None:
     import keras
 
-    from tuner.data import load_split, scan_dataset
+    from tuner.assets.datasets import load_split, scan_dataset
 
     out = head_study.root / "out"
     done = run_tuner(

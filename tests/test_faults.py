@@ -9,7 +9,7 @@ import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
 from tuner.errors import StorageError
-from tuner.faults import Fault, StorageWatch, classify
+from tuner.storages.faults import Fault, StorageWatch, classify
 
 
 def _wrapped(driver_error: Exception) -> Exception:

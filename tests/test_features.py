@@ -20,10 +20,12 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
-from tuner import features
-from tuner.data import DatasetScan, load_split, scan_dataset
+from tuner.assets.datasets import DatasetScan, load_split, scan_dataset
+from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import CacheError
-from tuner.model import (
+from tuner.recipes import BASES, Params, recipe_for
+from tuner.training import features
+from tuner.training.model import (
     assemble,
     build_feature_extractor,
     build_part,
@@ -31,8 +33,6 @@ from tuner.model import (
     load_trained_weights,
     save_trained_weights,
 )
-from tuner.recipes import BASES, Params, recipe_for
-from tuner.spec import StudySpec, load_spec
 
 SPLITS = ("train", "validation")
 
@@ -196,9 +196,9 @@ KILLED_WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from tuner import features
-from tuner.data import scan_dataset
-from tuner.spec import load_spec
+from tuner.training import features
+from tuner.assets.datasets import scan_dataset
+from tuner.config.spec import load_spec
 
 flag = Path(sys.argv[1])
 spec = load_spec("clothing", sys.argv[2:])
@@ -248,9 +248,9 @@ def test_writer_killed_mid_write_leaves_no_entry(
 RACER = """
 import json, sys, time
 from pathlib import Path
-from tuner.data import scan_dataset
-from tuner.features import load_or_compute
-from tuner.spec import load_spec
+from tuner.assets.datasets import scan_dataset
+from tuner.training.features import load_or_compute
+from tuner.config.spec import load_spec
 
 barrier, me = Path(sys.argv[1]), sys.argv[2]
 spec = load_spec("clothing", sys.argv[3:])
@@ -353,7 +353,7 @@ def test_cache_reason_names_why_the_cache_cannot_apply(
     "setting", [{"data.augment": "true"}, {"model.trainable_base": "true"}], ids=str
 )
 def test_fallback_runs_the_full_pipeline_and_says_why(env: Env, setting: dict[str, str]) -> None:
-    from tuner.objective import prepare_data
+    from tuner.training.objective import prepare_data
 
     spec, lines = _spec(env, **setting), []
     data = prepare_data(spec, scan_dataset(env.data), lines.append)

@@ -30,14 +30,14 @@ def _head(params: dict[str, Any], seed: int) -> Any:
     from tuner.recipes import BUILTIN
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)  # as tuner.objective starts every trial
+    keras.utils.set_random_seed(seed)  # as tuner.training.objective starts every trial
     return BUILTIN["dense-head"].build(params, DIM, CLASSES)
 
 
 def _keras_fit(params: dict[str, Any], lr: float, seed: int) -> dict[str, list[float]]:
     """Today's training: compile and ``fit``, fed the trial's order of rows per epoch."""
-    from tuner.headfit import epoch_order
-    from tuner.model import compile_model
+    from tuner.training.headfit import epoch_order
+    from tuner.training.model import compile_model
 
     (features, labels), head = _data(), _head(params, seed)
     compile_model(head, lr)
@@ -87,7 +87,7 @@ def _trainer_fit(trainer: Any, params: dict[str, Any], lr: float, seed: int) -> 
 
 
 def _trainer(jit: bool = True) -> Any:
-    from tuner.headfit import HeadTrainer
+    from tuner.training.headfit import HeadTrainer
 
     features, labels = _data()
     return HeadTrainer(features, labels, BATCH, jit_compile=jit)
@@ -118,7 +118,7 @@ def test_a_kept_head_starts_each_trial_afresh() -> None:
 
 
 def test_the_order_depends_on_the_seed_and_epoch_only() -> None:
-    from tuner.headfit import epoch_order
+    from tuner.training.headfit import epoch_order
 
     assert np.array_equal(epoch_order(7, 2, 50), epoch_order(7, 2, 50))
     assert not np.array_equal(epoch_order(7, 2, 50), epoch_order(7, 3, 50))

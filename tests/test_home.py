@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.spec import load_spec
-from tuner.storage import resolve_url
+from tuner.config.spec import load_spec
+from tuner.storages.storage import resolve_url
 
 
 @pytest.fixture(autouse=True)

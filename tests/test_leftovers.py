@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tests.conftest import REPO
-from tuner.leftovers import removed_on_failure, storage_files
+from tuner.storages.leftovers import removed_on_failure, storage_files
 
 
 def _closed_port() -> int:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.spec import load_spec
+from tuner.config.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def _trial(lr: float = 1e-3) -> tuple[optuna.Study, optuna.Trial]:
 
 
 def test_recorder_writes_the_contract_attributes_every_epoch() -> None:
-    from tuner.objective import EpochRecorder
+    from tuner.training.objective import EpochRecorder
 
     _, trial = _trial()
     lines: list[str] = []
@@ -43,7 +43,7 @@ def test_recorder_writes_the_contract_attributes_every_epoch() -> None:
 
 
 def test_recorder_writes_live_when_epochs_are_slow() -> None:
-    from tuner.objective import EpochRecorder
+    from tuner.training.objective import EpochRecorder
 
     _, trial = _trial()
     rec = EpochRecorder(trial, epochs=2, say=lambda _: None, flush_every=0.0)
@@ -57,7 +57,7 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruning_asks_after_every_epoch_but_the_last() -> None:
-    from tuner.objective import PruningBeforeLastEpoch
+    from tuner.training.objective import PruningBeforeLastEpoch
 
     study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
     trial = study.ask()
@@ -69,7 +69,7 @@ def test_pruning_asks_after_every_epoch_but_the_last() -> None:
 
 
 def test_recorder_stops_a_diverging_trial_with_the_reason() -> None:
-    from tuner.objective import EpochRecorder
+    from tuner.training.objective import EpochRecorder
 
     _, trial = _trial()
     rec = EpochRecorder(trial, epochs=3, say=lambda _: None)
@@ -91,9 +91,9 @@ def _features(n: int, classes: int = 3, scale: float = 1.0) -> tuple[np.ndarray,
 
 
 def _data(scale: float = 1.0, poison: bool = False):  # type: ignore[no-untyped-def]
-    from tuner.data import DatasetScan
-    from tuner.features import FeatureSet
-    from tuner.objective import TrialData
+    from tuner.assets.datasets import DatasetScan
+    from tuner.training.features import FeatureSet
+    from tuner.training.objective import TrialData
 
     (xt, yt), (xv, yv) = _features(64, scale=scale), _features(32, scale=scale)
     if poison:
@@ -104,7 +104,7 @@ def _data(scale: float = 1.0, poison: bool = False):  # type: ignore[no-untyped-
 
 
 def test_objective_returns_the_last_reported_validation_accuracy() -> None:
-    from tuner.objective import make_objective
+    from tuner.training.objective import make_objective
 
     spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
     study = optuna.create_study(direction="maximize")
@@ -119,7 +119,7 @@ def test_objective_returns_the_last_reported_validation_accuracy() -> None:
 
 
 def test_a_nan_loss_prunes_the_trial_and_the_search_goes_on() -> None:
-    from tuner.objective import make_objective
+    from tuner.training.objective import make_objective
 
     spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
     study = optuna.create_study(direction="maximize")
@@ -132,7 +132,7 @@ def test_complete_and_pruned_trials_keep_their_learning_curve_png(tmp_path) -> N
     from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
     from PIL import Image
 
-    from tuner.objective import make_objective
+    from tuner.training.objective import make_objective
 
     spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
     store = FileSystemArtifactStore(tmp_path)

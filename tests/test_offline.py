@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.offline import offline_advice, spec_names_folder
-from tuner.spec import load_spec
+from tuner.config.spec import load_spec
+from tuner.runner.offline import offline_advice, spec_names_folder
 
 XCEPTION_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -15,8 +15,8 @@ XCEPTION_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 @pytest.fixture(autouse=True)
 def _empty_keras_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr("tuner.weights.imagenet_cache_files", lambda base: [])
-    monkeypatch.setattr("tuner.offline.imagenet_cache_files", lambda base: [])
+    monkeypatch.setattr("tuner.assets.weights.imagenet_cache_files", lambda base: [])
+    monkeypatch.setattr("tuner.runner.offline.imagenet_cache_files", lambda base: [])
 
 
 def test_the_first_failure_names_data_and_weights_together() -> None:

@@ -13,8 +13,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.conftest import Env
-from tuner.phases import EXITED, PHASE_PREFIX, PhaseBoard, read_phases
-from tuner.status import render_status, summarize
+from tuner.results.status import render_status, summarize
+from tuner.study.phases import EXITED, PHASE_PREFIX, PhaseBoard, read_phases
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -146,9 +146,9 @@ def test_status_cli_while_features_are_computed_says_to_wait(tmp_path: Path, cli
 def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
     env: Env, cli: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tuner.search import open_study
-    from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.config.spec import load_spec
+    from tuner.storages.storage import open_storage
+    from tuner.study.opening import open_study
 
     spec = load_spec("clothing", [a.removeprefix("--set=") for a in env.overrides()])
     study = open_study(spec, open_storage(env.url, spec))
@@ -157,7 +157,7 @@ def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
         distributions={"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)},
         value=0.5, state=TrialState.COMPLETE,
     ))  # fmt: skip
-    monkeypatch.setitem(sys.modules, "tuner.objective", None)  # importing it fails the test
+    monkeypatch.setitem(sys.modules, "tuner.training.objective", None)  # importing it fails
     code, _, err = cli("worker", "--storage", env.url, "--n-trials", "1", *env.overrides())  # type: ignore[operator]
     assert code == 0, err
     assert "already holds 1 of 1 finished trials; nothing to do" in err
@@ -167,8 +167,8 @@ def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
 
 
 def test_the_note_says_when_features_are_computed() -> None:
-    from tuner.note import study_note
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
+    from tuner.study.note import study_note
 
     spec = load_spec("clothing")
     plain = study_note(spec)
@@ -181,8 +181,8 @@ def test_the_note_says_when_features_are_computed() -> None:
 def test_features_progress_publishes_the_count_and_notes_it_while_it_runs() -> None:
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    from tuner.phases import features_progress
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
+    from tuner.study.phases import features_progress
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="clothing", storage=storage)

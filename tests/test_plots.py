@@ -11,7 +11,7 @@ from optuna._warnings import optuna_warn
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner import plots
+from tuner.results import plots
 
 
 def _study(n: int = 4) -> optuna.Study:
@@ -80,8 +80,8 @@ def test_optunas_views_take_tuners_look_and_leave_the_style_alone() -> None:
 
 
 def test_the_dashboard_names_the_metric_val_accuracy() -> None:
-    from tuner.search import open_study
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
+    from tuner.study.opening import open_study
 
     storage = optuna.storages.InMemoryStorage()
     spec = load_spec("clothing", ["model.weights=none"])
@@ -92,8 +92,8 @@ def test_the_dashboard_names_the_metric_val_accuracy() -> None:
 
 
 def test_the_dashboard_keeps_ped_anova_warnings_out_of_the_terminal(tmp_path: Path) -> None:
-    from tuner.dashboard import make_app
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
+    from tuner.results.dashboard import make_app
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="clothing", storage=url)

@@ -25,9 +25,9 @@ from optuna.pruners import (
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
+from tuner.config.spec import PRUNER_KINDS, load_spec
 from tuner.errors import SpecError
-from tuner.search import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
-from tuner.spec import PRUNER_KINDS, load_spec
+from tuner.study.opening import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
 
 CLASSES = {
     "none": NopPruner,
@@ -235,9 +235,9 @@ def test_none_never_prunes() -> None:
 
 def test_pruners_do_not_import_tensorflow() -> None:
     code = (
-        "import sys, tuner.search, tuner.spec; "
-        "[tuner.search.build_pruner(tuner.spec.load_spec('clothing-scratch', "
-        "[f'pruner.kind={k}'])) for k in tuner.spec.PRUNER_KINDS]; "
+        "import sys, tuner.study.opening, tuner.config.spec; "
+        "[tuner.study.opening.build_pruner(tuner.config.spec.load_spec('clothing-scratch', "
+        "[f'pruner.kind={k}'])) for k in tuner.config.spec.PRUNER_KINDS]; "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -278,8 +278,8 @@ class _PruneTrialZero(optuna.pruners.BasePruner):
 @pytest.mark.slow
 def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> None:
     """Pruning one trial leaves the next one's curve unchanged, so pruners compare pairwise."""
-    from tuner.objective import make_objective, prepare_data
-    from tuner.startup import ensure_dataset
+    from tuner.runner.startup import ensure_dataset
+    from tuner.training.objective import make_objective, prepare_data
 
     sets = [s.removeprefix("--set=") for s in env.overrides(epochs=2)]
     spec = load_spec("clothing-scratch", [*sets, "data.image_size=[32, 32]"])

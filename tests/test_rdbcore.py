@@ -15,9 +15,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import MYSQL_URL, PG_URL, _server_reachable, unique_name
-from tuner.rdbcore import CoreRDBStorage
-from tuner.spec import load_spec
-from tuner.storage import open_storage
+from tuner.config.spec import load_spec
+from tuner.storages.rdbcore import CoreRDBStorage
+from tuner.storages.storage import open_storage
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -202,7 +202,7 @@ def test_rows_of_a_trial_created_between_a_reads_two_queries_wait_for_the_next_r
     pair: tuple[CoreRDBStorage, RDBStorage, int],
 ) -> None:
     """PostgreSQL reads in READ COMMITTED: the second query may see trials the first did not."""
-    from tuner import rdbcore
+    from tuner.storages import rdbcore
 
     core, own, study_id = pair
     first = _fill(own, study_id, TrialState.RUNNING, [0.5])

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 
+from tuner.config.spec import load_spec
 from tuner.errors import RecipeError, SpecError, WeightsError
 from tuner.recipes import (
     BASES,
@@ -26,8 +27,7 @@ from tuner.recipes import (
     recipe_for,
     resolve,
 )
-from tuner.recipes.probe import probe, probe_points, resolve_checked
-from tuner.spec import load_spec
+from tuner.training.probe import probe, probe_points, resolve_checked
 
 RECIPES = """
 import keras
@@ -278,9 +278,10 @@ def test_params_say_which_names_a_recipe_read() -> None:
 
 def test_registry_imports_no_tensorflow() -> None:
     code = (
-        "import sys, tuner.recipes, tuner.recipes.probe, tuner.spec, tuner.weights\n"
-        "from tuner.recipes.probe import probe, resolve_checked\n"
-        "spec = tuner.spec.load_spec('clothing-head')\n"
+        "import sys, tuner.recipes, tuner.training.probe, tuner.config.spec\n"
+        "import tuner.assets.weights\n"
+        "from tuner.training.probe import probe, resolve_checked\n"
+        "spec = tuner.config.spec.load_spec('clothing-head')\n"
         "probe(spec, resolve_checked(spec), 10)\n"
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
@@ -346,7 +347,7 @@ def test_a_probed_recipe_is_not_probed_again_in_the_pool(tmp_path: Path) -> None
 def test_each_base_builds_at_its_smallest_size_and_pools_to_its_width(base: str) -> None:
     import keras
 
-    from tuner.model import build_feature_extractor
+    from tuner.training.model import build_feature_extractor
 
     size = BASES[base].min_size
     sets = [f"model.base={base}", "model.weights=none", f"data.image_size=[{size}, {size}]"]
@@ -366,7 +367,7 @@ def test_each_base_builds_at_its_smallest_size_and_pools_to_its_width(base: str)
 def test_preprocessing_inside_the_model_matches_keras(base: str) -> None:
     import keras
 
-    from tuner.model import _preprocess
+    from tuner.training.model import _preprocess
 
     images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     inputs = keras.Input((32, 32, 3))
@@ -377,7 +378,7 @@ def test_preprocessing_inside_the_model_matches_keras(base: str) -> None:
 
 @pytest.mark.slow
 def test_kept_weights_must_fit_the_rebuilt_model(tmp_path: Path) -> None:
-    from tuner.model import assemble, load_trained_weights, save_trained_weights
+    from tuner.training.model import assemble, load_trained_weights, save_trained_weights
 
     spec = load_spec("clothing-head", ["model.weights=none", "data.image_size=[71, 71]"])
     recipe = recipe_for(spec)
@@ -397,7 +398,7 @@ def test_kept_weights_must_fit_the_rebuilt_model(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_whole_model_keeps_its_batch_norm_statistics(tmp_path: Path) -> None:
-    from tuner.model import assemble
+    from tuner.training.model import assemble
 
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:build_model")
@@ -411,7 +412,7 @@ def test_a_whole_model_keeps_its_batch_norm_statistics(tmp_path: Path) -> None:
 def test_portability_problems_name_what_needs_code() -> None:
     import keras
 
-    from tuner.model import portability_problems
+    from tuner.training.model import portability_problems
 
     def act(x):  # type: ignore[no-untyped-def]
         return keras.ops.relu(x)

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from tuner.faults import StorageWatch
-from tuner.resilient import ResilientStorage
-from tuner.spec import load_spec
-from tuner.storage import open_storage
+from tuner.config.spec import load_spec
+from tuner.storages.faults import StorageWatch
+from tuner.storages.resilient import ResilientStorage
+from tuner.storages.storage import open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 

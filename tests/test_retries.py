@@ -11,11 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.export import best_result
-from tuner.retries import OWNER_ATTR, RetryOrGiveUp, gave_up, owner_record, reap
-from tuner.spec import load_spec
-from tuner.status import render_status, summarize
-from tuner.storage import open_storage
+from tuner.config.spec import load_spec
+from tuner.results.export import best_result
+from tuner.results.status import render_status, summarize
+from tuner.storages.retries import OWNER_ATTR, RetryOrGiveUp, gave_up, owner_record, reap
+from tuner.storages.storage import open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 

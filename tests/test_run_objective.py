@@ -9,8 +9,8 @@ import optuna
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
-from tuner.spec import load_spec
-from tuner.worker import run_objective
+from tuner.config.spec import load_spec
+from tuner.runner.worker import run_objective
 
 SETS = ["pruner.kind=median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"]
 
@@ -87,7 +87,7 @@ def test_until_stops_before_the_next_trial() -> None:
 def test_timeout_is_a_deadline_before_each_trial() -> None:
     import time
 
-    from tuner.worker import _deadline
+    from tuner.runner.worker import _deadline
 
     assert _deadline(None) is None and _deadline(0) is None
     reached = _deadline(0.2)

@@ -9,11 +9,11 @@ import optuna
 import pytest
 from optuna.samplers import QMCSampler, RandomSampler, TPESampler
 
+from tuner.config.spec import load_spec
 from tuner.errors import SpecError, StudyError
-from tuner.samplers import build_sampler, sampler_budget
-from tuner.search import check_joinable, open_study
-from tuner.spec import load_spec
-from tuner.storage import open_storage
+from tuner.storages.storage import open_storage
+from tuner.study.opening import check_joinable, open_study
+from tuner.study.samplers import build_sampler, sampler_budget
 
 
 @pytest.mark.parametrize(

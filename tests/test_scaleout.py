@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import MYSQL_URL, PG_URL, Env, _server_reachable, tuner_cmd, unique_name
-from tuner.pool import pool_environment
+from tuner.runner.pool import pool_environment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -127,7 +127,7 @@ def test_pool_environment_gives_each_worker_its_own_gpu_and_core_share() -> None
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner.pool import visible_gpus as _visible_gpus
+    from tuner.runner.pool import visible_gpus as _visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
     assert _visible_gpus() == ["3", "1"]

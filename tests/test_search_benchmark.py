@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.space import Space
+from tuner.space.params import Space
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -54,6 +54,6 @@ def test_same_seed_same_trajectory_and_the_budget_holds(curves: Curves) -> None:
 
 
 def _space() -> Space:
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
 
     return load_spec("clothing-scratch").search.space

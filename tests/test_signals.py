@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tuner.signals import Interrupted, StopSignals
+from tuner.runner.signals import Interrupted, StopSignals
 
 
 def test_a_signal_only_sets_the_flag_and_check_raises_at_the_safe_point() -> None:

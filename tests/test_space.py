@@ -11,12 +11,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from tuner.config.spec import load_spec, spec_from_dict, spec_to_dict
 from tuner.errors import SpecError, StudyError
-from tuner.search import open_study, suggest
-from tuner.space import Space, format_params
-from tuner.space_tables import parse_param, parse_warm_start
-from tuner.spec import load_spec, spec_from_dict, spec_to_dict
-from tuner.storage import open_storage
+from tuner.space.params import Space, format_params
+from tuner.space.tables import parse_param, parse_warm_start
+from tuner.storages.storage import open_storage
+from tuner.study.opening import open_study, suggest
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 

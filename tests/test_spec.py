@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tuner.config.spec import StudySpec, available_studies, load_spec, parse_override, spec_to_dict
 from tuner.errors import SpecError
-from tuner.spec import StudySpec, available_studies, load_spec, parse_override, spec_to_dict
 
 
 def test_clothing_defaults_follow_the_design() -> None:
@@ -142,10 +142,11 @@ def test_search_logic_does_not_import_tensorflow() -> None:
     import subprocess
 
     code = (
-        "import sys, tuner.spec, tuner.storage, tuner.search, tuner.export, tuner.status, "
-        "tuner.cli, tuner.space, tuner.join, tuner.pruners, tuner.note, tuner.attrs, "
-        "tuner.recipes, tuner.recipes.probe, tuner.worker, tuner.startup; "
-        "tuner.spec.load_spec('clothing'); "
+        "import sys, tuner.config.spec, tuner.storages.storage, tuner.study.opening, "
+        "tuner.results.export, tuner.results.status, tuner.cli, tuner.space.params, "
+        "tuner.config.join, tuner.study.pruners, tuner.study.note, tuner.common.attrs, "
+        "tuner.recipes, tuner.training.probe, tuner.runner.worker, tuner.runner.startup; "
+        "tuner.config.spec.load_spec('clothing'); "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from tuner.spec import load_spec
-from tuner.sqlite import SQLiteStorage
-from tuner.storage import open_storage
+from tuner.config.spec import load_spec
+from tuner.storages.sqlite import SQLiteStorage
+from tuner.storages.storage import open_storage
 
 
 def _open(path: Path) -> SQLiteStorage:

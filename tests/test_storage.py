@@ -1,7 +1,7 @@
 """Every storage backend under real concurrency: SQLite, journal file, PostgreSQL and MariaDB.
 
 No TensorFlow here: each worker is a spawned process that opens the storage with
-:func:`tuner.storage.open_storage` and runs a trivial objective through
+:func:`tuner.storages.storage.open_storage` and runs a trivial objective through
 ``study.optimize``, so the tests exercise exactly the storage and study code.
 """
 
@@ -27,10 +27,10 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from tests.conftest import MYSQL_URL, PG_URL, fresh_database, unique_name
+from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import StorageError
-from tuner.search import open_study, suggest
-from tuner.spec import StudySpec, load_spec
-from tuner.storage import BudgetLock, open_storage, redact_url
+from tuner.storages.storage import BudgetLock, open_storage, redact_url
+from tuner.study.opening import open_study, suggest
 
 SPAWN = mp.get_context("spawn")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tuner.trial_curve import write_learning_curve
+from tuner.training.trial_curve import write_learning_curve
 
 TRAIN, VAL = [0.3, 0.5, 0.6, 0.7], [0.25, 0.45, 0.5, 0.55]
 

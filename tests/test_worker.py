@@ -25,8 +25,8 @@ WARM = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _load(env: Env, name: str = "clothing") -> optuna.Study:
-    from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.config.spec import load_spec
+    from tuner.storages.storage import open_storage
 
     # Through tuner's storage, so this reader shares the workers' schema lock.
     return optuna.load_study(study_name=name, storage=open_storage(env.url, load_spec("clothing")))
@@ -235,7 +235,7 @@ def zip_server(tmp_path: Path, tiny_data: Path) -> Iterator[str]:
 def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_itself(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tuner.worker import _Announcer
+    from tuner.runner.worker import _Announcer
 
     study = optuna.create_study(direction="maximize")
     for value in (0.5, 0.75, 0.25):

@@ -5,6 +5,7 @@ loading, ``features``, ``model``, ``objective``, ``callbacks`` and ``export_mode
 TensorFlow (and a user's recipe module, if it does).
 """
 
+from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import (
     CacheError,
     DataError,
@@ -15,7 +16,6 @@ from tuner.errors import (
     TunerError,
     WeightsError,
 )
-from tuner.spec import StudySpec, load_spec
 
 __version__ = "0.1.0"
 

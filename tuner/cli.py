@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
-from tuner.signals import StopSignals
+from tuner.runner.signals import StopSignals
 
 # A worker handles SIGINT and SIGTERM from its first moment, not only once optuna and
 # typer have loaded: a signal during the imports is then acted on at the first check.
@@ -33,7 +33,7 @@ try:  # typer 0.2x ships its own copy of click, with its own exception classes
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from tuner.console import err_console, say  # noqa: E402 - after the signal handlers
+from tuner.common.console import err_console, say  # noqa: E402 - after the signal handlers
 from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
 
 if TYPE_CHECKING:
@@ -90,8 +90,8 @@ DebugOpt = Annotated[
 
 
 def _load(study: str, storage: str | None, overrides: list[str] | None):  # type: ignore[no-untyped-def]
-    from tuner.spec import load_spec
-    from tuner.storage import resolve_url
+    from tuner.config.spec import load_spec
+    from tuner.storages.storage import resolve_url
 
     spec = load_spec(study, overrides or [])
     return spec, resolve_url(spec, storage)
@@ -132,7 +132,7 @@ def worker(
     debug: DebugOpt = False,
 ) -> None:
     """Run trials of a study until it holds --n-trials finished trials. Ctrl-C stops cleanly."""
-    from tuner.signals import Interrupted
+    from tuner.runner.signals import Interrupted
 
     signals = _SIGNALS
     with signals.installed():
@@ -162,12 +162,12 @@ def _worker(
     accept_space_change: bool,
     signals: StopSignals,
 ) -> int:
-    from tuner.leftovers import removed_on_failure
-    from tuner.phases import PhaseBoard, worker_name
-    from tuner.pool import check_pool_size, pool_argv, run_pool
-    from tuner.startup import configure_threads, preflight
-    from tuner.storage import open_storage
-    from tuner.worker import run_worker
+    from tuner.runner.pool import check_pool_size, pool_argv, run_pool
+    from tuner.runner.startup import configure_threads, preflight
+    from tuner.runner.worker import run_worker
+    from tuner.storages.leftovers import removed_on_failure
+    from tuner.storages.storage import open_storage
+    from tuner.study.phases import PhaseBoard, worker_name
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)
@@ -215,10 +215,10 @@ def status(
     from rich.console import Console
 
     from tuner.errors import StudyError
-    from tuner.export import best_result
-    from tuner.search import load_existing_study
-    from tuner.status import render_status, summarize, workers_line
-    from tuner.storage import open_storage
+    from tuner.results.export import best_result
+    from tuner.results.status import render_status, summarize, workers_line
+    from tuner.storages.storage import open_storage
+    from tuner.study.opening import load_existing_study
 
     spec, url = _load(study, storage, set_)
     found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
@@ -259,11 +259,11 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
-    from tuner.export import best_result, check_output, write_json, write_plots
-    from tuner.export_model import write_model
-    from tuner.search import load_existing_study, stored_spec
-    from tuner.space import format_params
-    from tuner.storage import artifact_folder, open_storage
+    from tuner.results.export import best_result, check_output, write_json, write_plots
+    from tuner.results.model_export import write_model
+    from tuner.space.params import format_params
+    from tuner.storages.storage import artifact_folder, open_storage
+    from tuner.study.opening import load_existing_study, stored_spec
 
     if model is not None and model.suffix != ".keras":
         raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
@@ -302,7 +302,7 @@ def dashboard(
     debug: DebugOpt = False,
 ) -> None:
     """Serve optuna-dashboard for the study, safe to run beside the workers."""
-    from tuner.dashboard import serve
+    from tuner.results.dashboard import serve
 
     spec, url = _load(study, storage, set_)
     serve(spec, url, host=host, port=port)
@@ -321,8 +321,8 @@ def data_download(
     debug: DebugOpt = False,
 ) -> None:
     """Download and unpack a public dataset over HTTP."""
-    from tuner.console import download_progress
-    from tuner.data import DATASETS, download_dataset, scan_dataset
+    from tuner.assets.datasets import DATASETS, download_dataset, scan_dataset
+    from tuner.common.console import download_progress
 
     if name not in DATASETS:
         raise TunerError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.space import Space
+from tuner.space.params import Space
 
 __all__ = ["Curves", "load_curves"]
 

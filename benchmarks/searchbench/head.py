@@ -8,8 +8,8 @@ layers) feeds the clothing-head study's heads. The weights file is written to
 the work folder; its SHA-256 is kept in the recording.
 
 Each head of the grid then trains through tuner's own cached-trial path:
-:func:`tuner.objective.make_objective` on those features, one trial per
-configuration, inside :func:`tuner.worker.run_objective` with the grid as
+:func:`tuner.training.objective.make_objective` on those features, one trial per
+configuration, inside :func:`tuner.runner.worker.run_objective` with the grid as
 warm-start points (``sampler.kind = grid``) and pruning off.
 """
 
@@ -23,9 +23,9 @@ import optuna
 from optuna.storages import InMemoryStorage
 
 from searchbench.record import grid_sets, read_curves
-from tuner.data import scan_dataset
-from tuner.spec import StudySpec, load_spec
-from tuner.worker import run_objective
+from tuner.assets.datasets import scan_dataset
+from tuner.config.spec import StudySpec, load_spec
+from tuner.runner.worker import run_objective
 
 __all__ = ["BASE_EPOCHS", "record_head_grid", "train_base"]
 
@@ -37,9 +37,9 @@ def train_base(data: Path, workdir: Path) -> tuple[Path, Any, StudySpec]:
     """Train the small CNN on the training split; return its weights file, scan and spec."""
     import keras
 
-    from tuner.data import load_split
-    from tuner.model import compile_model
+    from tuner.assets.datasets import load_split
     from tuner.recipes import recipe_for
+    from tuner.training.model import compile_model
 
     spec = load_spec("clothing-scratch", [f"data.dir={data}"])
     scan = scan_dataset(data, decode=False)
@@ -65,8 +65,8 @@ def base_features(path: Path, scan: Any, spec: StudySpec) -> Any:
     """The frozen base's pooled features of both splits, as tuner's feature cache holds them."""
     import keras
 
-    from tuner.features import FeatureSet, extract_features
     from tuner.recipes import recipe_for
+    from tuner.training.features import FeatureSet, extract_features
 
     model = recipe_for(spec).build({}, (*spec.data.image_size, 3), len(scan.class_names))
     model.load_weights(path)
@@ -81,7 +81,7 @@ def record_head_grid(
     points: list[dict[str, Any]], sets: list[str], features: Any, scan: Any, model_seed: int
 ) -> list[dict[str, Any]]:
     """Train one clothing-head trial per point on ``features``; return the curves."""
-    from tuner.objective import TrialData, make_objective
+    from tuner.training.objective import TrialData, make_objective
 
     sets = [*sets, f"model.seed={model_seed}", *grid_sets("search-record-head", points)]
     spec = load_spec("clothing-head", sets)

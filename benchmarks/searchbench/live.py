@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from searchbench.record import run_tuner_worker
 from searchbench.replay import Trajectory
-from tuner.spec import load_spec
+from tuner.config.spec import load_spec
 
 __all__ = ["live_run", "trajectory_of"]
 

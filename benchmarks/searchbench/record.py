@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.spec import load_spec
+from tuner.config.spec import load_spec
 
 __all__ = ["grid_sets", "log_grid", "read_curves", "record_study", "run_tuner_worker"]
 

@@ -1,6 +1,6 @@
 """Replay: search strategies run through tuner's study machinery on recorded curves.
 
-Each run is :func:`tuner.worker.run_objective` on an in-memory study: the
+Each run is :func:`tuner.runner.worker.run_objective` on an in-memory study: the
 spec's sampler (``sampler.kind``, seeded with the run's seed) and pruner, its
 warm-start points queued first, the worker's trial loop and budget. Only the
 training is replaced: a trial's point is looked up among the recorded
@@ -21,11 +21,11 @@ import optuna
 from optuna.storages import InMemoryStorage
 
 from searchbench.curves import Curves
-from tuner.callbacks import PruningBeforeLastEpoch
-from tuner.console import err_console
-from tuner.space import suggest
-from tuner.spec import StudySpec, load_spec
-from tuner.worker import run_objective
+from tuner.common.console import err_console
+from tuner.config.spec import StudySpec, load_spec
+from tuner.runner.worker import run_objective
+from tuner.space.params import suggest
+from tuner.training.callbacks import PruningBeforeLastEpoch
 
 __all__ = ["Strategy", "Trajectory", "replay"]
 

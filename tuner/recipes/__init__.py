@@ -19,7 +19,7 @@ from tuner.recipes.protocol import HEAD, MODEL, TUNER_READS, Params, Recipe, Unk
 from tuner.recipes.user import import_recipe, is_user_recipe, search_path
 
 if TYPE_CHECKING:
-    from tuner.spec import StudySpec
+    from tuner.config.spec import StudySpec
 
 __all__ = [
     "BASES",

@@ -1,7 +1,7 @@
 """The frozen bases a head recipe can sit on: facts about each ``keras.applications`` model.
 
 Everything here is plain data, so that specs are checked, cache keys computed
-and weights looked for without TensorFlow. :mod:`tuner.model` builds the bases.
+and weights looked for without TensorFlow. :mod:`tuner.training.model` builds the bases.
 """
 
 from __future__ import annotations

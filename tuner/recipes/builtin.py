@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.recipes.bases import BASES, Base
 from tuner.recipes.protocol import HEAD, MODEL
-from tuner.space import Space
+from tuner.space.params import Space
 
 if TYPE_CHECKING:
     import keras
 
-    from tuner.spec import StudySpec
+    from tuner.config.spec import StudySpec
 
 __all__ = ["BUILTIN", "DenseHead", "SmallCnn"]
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import keras
 
+    from tuner.config.spec import StudySpec
     from tuner.recipes.bases import Base
-    from tuner.spec import StudySpec
 
 __all__ = ["HEAD", "MODEL", "TUNER_READS", "Params", "Recipe", "UnknownHyperparameter"]
 

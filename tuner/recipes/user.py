@@ -33,7 +33,7 @@ from tuner.recipes.protocol import HEAD, MODEL
 if TYPE_CHECKING:
     import keras
 
-    from tuner.spec import StudySpec
+    from tuner.config.spec import StudySpec
 
 __all__ = ["UserRecipe", "import_recipe", "is_user_recipe", "search_path"]
 
@@ -60,7 +60,7 @@ class UserRecipe:
 
     @property
     def reads(self) -> frozenset[str] | None:
-        return None  # known only by building it, see tuner.recipes.probe
+        return None  # known only by building it, see tuner.training.probe
 
     def problems(self, spec: StudySpec) -> list[str]:
         base = self.base(spec)
@@ -118,7 +118,7 @@ def import_recipe(name: str, paths: Sequence[Path]) -> UserRecipe:
 
 
 def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
-    from tuner.tfload import quiet_tensorflow
+    from tuner.common.tfload import quiet_tensorflow
 
     try:
         with quiet_tensorflow():  # the module likely imports keras: keep TF's start-up log out

@@ -1,0 +1,198 @@
+"""Export: the pure best result of a study, and thin writers for JSON and plots.
+
+The best model's writer is :mod:`tuner.results.model_export`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.common.attrs import TRAIN_ACCURACY, WARM_START
+from tuner.common.paths import nearest_existing, probe_writable
+from tuner.config.spec import StudySpec, spec_to_dict
+from tuner.errors import StudyError, TunerError
+from tuner.space.params import format_params, format_value
+from tuner.storages.retries import gave_up
+
+__all__ = ["BestResult", "best_result", "check_output", "write_json", "write_plots"]
+
+
+@dataclass(frozen=True)
+class BestResult:
+    """The best trial of a study and the trial counts, as in the export JSON contract."""
+
+    study: str
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    n_trials: int
+    states: dict[str, int]
+    gap: float | None
+    train_accuracy: float | None
+    gave_up: tuple[dict[str, Any], ...] = ()  # trials whose retries ran out
+
+    def to_json(self, spec: StudySpec | None = None, extra: dict[str, Any] | None = None) -> dict:
+        data: dict[str, Any] = {
+            "study": self.study,
+            "best_trial": self.best_trial,
+            "best_value": self.best_value,
+            "best_params": self.best_params,
+            "n_trials": self.n_trials,
+            "states": self.states,
+            "gap": self.gap,
+            "train_accuracy": self.train_accuracy,
+            "gave_up": [dict(r) for r in self.gave_up],
+        }
+        data.update(extra or {})
+        if spec is not None:
+            data["spec"] = spec_to_dict(spec)
+        return data
+
+
+def best_result(study: optuna.Study) -> BestResult:
+    """The study's best trial, as ``optuna best-trial`` reports it, and counts by state.
+
+    Raises:
+        StudyError: when the study has no complete trial yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyError(
+            f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials"
+            f"{''.join(f', {n} {s}' for s, n in states.items())}); run "
+            f"`tuner worker --study {study.study_name}` and try again"
+        ) from None
+    train = best.user_attrs.get(TRAIN_ACCURACY) or [None]
+    return BestResult(
+        study=study.study_name,
+        best_trial=best.number,
+        best_value=float(best.value),  # type: ignore[arg-type]
+        best_params=dict(best.params),
+        n_trials=len(trials),
+        states=states,
+        gap=best.user_attrs.get("gap"),
+        train_accuracy=train[-1],
+        gave_up=tuple(gave_up(study)),
+    )
+
+
+def write_json(
+    result: BestResult, spec: StudySpec, path: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the export JSON."""
+    path = Path(path)
+    with writing(path, "--out"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_json(spec, extra), indent=2) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def writing(path: Path, option: str) -> Iterator[None]:
+    """Turn a failed write into a one-line error that names the path."""
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename and str(e.filename) != str(path) else ""
+        raise TunerError(
+            f"cannot write {path} ({where}{e.strerror or e}); pick a writable path for {option}"
+        ) from None
+
+
+def check_output(path: Path, option: str, *, folder: bool = False, mkdir: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written: a file in the way, no rights.
+
+    Export checks every output first, so a bad ``--out`` does not surface only after
+    the model has been built and saved. The folder that is to hold ``path`` must
+    exist, unless ``mkdir`` says to create it: a mistyped folder is not made silently.
+    """
+    existing = nearest_existing(path if folder else path.parent)
+    with writing(path, option):
+        if folder and path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder")
+        if not folder and path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        if existing is not None:
+            probe_writable(existing)
+    if not mkdir and not path.parent.is_dir():
+        raise TunerError(
+            f"cannot write {path}: its folder {path.parent.absolute()} does not exist; create "
+            f"it, or add --mkdir to create it"
+        )
+
+
+def _sort_key(trial: FrozenTrial) -> tuple[tuple[int, Any], ...]:
+    return tuple(
+        (0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in trial.params.values()
+    )
+
+
+def _labels(trials: list[FrozenTrial]) -> dict[int, str]:
+    """Each trial's label on the sweep chart: the parameters that vary among ``trials``.
+
+    When only the learning rate varies, the label is the bare rate, as in the
+    manual sweep's ``train=0.001``.
+    """
+    names = list(dict.fromkeys(n for t in trials for n in t.params))
+    varying = [n for n in names if len({repr(t.params.get(n)) for t in trials}) > 1] or names
+    if varying == ["learning_rate"]:
+        return {t.number: format_value(t.params.get("learning_rate")) for t in trials}
+    return {
+        t.number: format_params({n: t.params[n] for n in varying if n in t.params}) for t in trials
+    }
+
+
+def _curves(trials: list[FrozenTrial]) -> dict[str, tuple[list[float], list[float]]]:
+    labels = _labels(trials)
+    curves = {}
+    for t in sorted(trials, key=_sort_key):
+        val = [v for _, v in sorted(t.intermediate_values.items())]
+        curves[labels[t.number]] = (list(t.user_attrs.get(TRAIN_ACCURACY, [])), val)
+    return curves
+
+
+def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list[Path]:
+    """Write the manual sweep's chart and the search plots as PNGs; returns their paths.
+
+    With more than one hyperparameter, Optuna's importances and slice plots join them.
+    """
+    from tuner.results import plots
+
+    best_result(study)  # a clear error for a study with nothing to plot
+    folder = Path(folder)
+    with writing(folder, "--plots"):
+        folder.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    warm = [t for t in finished if t.user_attrs.get(WARM_START)]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+    top = sorted(complete, key=lambda t: -(t.value or 0.0))[:top_n]
+    chosen = list({t.number: t for t in [*warm, *top]}.values())
+    figures = {
+        "sweep.png": lambda: plots.learning_curve_figure(
+            _curves(chosen), "Train and validation accuracy: warm-start points and top trials"
+        ),
+        "accuracy_vs_learning_rate.png": lambda: plots.accuracy_vs_rate_figure(finished),
+        "optimization_history.png": lambda: plots.history_figure(study),
+        "intermediate_values.png": lambda: plots.intermediate_figure(study),
+    }
+    if len({name for t in finished for name in t.params}) > 1:
+        figures["param_importances.png"] = lambda: plots.importances_figure(study)
+        figures["slice.png"] = lambda: plots.slice_figure(study)
+    with writing(folder, "--plots"):
+        return [plots.save_figure(make(), folder / name) for name, make in figures.items()]

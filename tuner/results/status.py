@@ -1,0 +1,154 @@
+"""``tuner status``: a pure summary of a study, and its rendering as rich tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import RenderableType
+from rich.table import Table
+
+from tuner.common.attrs import CACHE, GAP, SPACE_ATTR, TRAIN_ACCURACY, WORKER
+from tuner.space.params import format_params, format_value
+from tuner.storages.retries import gave_up
+from tuner.study.phases import WorkerPhase, read_phases
+
+__all__ = ["StudySummary", "render_status", "summarize", "workers_line"]
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """What ``tuner status`` shows."""
+
+    name: str
+    states: dict[str, int]
+    top: list[FrozenTrial]  # best first, complete trials only
+    running: list[FrozenTrial]
+    now: dt.datetime
+    params: list[str]  # the hyperparameters, in the order of the stored space
+    gave_up: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[WorkerPhase] = field(default_factory=list)  # live ones first
+
+    @property
+    def alive(self) -> list[WorkerPhase]:
+        """The workers that published their phase within the last minute and did not exit."""
+        return [w for w in self.workers if w.alive(_utc(self.now))]
+
+
+def _utc(now: dt.datetime) -> dt.datetime:
+    return now.astimezone(dt.timezone.utc)
+
+
+def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
+    """Count trials by state and pick the top complete ones and the running ones."""
+    trials = study.get_trials(deepcopy=False)
+    stored = study.user_attrs.get(SPACE_ATTR) or {}
+    params = list(dict.fromkeys([*stored, *(n for t in trials for n in t.params)]))
+    states = {s.name: 0 for s in TrialState}
+    for t in trials:
+        states[t.state.name] += 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_n]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    now = dt.datetime.now()
+    workers = read_phases(study.user_attrs, _utc(now))
+    return StudySummary(
+        study.study_name, states, top, running, now, params, gave_up(study), workers
+    )
+
+
+def _fmt(value: object, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _values(trial: FrozenTrial, names: list[str]) -> list[str]:
+    return [format_value(trial.params[n]) if n in trial.params else "-" for n in names]
+
+
+def render_status(summary: StudySummary) -> list[RenderableType]:
+    """Tables for the states, the best and top trials, and the running trials."""
+    counts = Table(title=f"Study {summary.name}: trials by state", title_justify="left")
+    for state in summary.states:
+        counts.add_column(state, justify="right")
+    counts.add_row(*(str(n) for n in summary.states.values()))
+    out: list[RenderableType] = [counts]
+    if summary.top:
+        best = summary.top[0]
+        out.append(
+            f"Best: trial {best.number}, {format_params(best.params)}, "
+            f"val_acc {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get(GAP))}"
+        )
+        top = Table(title=f"Top {len(summary.top)} trials", title_justify="left")
+        for col in ("trial", *summary.params, "val_acc", "train_acc", "gap", "cache"):
+            top.add_column(col, justify="right", min_width=len(col))
+        for t in summary.top:
+            train = t.user_attrs.get(TRAIN_ACCURACY) or [None]
+            top.add_row(
+                str(t.number),
+                *_values(t, summary.params),
+                _fmt(t.value),
+                _fmt(train[-1]),
+                _fmt(t.user_attrs.get(GAP)),
+                str(t.user_attrs.get(CACHE, "-")),
+            )
+        out.append(top)
+    else:
+        out.append("No complete trial yet.")
+    if summary.running:
+        running = Table(title="Running trials", title_justify="left")
+        for col in ("trial", *summary.params, "epochs done", "worker", "elapsed"):
+            running.add_column(col, justify="right", min_width=len(col))
+        for t in summary.running:
+            start = t.datetime_start or summary.now
+            running.add_row(
+                str(t.number),
+                *_values(t, summary.params),
+                str(len(t.intermediate_values)),
+                str(t.user_attrs.get(WORKER, "-")),
+                str(dt.timedelta(seconds=int((summary.now - start).total_seconds()))),
+            )
+        out.append(running)
+    elif summary.alive:
+        out.append(f"No running trials; {workers_line(summary)}.")
+    else:
+        out.append("No running trials, and no worker alive.")
+    if summary.workers:
+        out.append(_workers_table(summary))
+    if summary.gave_up:
+        given = Table(
+            title="Given up: retries ran out (raise storage.max_retry to try more)",
+            title_justify="left",
+        )
+        for col in ("first trial", "parameters", "attempts", "trials", "last reason"):
+            given.add_column(col, justify="right" if col != "last reason" else "left")
+        for r in summary.gave_up:
+            given.add_row(
+                str(r["trial"]),
+                format_params(r.get("params", {})) or "-",
+                str(r.get("attempts", "-")),
+                ", ".join(map(str, r.get("trials", []))),
+                str(r.get("reason") or "-"),
+            )
+        out.append(given)
+    return out
+
+
+def workers_line(summary: StudySummary) -> str:
+    """How many workers are alive and what they do, in one phrase."""
+    phases = ", ".join(f"{w.worker} {w.phase}" for w in summary.alive)
+    return f"{len(summary.alive)} worker{'s' if len(summary.alive) > 1 else ''} at work ({phases})"
+
+
+def _workers_table(summary: StudySummary) -> Table:
+    table = Table(title="Workers", title_justify="left")
+    for col in ("worker", "phase", "progress", "last seen"):
+        table.add_column(col, justify="left" if col != "last seen" else "right")
+    now = _utc(summary.now)
+    for w in summary.workers:
+        age = w.age(now)
+        gone = "" if w.phase == "exited" or w.alive(now) else " (silent: dead?)"
+        table.add_row(w.worker, w.phase, w.progress or "-", f"{age:.0f} s ago{gone}")
+    return table

@@ -1,0 +1,448 @@
+"""Storage URLs, the only place that knows them: SQLite, PostgreSQL, MySQL and journal files.
+
+SQLite is hardened for many workers on one machine. Every connection uses WAL
+and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``.
+SQLite has no row locks and ignores ``SELECT ... FOR UPDATE``, so without that
+two workers can both read a WAITING trial and both claim it. With the write
+lock taken at the start of the transaction, the read-check-write in Optuna's
+``set_trial_state_values`` is atomic, as it is on PostgreSQL and MySQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import importlib.util
+import os
+import re
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
+
+from tuner.common.paths import nearest_existing, probe_writable
+from tuner.config.spec import StudySpec, worker_command
+from tuner.errors import StorageError
+from tuner.storages.faults import Fault, StorageWatch, classify
+from tuner.storages.rdbcore import CoreRDBStorage
+from tuner.storages.retries import RetryOrGiveUp
+from tuner.storages.sqlite import SQLiteStorage
+
+__all__ = [
+    "BudgetLock",
+    "artifact_folder",
+    "artifact_store_for",
+    "fatal_message",
+    "open_storage",
+    "redact_url",
+    "resolve_url",
+    "retry_transient",
+]
+
+JOURNAL_PREFIX = "journal://"
+# The drivers each bare scheme may use, SQLAlchemy's default first.
+_DRIVERS = {
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "mysql": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+    "mariadb": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+}
+_T = TypeVar("_T")
+
+
+def resolve_url(spec: StudySpec, cli_url: str | None = None) -> str:
+    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec.
+
+    A relative file in the spec's URL (``sqlite:///clothing.db``) lies in
+    ``TUNER_HOME`` when that is set, else in the current folder; a URL given on
+    the command line or in ``TUNER_STORAGE`` is taken as it is.
+    """
+    given = cli_url or os.environ.get("TUNER_STORAGE")
+    return given or _at_home(spec.study.storage or f"sqlite:///{spec.study.name}.db")
+
+
+def _at_home(url: str) -> str:
+    home = os.environ.get("TUNER_HOME")
+    for prefix in ("sqlite:///", JOURNAL_PREFIX):
+        path = url[len(prefix) :] if url.startswith(prefix) else ""
+        if home and path and not path.startswith(("/", "~", ":memory:", "file:")):
+            return prefix + str(Path(home).expanduser() / path)
+    return url
+
+
+def where_studies_live() -> str:
+    """Where a spec's relative storage file is looked for, for messages."""
+    home = os.environ.get("TUNER_HOME")
+    if home:
+        return f"TUNER_HOME={home} ({Path(home).expanduser().absolute()})"
+    return f"the current folder {Path.cwd()} (set TUNER_HOME to look elsewhere)"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print or log."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        # Not a URL SQLAlchemy can read; still hide whatever sits between "user:" and "@".
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove the password of ``url`` from an error message."""
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except (sa_exc.ArgumentError, ValueError):
+        return message
+    return message.replace(str(password), "***") if password else message
+
+
+def _parse(url: str) -> sqlalchemy.engine.URL:
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise StorageError(
+            f"malformed storage URL {redact_url(url)!r}; use sqlite:///FILE.db, "
+            "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal://FILE.log"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise StorageError(
+            f"unknown storage scheme {parsed.drivername!r} in {redact_url(url)!r}; "
+            "use sqlite, postgresql, mysql+pymysql or journal"
+        )
+    return parsed
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` and ``mysql://`` with a driver that is installed.
+
+    SQLAlchemy picks psycopg 3 and mysqlclient for bare schemes, but tuner's
+    extras install psycopg2 and PyMySQL.
+    """
+    parsed = _parse(url)
+    choices = _DRIVERS.get(parsed.drivername, ())
+    for driver, module in choices:
+        if importlib.util.find_spec(module) is not None:
+            chosen = parsed.set(drivername=f"{parsed.drivername}+{driver}")
+            return chosen.render_as_string(hide_password=False)
+    return url
+
+
+def _probe_server(url: str, timeout: float) -> None:
+    """Connect once, with no retries, so a server that is down fails within ``timeout``."""
+    seconds = max(1, round(timeout))
+    args: dict[str, Any] = {"connect_timeout": seconds}
+    if _parse(url).get_backend_name() in ("mysql", "mariadb"):
+        # PyMySQL's connect_timeout ends at the TCP connect; bound the handshake as well.
+        args.update(read_timeout=seconds, write_timeout=seconds)
+    engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for other storages."""
+    if not url.startswith("sqlite"):
+        return None
+    database = _parse(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def journal_path(url: str) -> Path | None:
+    """The log file of a ``journal://`` URL, or None for other storages."""
+    return Path(url[len(JOURNAL_PREFIX) :]) if url.startswith(JOURNAL_PREFIX) else None
+
+
+def _check_writable_folder(path: Path, url: str) -> None:
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        blocker = nearest_existing(folder) or folder
+        what = f"{blocker} is a file, not a folder" if blocker.is_file() else "it does not exist"
+        raise StorageError(
+            f"cannot use folder {folder} for storage {redact_url(url)!r}: {what}; "
+            "create the folder first, or pick another path with --storage"
+        )
+    try:
+        probe_writable(folder)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StorageError(
+                f"database or disk is full: {folder} has no free space; free space or point "
+                "--storage elsewhere"
+            ) from None
+        raise StorageError(
+            f"folder {folder} for storage {redact_url(url)!r} is not writable "
+            f"({e.strerror or e}); pick a writable path with --storage"
+        ) from None
+
+
+def retry_transient(fn: Callable[[], _T], attempts: int = 8) -> _T:
+    """Run ``fn``, retrying database errors that come from concurrent creation.
+
+    Two processes that create the same schema or study at once both find it
+    missing and both insert it; the loser's insert fails, and its retry finds
+    what the winner made. A fatal fault (a full disk, a read-only or damaged
+    file) is raised at once, since waiting cannot mend it.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.ProgrammingError) as e:
+            if attempt == attempts - 1 or ((fault := classify(e)) is not None and fault.fatal):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def fatal_message(fault: Fault, url: str) -> str:
+    """The one-line error for a storage fault that waiting cannot mend."""
+    where = sqlite_path(url) or journal_path(url)
+    reason = _scrub(fault.reason, url)
+    if fault.kind == "full":
+        if where is not None:
+            return f"database or disk is full: {where}; free space or point --storage elsewhere"
+        return (
+            f"the database server of {redact_url(url)!r} is out of space ({reason}); "
+            "free space on the server"
+        )
+    if fault.kind == "readonly":
+        return (
+            f"storage {where or redact_url(url)} is read-only ({reason}); make it writable, "
+            "or point --storage elsewhere"
+        )
+    what = f"storage {redact_url(url)!r}"
+    if where is not None:
+        what = f"SQLite file {where}" if url.startswith("sqlite") else f"journal file {where}"
+    return (
+        f"{what} is damaged ({reason}); restore it from a backup, or point --storage at a new file"
+    )
+
+
+def _check_sqlite_file(path: Path, url: str, busy_timeout: float) -> None:
+    """Refuse a SQLite file that is damaged, before any work starts.
+
+    SQLite reads only the pages a query touches, so garbage in the middle of a
+    file would otherwise surface minutes later, in the middle of a trial.
+    """
+    with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout)) as conn:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
+
+
+def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> CoreRDBStorage:
+    parsed = _parse(url)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": busy_timeout}
+    else:
+        # Fail fast on an unreachable server instead of hanging on TCP retries.
+        engine_kwargs["connect_args"] = {"connect_timeout": int(spec.storage.connect_timeout)}
+    with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        options: dict[str, Any] = {
+            "engine_kwargs": engine_kwargs,
+            "heartbeat_interval": spec.storage.heartbeat_interval,
+            "grace_period": spec.storage.grace_period,
+            "heartbeat_stale_trial_callback": RetryOrGiveUp(spec.storage.max_retry),
+        }
+        if parsed.get_backend_name() == "sqlite":
+            return SQLiteStorage(url, busy_timeout, **options)
+        return CoreRDBStorage(url, **options)
+
+
+def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
+    """Open the storage behind ``url`` with tuner's guarantees for shared use.
+
+    Args:
+        url: ``sqlite:///FILE``, ``postgresql://...``, ``mysql+pymysql://...`` or
+            ``journal://FILE``.
+        spec: supplies the heartbeat, grace period, retries and timeouts.
+        must_exist: for commands that only read: a storage file that does not exist
+            is an error, rather than created empty behind a mistyped path.
+
+    Returns:
+        An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
+
+    Raises:
+        StorageError: for a malformed URL, an unknown scheme, a missing driver, a
+            folder that is not writable, or a server that cannot be reached.
+    """
+    path = sqlite_path(url) or journal_path(url)
+    if path is not None and path.is_dir():
+        raise StorageError(f"storage {redact_url(url)!r} is a folder; name a file in it")
+    if must_exist and path is not None and not path.is_file():
+        looked = "" if path.is_absolute() else f" (relative files: {where_studies_live()})"
+        raise StorageError(
+            f"storage file {path.absolute()} does not exist{looked}; run "
+            f"`{worker_command(spec)}` first, or check --storage / TUNER_STORAGE / TUNER_HOME"
+        )
+    if (journal := journal_path(url)) is not None:
+        _check_writable_folder(journal, url)
+        try:
+            return JournalStorage(JournalFileBackend(str(journal)))
+        except OSError as e:
+            raise StorageError(
+                f"cannot open journal file {journal} ({e.strerror or e}); "
+                "point journal:// at a readable file or a new one"
+            ) from None
+        except (ValueError, KeyError, AssertionError):  # lines that are not journal entries
+            raise StorageError(
+                f"{journal} is not an Optuna journal file; point journal:// at a journal "
+                "file or at a new file"
+            ) from None
+    busy_timeout = spec.storage.busy_timeout
+    db_file = sqlite_path(url)
+    if db_file is None and url.startswith("sqlite"):
+        raise StorageError(
+            f"storage {url!r} names no database file, and workers cannot share an in-memory "
+            "one; use sqlite:///FILE.db"
+        )
+    try:
+        if db_file is None:
+            server_url = _with_installed_driver(url)  # messages show the URL as given
+            _probe_server(server_url, spec.storage.connect_timeout)
+            return retry_transient(lambda: _rdb_storage(server_url, spec, busy_timeout))
+        _check_writable_folder(db_file, url)
+        # Only one tuner process creates the schema of a fresh file. Plain Optuna and
+        # optuna-dashboard take no such lock: a race with them is retried.
+        with FileLock(f"{db_file}.lock", timeout=busy_timeout):
+            with contextlib.closing(sqlite3.connect(db_file, timeout=busy_timeout)) as conn:
+                conn.execute("PRAGMA journal_mode = WAL")
+            _check_sqlite_file(db_file, url, busy_timeout)
+            return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
+    except FileLockTimeout:
+        raise StorageError(
+            f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
+            "or raise storage.busy_timeout"
+        ) from None
+    except ImportError as e:
+        extra = "postgres" if "postgres" in url else "mysql"
+        raise StorageError(
+            f"no database driver for {redact_url(url)!r} ({e}); "
+            f"install it with: pip install 'tuner[{extra}]'"
+        ) from None
+    except (sa_exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
+        if (fault := classify(e)) is not None and fault.fatal:
+            raise StorageError(fatal_message(fault, url)) from None
+        reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
+        fix = (
+            f"check that {db_file} is a writable SQLite database, or pick another file"
+            if db_file is not None
+            else "check that the database server is running and the URL is right"
+        )
+        raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}; {fix}") from None
+
+
+def artifact_folder(url: str, spec: StudySpec) -> Path:
+    """Where trial files go: ``storage.artifacts``, or ``NAME-artifacts/`` beside the storage."""
+    if spec.storage.artifacts:
+        return Path(spec.storage.artifacts)
+    if (path := sqlite_path(url) or journal_path(url)) is not None:
+        return path.with_name(path.stem + "-artifacts")
+    return Path(f"{spec.study.name}-artifacts")
+
+
+def artifact_store_for(
+    url: str, spec: StudySpec, *, create: bool = True
+) -> FileSystemArtifactStore:
+    """The study's artifact store; ``create=False`` for commands that only read."""
+    folder = artifact_folder(url, spec)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+class BudgetLock:
+    """A lock shared by every worker of one study, held while a trial is being claimed.
+
+    It makes the study-wide trial budget exact: counting the trials and starting
+    a new one happen as one step. File storages use a lock file beside the file;
+    PostgreSQL and MySQL use the server's advisory locks, so workers on other
+    machines take the same lock. An in-memory storage lives in one process, whose
+    single trial loop needs no lock. ``release`` may be called early and more than once.
+    """
+
+    def __init__(
+        self, storage: BaseStorage, url: str, study_name: str, watch: StorageWatch | None = None
+    ) -> None:
+        self._path = sqlite_path(url) or journal_path(url)
+        self._engine = storage.engine if isinstance(storage, RDBStorage) else None
+        digest = hashlib.blake2b(study_name.encode(), digest_size=8).digest()
+        self._key = int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
+        self._file_lock = FileLock(f"{self._path}.budget.lock") if self._path else None
+        self._conn: sqlalchemy.engine.Connection | None = None
+        self._watch = watch
+
+    def acquire(self) -> None:
+        if self._file_lock is not None:
+            self._file_lock.acquire()
+        elif self._engine is None:
+            return  # in memory: one process
+        elif self._watch is not None:
+            self._watch.call(self._acquire_server_lock)
+        else:
+            self._acquire_server_lock()
+
+    def _acquire_server_lock(self) -> None:
+        assert self._engine is not None
+        self.release()  # a connection a fault broke mid-acquire
+        self._conn = self._engine.connect()
+        if self._engine.dialect.name == "postgresql":
+            self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
+            return
+        # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
+        # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
+        query = f"SELECT GET_LOCK('tuner{self._key}', 60)"
+        while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
+            if got is None:
+                self.release()
+                raise StorageError(
+                    "the database refused the study's budget lock (GET_LOCK); "
+                    "check the server's log"
+                )
+
+    def release(self) -> None:
+        if self._file_lock is not None and self._file_lock.is_locked:
+            self._file_lock.release()
+        elif self._conn is not None:
+            conn, self._conn = self._conn, None
+            assert self._engine is not None
+            unlock = (
+                f"SELECT pg_advisory_unlock({self._key})"
+                if self._engine.dialect.name == "postgresql"
+                else f"SELECT RELEASE_LOCK('tuner{self._key}')"
+            )
+            with contextlib.suppress(sa_exc.SQLAlchemyError):  # a restarted server holds none
+                conn.exec_driver_sql(unlock)
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                conn.close()
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def study_names(storage: BaseStorage) -> list[str]:
+    """Names of the studies in a storage."""
+    return optuna.study.get_all_study_names(storage)

@@ -1,0 +1,244 @@
+"""The frozen-feature cache (TF).
+
+With a frozen base run in inference mode and no random augmentation, the base's
+pooled output for an image is the same in every epoch of every trial. It is
+computed once per dataset and base and reused; trials then train only the head,
+whichever head recipe builds it.
+
+An entry is a folder named by its key, holding ``SPLIT.npz`` files and
+``meta.json``. One worker computes it under a file lock while the others wait;
+every file is written to a temporary name and renamed, and ``meta.json`` is
+written last, so an entry without it is incomplete and is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from tuner.common.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+
+from tuner.assets.datasets import DatasetScan, load_split
+from tuner.config.spec import StudySpec
+from tuner.errors import CacheError
+from tuner.recipes import BASES, HEAD, Recipe, recipe_for
+from tuner.training.model import build_feature_extractor, weights_identity
+
+# (split, images done, images in the split), called as the extraction goes
+Progress = Callable[[str, int, int], None]
+
+__all__ = [
+    "CACHE_VERSION",
+    "FeatureSet",
+    "cache_dir",
+    "cache_key",
+    "cache_reason",
+    "extract_features",
+    "load_or_compute",
+]
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+# What a damaged entry raises on reading: a bad zip, a CRC mismatch, a short file, bad JSON.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Pooled features and one-hot labels of the dataset's splits."""
+
+    features: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    status: str  # "hit" or "miss"
+    key: str
+
+
+def cache_dir(spec: StudySpec) -> Path:
+    """``cache.dir``, else ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``."""
+    if spec.cache.dir:
+        return Path(spec.cache.dir).expanduser()
+    if env := os.environ.get("TUNER_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "tuner"
+
+
+def cache_reason(spec: StudySpec, recipe: Recipe | None = None) -> str | None:
+    """Why the cache cannot apply to this spec, or None when it can."""
+    if not spec.cache.enabled:
+        return "cache.enabled is false"
+    if (recipe or recipe_for(spec)).kind != HEAD:
+        return f"recipe {spec.model.recipe!r} trains its whole network"
+    if spec.model.trainable_base:
+        return "model.trainable_base is true, so the base changes while training"
+    if spec.data.augment:
+        return "data.augment is on, so the base sees a different image every epoch"
+    return None
+
+
+def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
+    """The key: dataset content, base, weights, input size, preprocessing, Keras version.
+
+    The head does not count: every head recipe on the same base shares the features.
+    """
+    base = recipe_for(spec).base(spec) or BASES[spec.model.base]
+    parts = {
+        "version": CACHE_VERSION,
+        "dataset": dataset_fingerprint,
+        "base": base.identity,
+        "weights": weights_identity(spec),
+        "image_size": list(spec.data.image_size),
+        "preprocessing": base.preprocessing,
+        "keras": keras.__version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def extract_features(
+    extractor: keras.Model,
+    scan: DatasetScan,
+    split: str,
+    spec: StudySpec,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the extractor over one split through Keras's compiled predict step.
+
+    The pipeline is prefetched, and features and labels come from the same batches,
+    so every image is decoded once. ``predict_on_batch`` reuses the model's traced
+    predict function, the one ``predict`` uses, so no split traces the base again.
+    ``progress`` is called after each batch with the split, the images done and the
+    split's total.
+    """
+    import tensorflow as tf
+
+    ds = load_split(scan, split, spec.data.image_size, spec.data.batch_size)
+    features, labels = [], []
+    done, total = 0, scan.count(split)
+    for images, onehot in ds.prefetch(tf.data.AUTOTUNE):
+        features.append(extractor.predict_on_batch(images))
+        labels.append(onehot.numpy())
+        done += len(labels[-1])
+        if progress is not None:
+            progress(split, done, total)
+    return (
+        np.concatenate(features).astype(np.float32),
+        np.concatenate(labels).astype(np.float32),
+    )
+
+
+def _write_atomic(path: Path, write: object) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)  # type: ignore[operator]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _discard_partial(entry: Path) -> None:
+    """Mark the entry incomplete and drop what a killed writer left; the lock is held."""
+    (entry / "meta.json").unlink(missing_ok=True)
+    for tmp in entry.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _read_entry(
+    entry: Path, splits: tuple[str, ...], key: str, *, quiet: bool = False
+) -> FeatureSet | None:
+    """The entry's features, or None when it is missing, incomplete or damaged."""
+    meta_path = entry / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            return None
+        features, labels = {}, {}
+        for split in splits:
+            with np.load(entry / f"{split}.npz") as data:
+                features[split], labels[split] = data["features"], data["labels"]
+            if not len(features[split]) == len(labels[split]) == meta["counts"][split]:
+                raise ValueError(f"{split}.npz does not hold {meta['counts'][split]} rows")
+    except UNREADABLE:
+        if not quiet:  # said once, by the look taken under the lock
+            log.warning("feature cache entry %s is unreadable; recomputing it", entry)
+        return None
+    return FeatureSet(features, labels, "hit", key)
+
+
+def load_or_compute(
+    spec: StudySpec,
+    scan: DatasetScan,
+    splits: tuple[str, ...] = ("train", "validation"),
+    *,
+    on_compute: object = None,
+    progress: Progress | None = None,
+) -> FeatureSet:
+    """The cached features for the spec and dataset, computing them once if needed.
+
+    Args:
+        spec: supplies the base, weights, input size and cache folder.
+        scan: the validated dataset.
+        splits: the splits to cache.
+        on_compute: called with a message before a (slow) extraction starts.
+        progress: called during the extraction, see :func:`extract_features`.
+
+    Raises:
+        CacheError: when the cache folder cannot be created or written.
+    """
+    key = cache_key(spec, scan.fingerprint())
+    entry = cache_dir(spec) / "features" / key
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(
+            f"cannot create the feature cache folder {entry} ({e.strerror}); set cache.dir "
+            "or TUNER_CACHE_DIR to a writable folder, or --set cache.enabled=false"
+        ) from None
+    if (found := _read_entry(entry, splits, key, quiet=True)) is not None:
+        return found
+    with FileLock(str(entry) + ".lock"):
+        # Another worker may have finished the entry while this one waited.
+        if (found := _read_entry(entry, splits, key)) is not None:
+            return found
+        _discard_partial(entry)
+        if callable(on_compute):
+            on_compute(f"computing frozen-base features once into {entry}")
+        start = time.perf_counter()
+        extractor = build_feature_extractor(spec)
+        features, labels, counts = {}, {}, {}
+        try:
+            for split in splits:
+                x, y = extract_features(extractor, scan, split, spec, progress)
+                features[split], labels[split], counts[split] = x, y, len(x)
+                _write_atomic(
+                    entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)
+                )
+            meta = {"key": key, "counts": counts, "seconds": time.perf_counter() - start}
+            _write_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        except OSError as e:
+            raise CacheError(
+                f"cannot write the feature cache in {entry} ({e.strerror}); free disk space, "
+                "set cache.dir to another folder, or --set cache.enabled=false"
+            ) from None
+        del extractor
+        keras.backend.clear_session()
+    return FeatureSet(features, labels, "miss", key)

@@ -1,0 +1,254 @@
+"""Models from recipes (TF): the frozen base, the complete model, the weights a trial keeps.
+
+A head recipe sits on a frozen ``keras.applications`` base: raw RGB 0-255 in,
+the base's preprocessing as Keras layers inside the model, the base run with
+``training=False``, GlobalAveragePooling2D, then the recipe's head. A model
+recipe is the whole network on the same raw images. Either way the complete
+model holds only Keras layers, so its ``.keras`` file loads without tuner.
+
+A trial keeps the weights of the part it trained: the head (the base is fixed
+by the spec), the head and the base's trainable weights when
+``model.trainable_base`` is set, or the whole network of a model recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.common.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+
+from tuner.assets.weights import offline_hint, socket_timeout
+from tuner.config.spec import StudySpec
+from tuner.errors import RecipeError, WeightsError
+from tuner.recipes import BASES, HEAD, Base, Recipe
+
+__all__ = [
+    "Assembled",
+    "assemble",
+    "build_feature_extractor",
+    "build_part",
+    "compile_model",
+    "load_trained_weights",
+    "portability_problems",
+    "save_trained_weights",
+    "weights_identity",
+]
+
+
+def weights_identity(spec: StudySpec) -> str:
+    """A string that changes whenever the base's weights would differ."""
+    weights = spec.model.weights
+    if weights == "imagenet":
+        return f"imagenet@keras-{keras.__version__}"
+    if weights == "none":
+        return f"random(seed={spec.model.seed})@keras-{keras.__version__}"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        base = BASES.get(spec.model.base)
+        named = base.weights_file if base else f"{spec.model.base} weights"
+        raise WeightsError(
+            f"weights file {path} does not exist; give the path of {named}, or use "
+            '--set model.weights=none (or "imagenet" when online)'
+        )
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _application(spec: StudySpec, base: Base) -> keras.Model:
+    """The base itself, with the spec's weights, trainable only if the spec says so."""
+    h, w = spec.data.image_size
+    weights = spec.model.weights
+    if weights == "none":
+        keras.utils.set_random_seed(spec.model.seed)  # every worker builds the same random base
+    constructor = getattr(keras.applications, base.application)
+    kwargs = {"include_top": False, "input_shape": (h, w, 3)}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square")
+            if weights == "imagenet":
+                with socket_timeout(spec.model.download_timeout):  # a stalled download must end
+                    model = constructor(weights="imagenet", **kwargs)
+            else:
+                model = constructor(weights=None, **kwargs)
+        if weights not in ("imagenet", "none"):
+            weights_identity(spec)  # raises a clear error for a missing file
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(str(Path(weights).expanduser()))
+            # Keras only warns about layers it could not fill: a partial load is an error
+            if problems := [w for w in caught if issubclass(w.category, UserWarning)]:
+                raise ValueError(str(problems[0].message))
+    except WeightsError:
+        raise
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if weights == "imagenet":
+            raise WeightsError(
+                f"cannot download the ImageNet weights for {base.display} ({reason}); offline, "
+                f"{offline_hint(base)}"
+            ) from None
+        raise WeightsError(
+            f"cannot load weights file {weights} ({reason}); it must be {base.weights_file} "
+            "or weights of the same shapes, or use --set model.weights=none"
+        ) from None
+    model.trainable = spec.model.trainable_base
+    return model
+
+
+def _preprocess(base: Base, inputs: Any) -> Any:
+    """The base's own preprocessing of raw 0-255 RGB, as Keras layers (none needs code)."""
+    if base.name == "xception":  # preprocess_input: x / 127.5 - 1
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="xception_preprocess")(inputs)
+    if base.name == "resnet50":  # "caffe": RGB to BGR, then minus the ImageNet mean
+        layer = keras.layers.Conv2D(3, 1, trainable=False, name="resnet50_preprocess")
+        x = layer(inputs)
+        bgr = np.zeros((1, 1, 3, 3), np.float32)
+        for i in range(3):
+            bgr[0, 0, i, 2 - i] = 1.0
+        layer.set_weights([bgr, -np.array([103.939, 116.779, 123.68], np.float32)])
+        return x
+    return inputs  # EfficientNetV2 and MobileNetV3 rescale inside the base
+
+
+def build_feature_extractor(spec: StudySpec) -> keras.Model:
+    """Raw images -> the base's preprocessing -> base (inference mode) -> pooled features."""
+    base = BASES[spec.model.base]
+    h, w = spec.data.image_size
+    inputs = keras.Input((h, w, 3), name="image")
+    x = _application(spec, base)(_preprocess(base, inputs), training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, x, name="features")
+
+
+def build_part(
+    recipe: Recipe, params: Mapping[str, Any], shape: int | tuple[int, ...], num_classes: int
+) -> keras.Model:
+    """The recipe's head or network for one point of the space, checked to be a Keras model.
+
+    Raises:
+        RecipeError: when the recipe returns something else.
+    """
+    model = recipe.build(params, shape, num_classes)
+    if not isinstance(model, keras.Model):
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} returned a {type(model).__name__}, not a "
+            "keras.Model; return keras.Model(inputs, outputs) or a keras.Sequential"
+        )
+    return model
+
+
+@dataclass
+class Assembled:
+    """The complete model of a trial, and the part of it that the trial trains."""
+
+    model: keras.Model  # raw RGB 0-255 in, logits out
+    part: keras.Model  # the recipe's head or network
+    extractor: keras.Model | None = None  # the base, when it trains too
+
+    @property
+    def trained(self) -> list[Any]:
+        """The variables a trial keeps, in a fixed order."""
+        base = self.extractor.trainable_weights if self.extractor is not None else []
+        return [*base, *self.part.weights]
+
+
+def assemble(
+    spec: StudySpec,
+    recipe: Recipe,
+    params: Mapping[str, Any],
+    num_classes: int,
+    extractor: keras.Model | None = None,
+) -> Assembled:
+    """The complete model of the spec's recipe for one point of the space.
+
+    ``extractor`` is a frozen base built once and shared by a worker's trials.
+    """
+    h, w = spec.data.image_size
+    inputs = keras.Input((h, w, 3), name="image")
+    x = inputs
+    if spec.data.augment:
+        x = keras.layers.RandomFlip("horizontal", name="flip")(x)
+    if recipe.kind == HEAD:
+        extractor = extractor or build_feature_extractor(spec)
+        head = build_part(recipe, params, BASES[spec.model.base].feature_dim, num_classes)
+        model = keras.Model(inputs, head(extractor(x)), name="tuned_head")
+        return Assembled(model, head, extractor if spec.model.trainable_base else None)
+    keras.utils.set_random_seed(spec.model.seed)  # every trial starts from the same network
+    network = build_part(recipe, params, (h, w, 3), num_classes)
+    return Assembled(keras.Model(inputs, network(x), name="tuned_model"), network)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam at the trial's rate, cross-entropy on logits, accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def save_trained_weights(variables: list[Any], path: str | Path) -> None:
+    """Save the trained variables, in order, to an ``.npz`` file."""
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(variables)}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_trained_weights(variables: list[Any], path: str | Path, what: str = "the model") -> None:
+    """Put weights saved by :func:`save_trained_weights` into the same variables of a new model.
+
+    Raises:
+        WeightsError: when their number or any shape differs, naming the first mismatch.
+    """
+    with np.load(path) as saved:
+        arrays = [saved[f"w{i}"] for i in range(len(saved.files))]
+    if len(arrays) != len(variables):
+        raise WeightsError(
+            f"the saved weights hold {len(arrays)} arrays, but {what} has {len(variables)}; "
+            "the recipe must build the same model from the same hyperparameters"
+        )
+    for variable, value in zip(variables, arrays, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise WeightsError(
+                f"saved weight {value.shape} does not fit {variable.path} "
+                f"{tuple(variable.shape)} of {what}; the recipe must build the same model "
+                "from the same hyperparameters"
+            )
+    for variable, value in zip(variables, arrays, strict=True):
+        variable.assign(value)
+
+
+def _serialized_objects(config: Any) -> list[dict[str, Any]]:
+    if isinstance(config, dict):
+        found = [config] if "class_name" in config and "module" in config else []
+        return found + [o for v in config.values() for o in _serialized_objects(v)]
+    if isinstance(config, list):
+        return [o for v in config for o in _serialized_objects(v)]
+    return []
+
+
+def portability_problems(model: keras.Model) -> list[str]:
+    """What in ``model`` plain Keras cannot load from its ``.keras`` file without other code.
+
+    Custom layer or model classes, Python functions (an activation, say) and
+    ``Lambda`` layers need the code that made them.
+    """
+    problems = []
+    for obj in _serialized_objects(keras.saving.serialize_keras_object(model)):
+        module, name = obj.get("module"), obj.get("class_name")
+        if module == "builtins" and name == "function":
+            problems.append(f"the Python function {obj.get('config')!r}")
+        elif not str(module).startswith("keras"):
+            problems.append(f"the class {name}" + (f" from {module}" if module else ""))
+        elif name == "Lambda":
+            problems.append("a Lambda layer")
+    return list(dict.fromkeys(problems))

@@ -1,0 +1,316 @@
+"""The Keras objective (TF): trains one trial, reports every epoch, keeps the weights.
+
+This is the only module that reports to trials. Each trial samples every
+hyperparameter of the space, builds the spec's recipe from them (a head on
+cached features, or the complete model) and trains it with Adam at its
+``learning_rate``. Reporting and pruning go through the callbacks of
+:mod:`tuner.training.callbacks`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
+from optuna.artifacts import upload_artifact
+from optuna.exceptions import UpdateFinishedTrialError
+
+from tuner.common.tfload import quiet_tensorflow
+
+with quiet_tensorflow():
+    import keras
+    import tensorflow as tf
+
+from tuner.assets.datasets import DatasetScan, load_split
+from tuner.common import attrs
+from tuner.config.spec import StudySpec
+from tuner.errors import StorageError
+from tuner.recipes import HEAD, Params, Recipe, recipe_for
+from tuner.runner.signals import TrialLost
+from tuner.space.params import format_params
+from tuner.study.opening import suggest
+from tuner.training import features as feature_cache
+from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
+from tuner.training.headfit import HeadTrainer, kernels_kept
+from tuner.training.model import (
+    assemble,
+    build_feature_extractor,
+    build_part,
+    compile_model,
+    save_trained_weights,
+)
+from tuner.training.trial_curve import write_learning_curve
+
+tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
+
+__all__ = [
+    "EpochRecorder",
+    "PruningBeforeLastEpoch",
+    "TrialData",
+    "make_objective",
+    "prepare_data",
+    "worker_id",
+]
+
+Say = Callable[[str], None]
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on every trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class TrialData:
+    """What every trial of one worker trains on, prepared once."""
+
+    scan: DatasetScan
+    cache: str  # "hit", "miss" or "off"
+    features: feature_cache.FeatureSet | None = None
+    val_ds: tf.data.Dataset | None = None
+    extractor: keras.Model | None = field(default=None, repr=False)
+    _trainer: HeadTrainer | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.scan.class_names)
+
+    @property
+    def feature_dim(self) -> int:
+        assert self.features is not None
+        return int(self.features.features["train"].shape[1])
+
+    def trainer(self, batch_size: int) -> HeadTrainer:
+        """The worker's head trainer on the cached features, made on first use."""
+        assert self.features is not None
+        if self._trainer is None:
+            fs = self.features
+            self._trainer = HeadTrainer(fs.features, fs.labels, batch_size)
+        return self._trainer
+
+
+def prepare_data(
+    spec: StudySpec,
+    scan: DatasetScan,
+    say: Say = print,
+    progress: feature_cache.Progress | None = None,
+) -> TrialData:
+    """Cached features when the cache applies, else the full image pipeline.
+
+    ``progress`` follows a feature extraction (:func:`tuner.training.features.extract_features`).
+    """
+    recipe = recipe_for(spec)
+    reason = feature_cache.cache_reason(spec, recipe)
+    if reason is None:
+        fs = feature_cache.load_or_compute(spec, scan, on_compute=say, progress=progress)
+        if fs.status == "hit":
+            say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
+        return TrialData(scan, fs.status, features=fs)
+    say(f"feature cache off: {reason}; running the full pipeline")
+    val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
+    extractor = None
+    if recipe.kind == HEAD and not spec.model.trainable_base:
+        extractor = build_feature_extractor(spec)  # frozen: shared by every trial
+    return TrialData(
+        scan,
+        "off",
+        val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
+        extractor=extractor,
+    )
+
+
+def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset:
+    """The training images, in an order drawn from ``seed`` alone.
+
+    Each trial gets its own dataset: one shared by all trials would carry its
+    shuffle sequence on from trial to trial, so a trial's result would depend on
+    how many epochs earlier trials of the worker ran (fewer when pruned), and two
+    runs with the same sampler seed could not be compared trial by trial.
+    """
+    size, batch = spec.data.image_size, spec.data.batch_size
+    ds = load_split(data.scan, "train", size, batch, shuffle=True, seed=seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _fit(
+    spec: StudySpec,
+    data: TrialData,
+    recipe: Recipe,
+    point: dict[str, Any],
+    seed: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> list[Any]:
+    """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
+    epochs, params = spec.train.epochs, Params(point)
+    if data.features is not None:  # whole epochs in one compiled call, see tuner.training.headfit
+        head = build_part(recipe, params, data.feature_dim, data.num_classes)
+        trainer = data.trainer(spec.data.batch_size)
+        return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks)
+    built = assemble(spec, recipe, params, data.num_classes, data.extractor)
+    compile_model(built.model, point["learning_rate"])
+    train = _train_split(spec, data, seed)
+    built.model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
+        train,
+        validation_data=data.val_ds,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return built.trained
+
+
+def _upload(
+    store: ArtifactStore | None, trial: optuna.Trial, attr: str, name: str, write: Any
+) -> None:
+    if store is None:
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
+            path = Path(tmp) / name
+            write(path)
+            artifact = upload_artifact(
+                artifact_store=store, file_path=str(path), study_or_trial=trial
+            )
+    except OSError as e:  # a full or read-only disk: no later trial could keep its files
+        trial.set_user_attr("fail_reason", f"could not save {name}: {e.strerror or e}")
+        where = e.filename or "the artifact folder"
+        raise StorageError(
+            f"cannot write trial files to {where} ({e.strerror or e}); free space, or point "
+            "storage.artifacts at another folder"
+        ) from None
+    trial.set_user_attr(attr, artifact)
+
+
+class StopCheck(keras.callbacks.Callback):
+    """Calls ``check`` after every training and validation batch, a safe point to stop.
+
+    The worker's check raises on SIGINT/SIGTERM, on a storage it gave up on, and
+    when another worker has failed this trial, so a trial ends within one batch (within
+    one epoch of tens of milliseconds for a cached head, trained an epoch per call).
+    """
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        super().__init__()
+        self.check = check
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.check()
+
+
+# Raised through the objective untouched: the worker, not the trial, handles them.
+_WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
+
+
+def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
+    """Record where the trial runs, start Keras afresh, and return the trial's seed."""
+    # A retried trial inherits the failed one's attributes; clear what no longer holds.
+    for stale in attrs.STALE & trial.user_attrs.keys():
+        trial.set_user_attr(stale, None)
+    trial.set_user_attr(attrs.CACHE, data.cache)
+    trial.set_user_attr(attrs.WORKER, worker_id())
+    seed = spec.model.seed + trial.number
+    if data.features is not None:
+        # A cached trial takes well under a second, and a full garbage collection would be a
+        # quarter of it; Python's own collector frees the dropped heads soon enough. The kept
+        # epoch functions keep their instantiated kernels (see kernels_kept).
+        with kernels_kept():
+            keras.backend.clear_session(free_memory=False)
+            keras.utils.set_random_seed(seed)
+        return seed
+    if data.extractor is None:
+        keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    return seed
+
+
+def make_objective(
+    spec: StudySpec,
+    data: TrialData,
+    artifact_store: ArtifactStore | None = None,
+    say: Say = print,
+    check: Callable[[], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The objective: train the recipe at the trial's point, return final validation accuracy.
+
+    Args:
+        spec: the study spec.
+        data: prepared once per worker by :func:`prepare_data`.
+        artifact_store: where trial weights and learning curves go; None keeps none.
+        say: receives one progress line per epoch.
+        check: called after every batch; may raise to stop the trial (see :class:`StopCheck`).
+    """
+
+    recipe = recipe_for(spec)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return train_trial(trial)
+        except UpdateFinishedTrialError as e:  # another worker failed this trial as stale
+            raise TrialLost(str(e)) from None
+
+    def train_trial(trial: optuna.Trial) -> float:
+        point = suggest(trial, spec)
+        seed = _begin(trial, spec, data)
+        recorder = EpochRecorder(trial, spec.train.epochs, say, space=spec.search.space)
+        pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
+        callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
+        callbacks += [StopCheck(check)] if check is not None else []
+        try:
+            trained = _fit(spec, data, recipe, point, seed, callbacks)
+        except _WORKER_STOPS:
+            raise
+        except optuna.TrialPruned:
+            recorder.flush()
+            trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
+            _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
+            raise
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.runner.worker
+            recorder.flush()
+            trial.set_user_attr(
+                attrs.FAIL_REASON, f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
+            )
+            raise
+        except Exception as e:
+            recorder.flush()
+            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+            raise
+        recorder.flush()
+        value = recorder.val_accuracy[-1]
+        if not math.isfinite(value):
+            raise optuna.TrialPruned("validation accuracy is not a number")
+        _upload(
+            artifact_store,
+            trial,
+            attrs.WEIGHTS_ARTIFACT,
+            "weights.npz",
+            lambda p: save_trained_weights(trained, p),
+        )
+        _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
+        return value
+
+    return objective
+
+
+def _upload_curve(
+    store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder, epochs: int
+) -> None:
+    if store is None or not rec.val_accuracy:
+        return
+    title = f"Trial {trial.number}: {format_params(trial.params)}"
+
+    def write(path: Path) -> None:
+        write_learning_curve(path, rec.train_accuracy, rec.val_accuracy, epochs, title)
+
+    _upload(store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", write)

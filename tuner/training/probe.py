@@ -1,0 +1,151 @@
+"""A recipe checked before any trial: imported, built at sample points, its output checked.
+
+Workers call :func:`resolve_checked` before the data is read (a built-in needs
+nothing; a user's module is imported, and its signature checked), then
+:func:`probe` once the number of classes is known. The probe builds a user's
+recipe at two points of the space (every range at its low end and every
+categorical at its first choice, then the high ends and last choices), calls
+the model on one zero input, and checks that it is a Keras model with one
+logit per class that reads only hyperparameters the space defines. Every
+mistake is one :class:`~tuner.errors.RecipeError` line, before any study or
+trial exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import RecipeError, SpecError
+from tuner.recipes import (
+    BASES,
+    HEAD,
+    Params,
+    Recipe,
+    UnknownHyperparameter,
+    recipe_for,
+    unread_warning,
+)
+from tuner.space.params import Space, format_params
+
+if TYPE_CHECKING:
+    from tuner.config.spec import StudySpec
+
+__all__ = ["CHECKED_RECIPE_ENV", "probe", "probe_points", "resolve_checked"]
+
+# Set once a process has probed a recipe; a pool's children inherit it and skip the probe.
+CHECKED_RECIPE_ENV = "TUNER_CHECKED_RECIPE"
+
+
+def resolve_checked(spec: StudySpec) -> Recipe:
+    """The spec's recipe, imported when it is the user's, with its spec checks made.
+
+    Raises:
+        RecipeError: the module or function cannot be imported, or does not fit.
+        SpecError: the spec does not suit the recipe (such as an input size below the base's).
+    """
+    recipe = recipe_for(spec)
+    if problems := recipe.problems(spec):
+        raise SpecError(f"{spec.spec_file or 'the spec'}: {problems[0]}; fix it in the spec")
+    return recipe
+
+
+def probe_points(space: Space) -> list[dict[str, Any]]:
+    """Two points at the edges of the space: low ends and first choices, then the other edge."""
+    low = {n: p.choices[0] if p.kind == "categorical" else p.low for n, p in space.items()}
+    high = {n: p.choices[-1] if p.kind == "categorical" else p.high for n, p in space.items()}
+    return [low] if high == low else [low, high]
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or "no message"
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _build(recipe: Recipe, point: dict[str, Any], shape: Any, num_classes: int) -> tuple:
+    """Build at ``point``; returns the model and the names it read."""
+    from tuner.training.model import build_part
+
+    params = Params(point)
+    try:
+        model = build_part(recipe, params, shape, num_classes)
+    except RecipeError:
+        raise
+    except UnknownHyperparameter as e:
+        raise RecipeError(f"model.recipe {recipe.name!r}: {e}") from None
+    except Exception as e:
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} failed to build with {format_params(point)}: "
+            f"{_one_line(e)}; fix the function"
+        ) from None
+    return model, params.read
+
+
+def _check_output(recipe: Recipe, model: Any, shape: Any, num_classes: int) -> list[str]:
+    """Call the model on one zero input; returns warnings, raises on a wrong output."""
+    import numpy as np
+
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    what = "feature_dim" if recipe.kind == HEAD else "input_shape"
+    try:
+        out = np.asarray(model(np.zeros((1, *dims), np.float32), training=False))
+    except Exception as e:
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} built a model that cannot take a batch of shape "
+            f"{(None, *dims)} ({_one_line(e)}); start it with keras.Input(shape=...) made "
+            f"from its {what} argument"
+        ) from None
+    if out.shape != (1, num_classes):
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} built a model whose output has shape "
+            f"{(None, *out.shape[1:])}, but the data has {num_classes} classes; end it with "
+            "keras.layers.Dense(num_classes) and no softmax (tuner trains on logits)"
+        )
+    if num_classes > 1 and np.allclose(out.sum(axis=-1), 1.0) and (out >= 0).all():
+        return [
+            f"model.recipe {recipe.name!r} seems to end in a softmax; tuner trains on logits "
+            "(from_logits=True), so end it with keras.layers.Dense(num_classes) alone"
+        ]
+    return []
+
+
+def probe(spec: StudySpec, recipe: Recipe, num_classes: int) -> list[str]:
+    """Check what the recipe builds, once per process (and once per pool); returns warnings.
+
+    Raises:
+        RecipeError: naming what is wrong with the recipe and how to fix it.
+    """
+    space = spec.search.space
+    key = hashlib.sha256(f"{recipe.name} {num_classes} {space.to_json()}".encode()).hexdigest()
+    if os.environ.get(CHECKED_RECIPE_ENV) == key:
+        return []
+    if recipe.reads is not None:  # a built-in: known without building it
+        warning = unread_warning(recipe, list(space), recipe.reads)
+        os.environ[CHECKED_RECIPE_ENV] = key
+        return [warning] if warning else []
+    from tuner.common.tfload import quiet_tensorflow
+
+    with quiet_tensorflow():
+        import keras
+    from tuner.training.model import portability_problems
+
+    h, w = spec.data.image_size
+    shape = BASES[spec.model.base].feature_dim if recipe.kind == HEAD else (h, w, 3)
+    warnings: list[str] = []
+    read: set[str] = set()
+    for point in probe_points(space):
+        model, names = _build(recipe, point, shape, num_classes)
+        read |= names
+        warnings += _check_output(recipe, model, shape, num_classes)
+        if problems := portability_problems(model):
+            warnings.append(
+                f"model.recipe {recipe.name!r} uses {', '.join(problems)}; training works, "
+                "but tuner export --model will refuse the best model, since plain Keras "
+                "cannot load that from a .keras file"
+            )
+    keras.backend.clear_session()
+    if (warning := unread_warning(recipe, list(space), read)) is not None:
+        warnings.append(warning)
+    os.environ[CHECKED_RECIPE_ENV] = key
+    return list(dict.fromkeys(warnings))
