@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner.assets.datasets import DatasetScan, load_split, scan_dataset
+from tuner.config.build import trial_setup
 from tuner.config.spec import StudySpec, load_spec
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
@@ -91,11 +92,11 @@ def time_extraction(spec: StudySpec, scan: DatasetScan, repeats: int) -> dict[st
     from tuner.training.features import extract_features
     from tuner.training.model import build_feature_extractor
 
-    extractor = build_feature_extractor(spec)
+    extractor = build_feature_extractor(trial_setup(spec))
     size, batch = spec.data.image_size, spec.data.batch_size
 
     def tuner_path(splits: tuple[str, ...]) -> list[np.ndarray]:
-        return [extract_features(extractor, scan, s, spec)[0] for s in splits]
+        return [extract_features(trial_setup(extractor), scan, s, spec)[0] for s in splits]
 
     def bare_predict(splits: tuple[str, ...]) -> list[np.ndarray]:
         return [extractor.predict(load_split(scan, s, size, batch), verbose=0) for s in splits]
@@ -125,8 +126,10 @@ def run_study(spec: StudySpec, scan: DatasetScan, trials: int) -> tuple[list[flo
     from tuner.training.objective import make_objective, prepare_data
 
     start = time.perf_counter()
-    data = prepare_data(spec, scan, say=lambda line: console.print(f"  {line}", style="dim"))
-    objective = make_objective(spec, data, None, say=lambda _line: None)
+    data = prepare_data(
+        trial_setup(spec), scan, say=lambda line: console.print(f"  {line}", style="dim")
+    )
+    objective = make_objective(trial_setup(spec), data, None, say=lambda _line: None)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     study.optimize(objective, n_trials=trials)
     wall = time.perf_counter() - start

@@ -57,10 +57,11 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from tuner.common.console import err_console
+from tuner.config.build import open_study, trial_setup
 from tuner.config.spec import StudySpec, load_spec
 from tuner.runner.worker import run_objective
+from tuner.space.params import suggest
 from tuner.storages.storage import open_storage
-from tuner.study.opening import open_study, suggest
 
 BACKENDS = ("sqlite", "journal", "postgresql", "mysql")
 SERVERS = {
@@ -81,7 +82,7 @@ def trivial_objective(spec: StudySpec, folder: Path) -> Callable[[optuna.Trial],
     blob.write_bytes(b"0" * 64)
 
     def objective(trial: optuna.Trial) -> float:
-        suggest(trial, spec)
+        suggest(trial, spec.search.space)
         trial.set_user_attr("cache", "hit")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for epoch in range(EPOCHS):
@@ -162,7 +163,7 @@ def worker(
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     err_console.quiet = True  # the trial lines cost a terminal's time, not the storage's
-    storage = open_storage(url, spec)
+    storage = open_storage(url, spec.storage)
     clock = StorageClock(storage)
     inner = trivial_objective(spec, folder)
     steady: list[tuple[float, float]] = []  # CPU time and storage CPU at each trial's start
@@ -208,7 +209,7 @@ def measure(
         return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
     name = f"bench_{kind}_{workers}_{os.getpid()}_{time.time_ns()}"
     spec = load_spec("clothing", [f"study.name={name}", "search.warm_start=[]"])
-    open_study(spec, open_storage(url, spec))  # created once, outside the timing
+    open_study(spec, open_storage(url, spec.storage))  # created once, outside the timing
     barrier, results = SPAWN.Barrier(workers), SPAWN.Queue()
     args = (spec, url, folder, trials, barrier, results)
     procs = [SPAWN.Process(target=worker, args=args) for _ in range(workers)]
@@ -220,7 +221,7 @@ def measure(
     if any(p.exitcode for p in procs):
         raise SystemExit(f"a worker failed on {kind} with {workers} workers")
     wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
-    storage = open_storage(url, spec)
+    storage = open_storage(url, spec.storage)
     states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
     if len(states) != trials or set(states) != {TrialState.COMPLETE}:
         raise SystemExit(f"{kind}, {workers} workers: expected {trials} complete trials")
@@ -265,7 +266,9 @@ def cached_trial_seconds(repeats: int = 5) -> float:
     spec = load_spec("clothing", ["model.weights=none", "pruner.kind=none"])
     times = []
     with tempfile.TemporaryDirectory() as tmp:
-        objective = make_objective(spec, data, FileSystemArtifactStore(tmp), say=lambda _: None)
+        objective = make_objective(
+            trial_setup(spec), data, FileSystemArtifactStore(tmp), say=lambda _: None
+        )
         study = optuna.create_study(direction="maximize")
         for _ in range(repeats + 1):  # the first traces the head's epoch: not timed
             study.enqueue_trial({"learning_rate": 1e-3})

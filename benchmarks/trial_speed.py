@@ -51,6 +51,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
 from tuner.assets.datasets import scan_dataset
+from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
 from tuner.training import objective as objective_module
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     loads = [os.getloadavg()[0]]
     rate = matmul_gflops()  # again at the end: the floor takes the better, the hardware's
     scan = scan_dataset(args.data)
-    data = objective_module.prepare_data(spec, scan, say=print)
+    data = objective_module.prepare_data(trial_setup(spec), scan, say=print)
     variants = {
         "keras fit (previous release)": keras_fit(),
         "keras fit, 1 call/epoch, XLA": keras_fit(-(-scan.count("train") // 32), True),
@@ -194,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="tuner-trial-speed-") as tmp:
         store = FileSystemArtifactStore(tmp)
-        objective = objective_module.make_objective(spec, data, store, say=lambda _: None)
+        objective = objective_module.make_objective(
+            trial_setup(spec), data, store, say=lambda _: None
+        )
         # The same sampler seed everywhere: trial k of every variant trains at the same rate
         # from the same initial weights, so the variants' final accuracies can be compared.
         studies = {
@@ -239,8 +242,8 @@ def profile(study: optuna.Study, objective: Any, fit: Fit, name: str) -> None:
 def full_epoch(sets: list[str], scan: Any, epochs: int) -> float:
     """The median epoch of the full pipeline (cache off), trained by the objective."""
     spec = load_spec("clothing", [*sets, "cache.enabled=false", f"train.epochs={epochs}"])
-    data = objective_module.prepare_data(spec, scan, say=print)
-    objective = objective_module.make_objective(spec, data, None, say=lambda _: None)
+    data = objective_module.prepare_data(trial_setup(spec), scan, say=print)
+    objective = objective_module.make_objective(trial_setup(spec), data, None, say=lambda _: None)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     study.optimize(objective, n_trials=1)
     return statistics.median(study.trials[-1].user_attrs["epoch_seconds"])

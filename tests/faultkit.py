@@ -58,7 +58,9 @@ def load(url: str, name: str = "clothing") -> optuna.Study:
     from tuner.config.spec import load_spec
     from tuner.storages.storage import open_storage
 
-    return optuna.load_study(study_name=name, storage=open_storage(url, load_spec("clothing")))
+    return optuna.load_study(
+        study_name=name, storage=open_storage(url, load_spec("clothing").storage)
+    )
 
 
 def trials(url: str, name: str = "clothing") -> list[FrozenTrial]:

@@ -26,10 +26,11 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner, serving, tuner_cmd, unique_name
+from tuner.config.build import open_study
 from tuner.config.spec import StudySpec, load_spec
 from tuner.results.dashboard import is_loopback, make_app
+from tuner.space.params import suggest
 from tuner.storages.storage import open_storage
-from tuner.study.opening import open_study, suggest
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -88,10 +89,10 @@ def _spec(name: str, epochs: int = 3, study: str = "clothing") -> StudySpec:
 
 def _build_study(spec: StudySpec, url: str) -> optuna.Study:
     """A study as workers leave it, through tuner's own creation path (note included)."""
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
     for train, val in CURVES:
         trial = study.ask()
-        suggest(trial, spec)
+        suggest(trial, spec.search.space)
         for step, value in enumerate(val):
             trial.report(value, step)
         trial.set_user_attr("train_accuracy", train)
@@ -198,7 +199,9 @@ def test_api_shows_study_attributes_intermediate_values_and_note(
             study_id = _study_id(base, spec.study.name)
             detail = _json(f"{base}/api/studies/{study_id}")
     finally:
-        optuna.delete_study(study_name=spec.study.name, storage=open_storage(storage_url, spec))
+        optuna.delete_study(
+            study_name=spec.study.name, storage=open_storage(storage_url, spec.storage)
+        )
     assert detail["name"] == spec.study.name
     finished = [t for t in detail["trials"] if t["state"] == "Complete"]
     assert len(finished) == len(CURVES)

@@ -37,9 +37,11 @@ from tests.conftest import (
     tuner_cmd,
     unique_name,
 )
+from tuner.common.attrs import SPACE_ATTR
+from tuner.config.build import open_study, trial_setup
 from tuner.config.spec import load_spec
+from tuner.space.params import suggest
 from tuner.storages.storage import open_storage
-from tuner.study.opening import SPACE_ATTR, open_study, suggest
 
 SECRET = "s3cr3t-pw"
 
@@ -69,10 +71,10 @@ def make_study(
     ``sets`` are the spec overrides of the workers that made it, in ``KEY=VALUE`` form.
     """
     spec = load_spec("clothing", [f"study.name={name}", *sets])
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
 
     def objective(trial: optuna.Trial) -> float:
-        suggest(trial, spec)  # the warm-start rates, then TPE's
+        suggest(trial, spec.search.space)  # the warm-start rates, then TPE's
         curve = [0.3 + 0.1 * trial.number, 0.35 + 0.1 * trial.number]
         for epoch, value in enumerate(curve):
             trial.report(value, epoch)
@@ -449,7 +451,7 @@ def test_weights_file_of_another_model_is_an_error_not_a_partial_load(tmp_path: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(WeightsError, match=r"could not be loaded.*model\.weights=none"):
-            build_feature_extractor(spec)
+            build_feature_extractor(trial_setup(spec))
     assert not [w for w in caught if issubclass(w.category, UserWarning)]  # no extra lines
 
 
@@ -483,7 +485,7 @@ def test_keras_own_imagenet_download_is_bounded_too(tmp_path: Path, silent_serve
         "from tuner.training.model import build_feature_extractor\n"
         "spec = load_spec('clothing', ['model.download_timeout=2', 'data.image_size=[71, 71]'])\n"
         "start = time.monotonic()\n"
-        "try:\n    build_feature_extractor(spec)\nexcept WeightsError as e:\n"
+        "try:\n    build_feature_extractor(trial_setup(spec))\nexcept WeightsError as e:\n"
         "    print(f'{time.monotonic() - start:.1f}', e)\n"
     )
     done = subprocess.run(
@@ -621,7 +623,7 @@ def test_silent_server_fails_within_connect_timeout(scheme: str, silent_server: 
 def test_study_with_no_finished_trial(command: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     spec = load_spec("clothing")
-    open_study(spec, open_storage(url, spec))  # created, warm start queued, nothing run
+    open_study(spec, open_storage(url, spec.storage))  # created, warm start queued, nothing run
     code, out, err = cli(command, "--storage", url)
     one_error_line(code, err, "'clothing'", "no complete trial yet", "tuner worker")
     if command == "status":
@@ -724,10 +726,11 @@ def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, c
 
 
 def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:
-    from tuner.study.opening import budget_difference, load_existing_study
+    from tuner.config.build import load_existing_study
+    from tuner.config.join import budget_difference
 
     spec = load_spec("clothing", ["model.weights=none"])
-    study = load_existing_study(spec, open_storage(existing, spec))
+    study = load_existing_study(spec, open_storage(existing, spec.storage))
     assert budget_difference(study, spec) is None
     other = load_spec("clothing", ["model.weights=none", "train.epochs=3"])
     message = budget_difference(study, other)
@@ -739,7 +742,7 @@ def test_a_first_run_that_fails_on_its_data_creates_no_study(tmp_path: Path, cli
     code, _, err = _worker(cli, url, tmp_path / "nowhere", "--set", "data.source=")
     one_error_line(code, err, "does not exist")
     spec = load_spec("clothing")
-    assert optuna.study.get_all_study_names(open_storage(url, spec)) == []
+    assert optuna.study.get_all_study_names(open_storage(url, spec.storage)) == []
 
 
 @pytest.mark.slow
@@ -844,7 +847,7 @@ def test_cache_write_that_fails_halfway_is_never_read(env: Env) -> None:
     ok = run()
     assert ok.returncode == 0, ok.stderr
     assert (entry / "meta.json").exists()
-    journal = open_storage(url, load_spec("clothing"))
+    journal = open_storage(url, load_spec("clothing").storage)
     study = optuna.load_study(study_name="clothing", storage=journal)
     assert [t.user_attrs["cache"] for t in study.trials if t.state.is_finished()] == ["miss"]
 

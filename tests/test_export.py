@@ -123,13 +123,13 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
 
 
 def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from tuner.config.build import open_study
     from tuner.config.spec import load_spec
     from tuner.storages.storage import open_storage
-    from tuner.study.opening import open_study
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     spec = load_spec("clothing")
-    open_study(spec, open_storage(url, spec))
+    open_study(spec, open_storage(url, spec.storage))
     code, _, err = cli("export", "--study", "clothing", "--storage", url)
     assert code == 2 and err.startswith("error: study 'clothing' has no complete trial yet")
     assert len(err.strip().splitlines()) == 1

@@ -21,9 +21,10 @@ from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
 from tuner.assets.datasets import DatasetScan, load_split, scan_dataset
+from tuner.config.build import recipe_for, trial_setup
 from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import CacheError
-from tuner.recipes import BASES, Params, recipe_for
+from tuner.recipes import BASES, Params
 from tuner.training import features
 from tuner.training.model import (
     assemble,
@@ -33,6 +34,7 @@ from tuner.training.model import (
     load_trained_weights,
     save_trained_weights,
 )
+from tuner.training.settings import TrialSetup
 
 SPLITS = ("train", "validation")
 
@@ -41,9 +43,17 @@ def _spec(env: Env, **extra: object) -> StudySpec:
     return load_spec("clothing", [s.removeprefix("--set=") for s in env.overrides(**extra)])
 
 
+def _setup(env: Env, **extra: object) -> TrialSetup:
+    return trial_setup(_spec(env, **extra))
+
+
 def _entry(spec: StudySpec) -> Path:
     scan = scan_dataset(spec.data.dir)
-    return features.cache_dir(spec) / "features" / features.cache_key(spec, scan.fingerprint())
+    return (
+        features.cache_dir(trial_setup(spec))
+        / "features"
+        / features.cache_key(trial_setup(spec), scan.fingerprint())
+    )
 
 
 def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -68,65 +78,67 @@ def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_key_is_stable_for_the_same_inputs(env: Env) -> None:
     spec = _spec(env)
-    assert features.cache_key(spec, "abc") == features.cache_key(_spec(env), "abc")
+    assert features.cache_key(trial_setup(spec), "abc") == features.cache_key(_setup(env), "abc")
 
 
 def test_key_changes_with_dataset_file_content(env: Env, tmp_path: Path) -> None:
     copy = shutil.copytree(env.data, tmp_path / "copy")
     spec = _spec(env, **{"data.dir": str(copy)})
-    before = features.cache_key(spec, scan_dataset(copy).fingerprint())
+    before = features.cache_key(trial_setup(spec), scan_dataset(copy).fingerprint())
     images = sorted((copy / "train").rglob("*.jp*g"))
     shutil.copy(images[1], images[0])  # same file name, other content
-    assert features.cache_key(spec, scan_dataset(copy).fingerprint()) != before
+    assert features.cache_key(trial_setup(spec), scan_dataset(copy).fingerprint()) != before
 
 
 def test_key_changes_with_base_model(env: Env) -> None:
     heads = {"model.recipe": "dense-head"}
-    keys = {features.cache_key(_spec(env, **heads, **{"model.base": base}), "d") for base in BASES}
+    keys = {
+        features.cache_key(_setup(env, **heads, **{"model.base": base}), "d") for base in BASES
+    }
     assert len(keys) == len(BASES)
     # The head does not matter: every head recipe on a base shares its features.
-    assert features.cache_key(_spec(env, **heads), "d") == features.cache_key(_spec(env), "d")
+    assert features.cache_key(_setup(env, **heads), "d") == features.cache_key(_setup(env), "d")
 
 
 def test_key_changes_with_weights_identity(env: Env, tmp_path: Path) -> None:
     weights_file = tmp_path / "xception.weights.h5"
     weights_file.write_bytes(b"first weights")
-    key_file = features.cache_key(_spec(env, **{"model.weights": str(weights_file)}), "d")
+    key_file = features.cache_key(_setup(env, **{"model.weights": str(weights_file)}), "d")
     weights_file.write_bytes(b"other weights")  # same path, other content
     keys = {
-        features.cache_key(_spec(env, **{"model.weights": "imagenet"}), "d"),
-        features.cache_key(_spec(env, **{"model.weights": "none"}), "d"),
+        features.cache_key(_setup(env, **{"model.weights": "imagenet"}), "d"),
+        features.cache_key(_setup(env, **{"model.weights": "none"}), "d"),
         key_file,
-        features.cache_key(_spec(env, **{"model.weights": str(weights_file)}), "d"),
+        features.cache_key(_setup(env, **{"model.weights": str(weights_file)}), "d"),
     }
     assert len(keys) == 4
 
 
 def test_key_changes_with_input_size(env: Env) -> None:
-    small = features.cache_key(_spec(env, **{"data.image_size": "[71, 71]"}), "d")
-    assert features.cache_key(_spec(env, **{"data.image_size": "[150, 150]"}), "d") != small
+    small = features.cache_key(_setup(env, **{"data.image_size": "[71, 71]"}), "d")
+    assert features.cache_key(_setup(env, **{"data.image_size": "[150, 150]"}), "d") != small
 
 
 def test_key_changes_with_preprocessing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = features.cache_key(_spec(env), "d")
+    before = features.cache_key(_setup(env), "d")
     other = dataclasses.replace(BASES["xception"], preprocessing="x/255, bilinear resize")
     monkeypatch.setitem(BASES, "xception", other)
-    assert features.cache_key(_spec(env), "d") != before
+    assert features.cache_key(_setup(env), "d") != before
 
 
 def test_key_changes_with_keras_version(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = features.cache_key(_spec(env), "d")
+    before = features.cache_key(_setup(env), "d")
     monkeypatch.setattr(keras, "__version__", "3.0.0")
-    assert features.cache_key(_spec(env), "d") != before
+    assert features.cache_key(_setup(env), "d") != before
 
 
 def test_cache_dir_precedence(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert features.cache_dir(_spec(env)) == env.cache
-    assert features.cache_dir(_spec(env, **{"cache.dir": ""})) == tmp_path / "env"
+    assert features.cache_dir(_setup(env)) == env.cache
+    assert features.cache_dir(_setup(env, **{"cache.dir": ""})) == tmp_path / "env"
     monkeypatch.delenv("TUNER_CACHE_DIR")
-    assert features.cache_dir(_spec(env, **{"cache.dir": ""})) == tmp_path / "xdg" / "tuner"
+    assert features.cache_dir(_setup(env, **{"cache.dir": ""})) == tmp_path / "xdg" / "tuner"
 
 
 # (b) A failed or damaged entry is never read; it is computed again.
@@ -149,7 +161,7 @@ def test_write_failing_halfway_leaves_no_entry(env: Env, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(features, "_write_atomic", disk_full_on_second_split)
     with pytest.raises(CacheError, match="No space left on device"):
-        features.load_or_compute(spec, scan)
+        features.load_or_compute(trial_setup(spec), scan)
     entry = _entry(spec)
     assert (entry / "train.npz").is_file()
     assert not (entry / "meta.json").exists()
@@ -157,10 +169,10 @@ def test_write_failing_halfway_leaves_no_entry(env: Env, monkeypatch: pytest.Mon
     assert features._read_entry(entry, SPLITS, entry.name) is None
 
     monkeypatch.setattr(features, "_write_atomic", real_write)
-    fs = features.load_or_compute(spec, scan)
+    fs = features.load_or_compute(trial_setup(spec), scan)
     assert fs.status == "miss"
     assert calls == ["train", "validation", "train", "validation"]
-    assert features.load_or_compute(spec, scan).status == "hit"
+    assert features.load_or_compute(trial_setup(spec), scan).status == "hit"
 
 
 @pytest.mark.slow  # TensorFlow
@@ -170,7 +182,7 @@ def test_damaged_entry_is_recomputed(
 ) -> None:
     spec, scan = _spec(env), scan_dataset(env.data)
     calls = _fake_extraction(monkeypatch)
-    good = features.load_or_compute(spec, scan)
+    good = features.load_or_compute(trial_setup(spec), scan)
     entry = _entry(spec)
     npz = entry / "train.npz"
     data = npz.read_bytes()
@@ -185,11 +197,11 @@ def test_damaged_entry_is_recomputed(
         (entry / "meta.json").unlink()
     else:
         (entry / "meta.json").write_text('{"key": "')
-    again = features.load_or_compute(spec, scan)
+    again = features.load_or_compute(trial_setup(spec), scan)
     assert again.status == "miss"
     assert calls == ["train", "validation"] * 2
     np.testing.assert_array_equal(again.features["train"], good.features["train"])
-    assert features.load_or_compute(spec, scan).status == "hit"
+    assert features.load_or_compute(trial_setup(spec), scan).status == "hit"
 
 
 KILLED_WRITER = """
@@ -198,6 +210,7 @@ from pathlib import Path
 import numpy as np
 from tuner.training import features
 from tuner.assets.datasets import scan_dataset
+from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
 
 flag = Path(sys.argv[1])
@@ -212,7 +225,7 @@ def stuck_savez(f, **arrays):
 features.build_feature_extractor = lambda _spec: object()
 features.extract_features = extract
 np.savez = stuck_savez
-features.load_or_compute(spec, scan_dataset(spec.data.dir))
+features.load_or_compute(trial_setup(spec), scan_dataset(spec.data.dir))
 """
 
 
@@ -237,7 +250,9 @@ def test_writer_killed_mid_write_leaves_no_entry(
     assert not (entry / "train.npz").exists() and not (entry / "meta.json").exists()
 
     calls = _fake_extraction(monkeypatch)
-    fs = features.load_or_compute(spec, scan_dataset(env.data))  # the dead writer's lock is free
+    fs = features.load_or_compute(
+        trial_setup(spec), scan_dataset(env.data)
+    )  # the dead writer's lock is free
     assert fs.status == "miss" and calls == list(SPLITS)
     assert not list(entry.glob(".*.tmp"))
     assert json.loads((entry / "meta.json").read_text())["key"] == entry.name
@@ -250,6 +265,7 @@ import json, sys, time
 from pathlib import Path
 from tuner.assets.datasets import scan_dataset
 from tuner.training.features import load_or_compute
+from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
 
 barrier, me = Path(sys.argv[1]), sys.argv[2]
@@ -259,7 +275,7 @@ scan = scan_dataset(spec.data.dir)
 while len(list(barrier.glob("ready-*"))) < 2:
     time.sleep(0.02)
 start = time.time()
-fs = load_or_compute(spec, scan)
+fs = load_or_compute(trial_setup(spec), scan)
 print(json.dumps({"status": fs.status, "start": start, "end": time.time()}))
 """
 
@@ -294,7 +310,7 @@ def test_two_processes_compute_an_entry_once(env: Env, tmp_path: Path) -> None:
 def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path) -> None:
     spec, scan = _spec(env), scan_dataset(env.data)
     seen: list[tuple[str, int, int]] = []
-    fs = features.load_or_compute(spec, scan, progress=lambda *a: seen.append(a))
+    fs = features.load_or_compute(trial_setup(spec), scan, progress=lambda *a: seen.append(a))
     for split in ("train", "validation"):  # progress per batch of 8, ending at the split's size
         counts = [done for part, done, total in seen if part == split and total == len(
             fs.labels[split])]  # fmt: skip
@@ -311,17 +327,19 @@ def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path)
     images = np.concatenate([x for x, _ in load_split(scan, "validation", (71, 71), 8)])
 
     keras.backend.clear_session()  # a separately built base, as in another worker
-    full = assemble(spec, recipe, point, len(scan.class_names))
+    full = assemble(trial_setup(spec), recipe, point, len(scan.class_names))
     load_trained_weights(full.trained, tmp_path / "head.npz")
     np.testing.assert_allclose(full.model.predict(images, verbose=0), expected, atol=1e-4)
     # Training mode: the frozen base still runs in inference mode; only Dropout would differ.
-    no_dropout = assemble(spec, recipe, {**point, "droprate": 0.0}, len(scan.class_names))
+    no_dropout = assemble(
+        trial_setup(spec), recipe, {**point, "droprate": 0.0}, len(scan.class_names)
+    )
     load_trained_weights(no_dropout.trained, tmp_path / "head.npz")
     np.testing.assert_allclose(no_dropout.model(images, training=True), expected, atol=1e-4)
 
     # The seeded random base is the same function in every build.
-    first = build_feature_extractor(spec).predict(images, verbose=0)
-    second = build_feature_extractor(spec).predict(images, verbose=0)
+    first = build_feature_extractor(trial_setup(spec)).predict(images, verbose=0)
+    second = build_feature_extractor(trial_setup(spec)).predict(images, verbose=0)
     np.testing.assert_allclose(first, second, atol=1e-6)
     np.testing.assert_allclose(first, fs.features["validation"], atol=1e-5)
 
@@ -341,10 +359,10 @@ def test_cached_head_on_the_base_gives_the_same_logits(env: Env, tmp_path: Path)
 def test_cache_reason_names_why_the_cache_cannot_apply(
     env: Env, setting: dict[str, str], reason: str
 ) -> None:
-    assert features.cache_reason(_spec(env)) is None
-    assert reason in (features.cache_reason(_spec(env, **setting)) or "")
-    assert features.cache_reason(_spec(env, **setting), recipe_for(_spec(env, **setting))) == (
-        features.cache_reason(_spec(env, **setting))
+    assert features.cache_reason(_setup(env)) is None
+    assert reason in (features.cache_reason(_setup(env, **setting)) or "")
+    assert features.cache_reason(_setup(env, **setting), recipe_for(_spec(env, **setting))) == (
+        features.cache_reason(_setup(env, **setting))
     )
 
 
@@ -356,9 +374,9 @@ def test_fallback_runs_the_full_pipeline_and_says_why(env: Env, setting: dict[st
     from tuner.training.objective import prepare_data
 
     spec, lines = _spec(env, **setting), []
-    data = prepare_data(spec, scan_dataset(env.data), lines.append)
+    data = prepare_data(trial_setup(spec), scan_dataset(env.data), lines.append)
     assert data.cache == "off" and data.features is None and data.val_ds is not None
-    reason = features.cache_reason(spec)
+    reason = features.cache_reason(trial_setup(spec))
     assert lines == [f"feature cache off: {reason}; running the full pipeline"]
     assert not env.cache.exists()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tuner.config.build import storage_url
 from tuner.config.spec import load_spec
-from tuner.storages.storage import resolve_url
 
 
 @pytest.fixture(autouse=True)
@@ -21,15 +21,15 @@ def test_a_specs_relative_file_lies_in_tuner_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = load_spec("clothing")
-    assert resolve_url(spec) == "sqlite:///clothing.db"  # the current folder, as before
+    assert storage_url(spec) == "sqlite:///clothing.db"  # the current folder, as before
     monkeypatch.setenv("TUNER_HOME", str(tmp_path))
-    assert resolve_url(spec) == f"sqlite:///{tmp_path / 'clothing.db'}"
+    assert storage_url(spec) == f"sqlite:///{tmp_path / 'clothing.db'}"
     journal = load_spec("clothing", ["study.storage=journal://runs/c.log"])
-    assert resolve_url(journal) == f"journal://{tmp_path / 'runs' / 'c.log'}"
+    assert storage_url(journal) == f"journal://{tmp_path / 'runs' / 'c.log'}"
     # Absolute files, servers and URLs given by the user are taken as they are.
     for url in ("sqlite:////srv/c.db", "postgresql://u@h/db"):
-        assert resolve_url(load_spec("clothing", [f"study.storage={url}"])) == url
-    assert resolve_url(spec, "sqlite:///here.db") == "sqlite:///here.db"
+        assert storage_url(load_spec("clothing", [f"study.storage={url}"])) == url
+    assert storage_url(spec, "sqlite:///here.db") == "sqlite:///here.db"
 
 
 def test_status_from_another_folder_says_where_it_looked(

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
 
 pytestmark = pytest.mark.slow
@@ -109,7 +110,9 @@ def test_objective_returns_the_last_reported_validation_accuracy() -> None:
     spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"learning_rate": 1e-2})
-    study.optimize(make_objective(spec, _data(), None, say=lambda _: None), n_trials=1)
+    study.optimize(
+        make_objective(trial_setup(spec), _data(), None, say=lambda _: None), n_trials=1
+    )
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [0, 1, 2]
@@ -123,7 +126,9 @@ def test_a_nan_loss_prunes_the_trial_and_the_search_goes_on() -> None:
 
     spec = load_spec("clothing", ["train.epochs=3", "data.batch_size=16"])
     study = optuna.create_study(direction="maximize")
-    study.optimize(make_objective(spec, _data(poison=True), None, say=lambda _: None), n_trials=2)
+    study.optimize(
+        make_objective(trial_setup(spec), _data(poison=True), None, say=lambda _: None), n_trials=2
+    )
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all("diverged" in t.user_attrs["prune_reason"] for t in study.trials)
 
@@ -138,7 +143,9 @@ def test_complete_and_pruned_trials_keep_their_learning_curve_png(tmp_path) -> N
     store = FileSystemArtifactStore(tmp_path)
     for data, state in ((_data(), TrialState.COMPLETE), (_data(poison=True), TrialState.PRUNED)):
         study = optuna.create_study(direction="maximize")
-        study.optimize(make_objective(spec, data, store, say=lambda _: None), n_trials=1)
+        study.optimize(
+            make_objective(trial_setup(spec), data, store, say=lambda _: None), n_trials=1
+        )
         trial = study.trials[0]
         assert trial.state == state
         metas = {m.artifact_id: m for m in get_all_artifact_meta(trial, storage=study._storage)}

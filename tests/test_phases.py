@@ -146,12 +146,12 @@ def test_status_cli_while_features_are_computed_says_to_wait(tmp_path: Path, cli
 def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
     env: Env, cli: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tuner.config.build import open_study
     from tuner.config.spec import load_spec
     from tuner.storages.storage import open_storage
-    from tuner.study.opening import open_study
 
     spec = load_spec("clothing", [a.removeprefix("--set=") for a in env.overrides()])
-    study = open_study(spec, open_storage(env.url, spec))
+    study = open_study(spec, open_storage(env.url, spec.storage))
     study.add_trial(create_trial(
         params={"learning_rate": 1e-3},
         distributions={"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)},
@@ -167,8 +167,8 @@ def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
 
 
 def test_the_note_says_when_features_are_computed() -> None:
+    from tuner.config.note import study_note
     from tuner.config.spec import load_spec
-    from tuner.study.note import study_note
 
     spec = load_spec("clothing")
     plain = study_note(spec)
@@ -181,6 +181,7 @@ def test_the_note_says_when_features_are_computed() -> None:
 def test_features_progress_publishes_the_count_and_notes_it_while_it_runs() -> None:
     from optuna_dashboard._note import get_note_from_system_attrs
 
+    from tuner.config.build import note_for
     from tuner.config.spec import load_spec
     from tuner.study.phases import features_progress
 
@@ -192,7 +193,9 @@ def test_features_progress_publishes_the_count_and_notes_it_while_it_runs() -> N
         attrs = storage.get_study_system_attrs(study._study_id)
         return str(get_note_from_system_attrs(attrs, None)["body"])
 
-    with features_progress(study, load_spec("clothing"), board, lambda: None) as progress:
+    with features_progress(
+        study, note_for(load_spec("clothing")), board, lambda: None
+    ) as progress:
         progress("train", 5, 10)
         assert "> **Now:** worker" in note() and "computing the frozen-base features" in note()
         board.write()

@@ -80,8 +80,8 @@ def test_optunas_views_take_tuners_look_and_leave_the_style_alone() -> None:
 
 
 def test_the_dashboard_names_the_metric_val_accuracy() -> None:
+    from tuner.config.build import open_study
     from tuner.config.spec import load_spec
-    from tuner.study.opening import open_study
 
     storage = optuna.storages.InMemoryStorage()
     spec = load_spec("clothing", ["model.weights=none"])

@@ -25,9 +25,10 @@ from optuna.pruners import (
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
+from tuner.config.build import trial_setup
 from tuner.config.spec import PRUNER_KINDS, load_spec
 from tuner.errors import SpecError
-from tuner.study.opening import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
+from tuner.study.pruners import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
 
 CLASSES = {
     "none": NopPruner,
@@ -50,7 +51,10 @@ SETTINGS = [
 
 
 def pruner_for(kind: str, *extra: str) -> optuna.pruners.BasePruner:
-    return build_pruner(load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}", *extra]))
+    return build_pruner(
+        load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}", *extra]).pruner,
+        load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}", *extra]).train.epochs,
+    )
 
 
 def test_every_kind_has_a_builder() -> None:
@@ -104,7 +108,7 @@ def test_build_pruner_rejects_a_bad_kind_that_skipped_validation() -> None:
     spec = load_spec("clothing-scratch")
     bad = dataclasses.replace(spec, pruner=dataclasses.replace(spec.pruner, kind="sometimes"))
     with pytest.raises(SpecError, match=r"pruner\.kind 'sometimes'.*median.*hyperband"):
-        build_pruner(bad)
+        build_pruner(bad.pruner, bad.train.epochs)
 
 
 def _study_with_curves(
@@ -147,7 +151,7 @@ def test_median_decisions_follow_startup_and_warmup() -> None:
 @pytest.mark.parametrize("kind", sorted(CLASSES))
 def test_only_pruners_that_read_completed_trials_alone_get_a_snapshot(kind: str) -> None:
     spec = load_spec("clothing-scratch", [*SETTINGS, f"pruner.kind={kind}"])
-    pruner = study_pruner(spec)
+    pruner = study_pruner(spec.pruner, spec.train.epochs)
     wrapped = kind in ("median", "percentile", "patient")
     assert isinstance(pruner, CompletedTrialsSnapshot) is wrapped
     inner = pruner.pruner if isinstance(pruner, CompletedTrialsSnapshot) else pruner
@@ -235,9 +239,9 @@ def test_none_never_prunes() -> None:
 
 def test_pruners_do_not_import_tensorflow() -> None:
     code = (
-        "import sys, tuner.study.opening, tuner.config.spec; "
-        "[tuner.study.opening.build_pruner(tuner.config.spec.load_spec('clothing-scratch', "
-        "[f'pruner.kind={k}'])) for k in tuner.config.spec.PRUNER_KINDS]; "
+        "import sys, tuner.study.pruners, tuner.config.spec; "
+        "[tuner.study.pruners.build_pruner(tuner.config.spec.load_spec('clothing-scratch', "
+        "[f'pruner.kind={k}']).pruner, 10) for k in tuner.config.spec.PRUNER_KINDS]; "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -283,13 +287,15 @@ def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> Non
 
     sets = [s.removeprefix("--set=") for s in env.overrides(epochs=2)]
     spec = load_spec("clothing-scratch", [*sets, "data.image_size=[32, 32]"])
-    data = prepare_data(spec, ensure_dataset(spec), say=lambda _: None)
+    data = prepare_data(trial_setup(spec), ensure_dataset(spec), say=lambda _: None)
     losses = []
     for pruner in (NopPruner(), _PruneTrialZero()):
         study = optuna.create_study(direction="maximize", pruner=pruner)
         for rate in (1e-2, 1e-3):
             study.enqueue_trial({"learning_rate": rate})
-        study.optimize(make_objective(spec, data, None, say=lambda _: None), n_trials=2)
+        study.optimize(
+            make_objective(trial_setup(spec), data, None, say=lambda _: None), n_trials=2
+        )
         assert len(study.trials[0].intermediate_values) == (2 if not losses else 1)
         losses.append(study.trials[1].user_attrs["val_loss"])
     assert losses[0] == losses[1]

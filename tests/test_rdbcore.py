@@ -33,7 +33,7 @@ def rdb_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def pair(rdb_url: str) -> tuple[CoreRDBStorage, RDBStorage, int]:
     """tuner's storage (as open_storage makes it) and Optuna's, on one new study."""
-    core = open_storage(rdb_url, load_spec("clothing"))
+    core = open_storage(rdb_url, load_spec("clothing").storage)
     assert isinstance(core, CoreRDBStorage)
     optuna_own = RDBStorage(rdb_url)
     study_id = optuna_own.create_new_study([optuna.study.StudyDirection.MAXIMIZE], unique_name())
@@ -164,14 +164,14 @@ def test_a_study_runs_the_same_through_either_storage(rdb_url: str) -> None:
         optuna.delete_study(study_name=name, storage=storage)
         return [{k: v for k, v in t.items() if k not in ("_trial_id",)} for t in out]
 
-    core = open_storage(rdb_url, load_spec("clothing"))
+    core = open_storage(rdb_url, load_spec("clothing").storage)
     assert run(core) == run(RDBStorage(rdb_url))
 
 
 def test_heartbeats_and_stale_trials_are_optunas(rdb_url: str) -> None:
     """Beats written by either storage are read alike; stale means older than the grace period."""
     spec = load_spec("clothing")
-    core = open_storage(rdb_url, spec)
+    core = open_storage(rdb_url, spec.storage)
     assert isinstance(core, CoreRDBStorage)
     # a grace period of 1 s: every running trial with a beat is stale 2 s later
     sets = {"heartbeat_interval": 1, "grace_period": 1}

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 
+from tuner.config.build import recipe_for, resolve_checked, trial_setup
 from tuner.config.spec import load_spec
 from tuner.errors import RecipeError, SpecError, WeightsError
 from tuner.recipes import (
@@ -24,10 +25,9 @@ from tuner.recipes import (
     UnknownHyperparameter,
     is_user_recipe,
     name_problem,
-    recipe_for,
     resolve,
 )
-from tuner.training.probe import probe, probe_points, resolve_checked
+from tuner.training.probe import probe, probe_points
 
 RECIPES = """
 import keras
@@ -161,7 +161,7 @@ def test_a_module_in_the_current_folder_is_imported(
     spec = spec_in(tmp_path / "elsewhere", f"{module}:build_head", "model.base=resnet50")
     recipe = resolve_checked(spec)
     assert recipe.kind == HEAD and recipe.name == f"{module}:build_head"
-    assert recipe.base(spec) == BASES["resnet50"]
+    assert recipe.base(spec.model.base) == BASES["resnet50"]
     assert recipe_for(spec) is recipe  # resolved once per process
 
 
@@ -172,7 +172,7 @@ def test_a_module_beside_the_spec_is_imported(
     monkeypatch.chdir(tmp_path)
     spec = spec_in(tmp_path / "project", f"{module}:build_model")
     recipe = resolve_checked(spec)
-    assert recipe.kind == MODEL and recipe.base(spec) is None
+    assert recipe.kind == MODEL and recipe.base(spec.model.base) is None
 
 
 @pytest.mark.parametrize(
@@ -255,9 +255,12 @@ def test_a_user_head_is_held_to_its_base_input_size(tmp_path: Path) -> None:
 
 def test_built_in_recipes_warn_of_hyperparameters_they_never_read() -> None:
     spec = load_spec("clothing-head", ["search.momentum.low=0.5", "search.momentum.high=0.9"])
-    warnings = probe(spec, recipe_for(spec), 10)
+    warnings = probe(trial_setup(spec), recipe_for(spec), 10)
     assert len(warnings) == 1 and "momentum" in warnings[0] and "never reads" in warnings[0]
-    assert probe(load_spec("clothing-head"), recipe_for(load_spec("clothing-head")), 10) == []
+    assert (
+        probe(trial_setup(load_spec("clothing-head")), recipe_for(load_spec("clothing-head")), 10)
+        == []
+    )
 
 
 def test_probe_points_are_the_edges_of_the_space(tmp_path: Path) -> None:
@@ -280,9 +283,10 @@ def test_registry_imports_no_tensorflow() -> None:
     code = (
         "import sys, tuner.recipes, tuner.training.probe, tuner.config.spec\n"
         "import tuner.assets.weights\n"
-        "from tuner.training.probe import probe, resolve_checked\n"
+        "from tuner.training.probe import probe\n"
+        "from tuner.config.build import resolve_checked, trial_setup\n"
         "spec = tuner.config.spec.load_spec('clothing-head')\n"
-        "probe(spec, resolve_checked(spec), 10)\n"
+        "probe(trial_setup(spec), resolve_checked(spec), 10)\n"
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -307,7 +311,7 @@ def test_probe_refuses_what_cannot_be_trained(
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:{function}", "model.base=resnet50")
     with pytest.raises(RecipeError) as info:
-        probe(spec, resolve_checked(spec), 10)
+        probe(trial_setup(spec), resolve_checked(spec), 10)
     for needle in needles:
         assert needle in str(info.value)
 
@@ -327,7 +331,7 @@ def test_probe_warns_of_what_would_disappoint(
 ) -> None:
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:{function}", "model.base=resnet50")
-    text = " | ".join(probe(spec, resolve_checked(spec), 10))
+    text = " | ".join(probe(trial_setup(spec), resolve_checked(spec), 10))
     for needle in needles:
         assert needle in text
     assert "units" not in text.split("never reads")[0].split("defines")[-1]
@@ -337,9 +341,9 @@ def test_probe_warns_of_what_would_disappoint(
 def test_a_probed_recipe_is_not_probed_again_in_the_pool(tmp_path: Path) -> None:
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:build_head", "model.base=resnet50")
-    assert probe(spec, resolve_checked(spec), 10)  # the filters warning
+    assert probe(trial_setup(spec), resolve_checked(spec), 10)  # the filters warning
     assert os.environ["TUNER_CHECKED_RECIPE"]
-    assert probe(spec, resolve_checked(spec), 10) == []  # a child of the same pool
+    assert probe(trial_setup(spec), resolve_checked(spec), 10) == []  # a child of the same pool
 
 
 @pytest.mark.slow
@@ -352,12 +356,14 @@ def test_each_base_builds_at_its_smallest_size_and_pools_to_its_width(base: str)
     size = BASES[base].min_size
     sets = [f"model.base={base}", "model.weights=none", f"data.image_size=[{size}, {size}]"]
     spec = load_spec("clothing", ["model.recipe=dense-head", *sets])
-    extractor = build_feature_extractor(spec)
+    extractor = build_feature_extractor(trial_setup(spec))
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     features = extractor.predict(images, verbose=0)
     assert features.shape == (2, BASES[base].feature_dim)
     assert np.isfinite(features).all()
-    again = build_feature_extractor(spec).predict(images, verbose=0)  # the seeded random base
+    again = build_feature_extractor(trial_setup(spec)).predict(
+        images, verbose=0
+    )  # the seeded random base
     np.testing.assert_allclose(features, again, atol=1e-5)
     keras.backend.clear_session()
 
@@ -383,15 +389,19 @@ def test_kept_weights_must_fit_the_rebuilt_model(tmp_path: Path) -> None:
     spec = load_spec("clothing-head", ["model.weights=none", "data.image_size=[71, 71]"])
     recipe = recipe_for(spec)
     point = {"learning_rate": 1e-3, "size_inner": 10, "droprate": 0.2}
-    built = assemble(spec, recipe, Params(point), 10)
+    built = assemble(trial_setup(spec), recipe, Params(point), 10)
     assert [tuple(v.shape) for v in built.trained] == [(2048, 10), (10,), (10, 10), (10,)]
     save_trained_weights(built.trained, tmp_path / "w.npz")
-    same = assemble(spec, recipe, Params(point), 10, extractor=built.model.layers[1])
+    same = assemble(trial_setup(spec), recipe, Params(point), 10, extractor=built.model.layers[1])
     load_trained_weights(same.trained, tmp_path / "w.npz")
-    other = assemble(spec, recipe, Params({**point, "size_inner": 100}), 10, built.model.layers[1])
+    other = assemble(
+        trial_setup(spec), recipe, Params({**point, "size_inner": 100}), 10, built.model.layers[1]
+    )
     with pytest.raises(WeightsError, match=r"\(2048, 10\) does not fit .*\(2048, 100\)"):
         load_trained_weights(other.trained, tmp_path / "w.npz", "trial 3's model")
-    plain = assemble(spec, recipe, Params({**point, "size_inner": 0}), 10, built.model.layers[1])
+    plain = assemble(
+        trial_setup(spec), recipe, Params({**point, "size_inner": 0}), 10, built.model.layers[1]
+    )
     with pytest.raises(WeightsError, match="hold 4 arrays, but trial 3's model has 2"):
         load_trained_weights(plain.trained, tmp_path / "w.npz", "trial 3's model")
 
@@ -402,7 +412,7 @@ def test_a_whole_model_keeps_its_batch_norm_statistics(tmp_path: Path) -> None:
 
     module = make_project(tmp_path)
     spec = spec_in(tmp_path, f"{module}:build_model")
-    built = assemble(spec, resolve_checked(spec), Params({"filters": 4}), 3)
+    built = assemble(trial_setup(spec), resolve_checked(spec), Params({"filters": 4}), 3)
     names = [v.path for v in built.trained]
     assert any("moving_mean" in n for n in names)  # not only the trainable weights
     assert len(built.trained) == len(built.part.weights)

@@ -43,7 +43,7 @@ def parts(tmp_path: Path) -> tuple[ResilientStorage, list[str]]:
     spec = load_spec("clothing", ["storage.heartbeat_interval=1", "storage.grace_period=2"])
     lines: list[str] = []
     watch = StorageWatch(30, "test", lines.append, lambda f: f.reason, sleep=lambda _: None)
-    storage = ResilientStorage(open_storage(f"sqlite:///{tmp_path / 's.db'}", spec), watch)
+    storage = ResilientStorage(open_storage(f"sqlite:///{tmp_path / 's.db'}", spec.storage), watch)
     return storage, lines
 
 

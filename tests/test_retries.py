@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning
 @pytest.fixture
 def study(tmp_path: Path) -> optuna.Study:
     spec = load_spec("clothing", ["storage.max_retry=2"])
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", spec)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", spec.storage)
     return optuna.create_study(study_name="s", storage=storage, direction="maximize")
 
 

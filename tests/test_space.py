@@ -11,12 +11,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from tuner.config.build import open_study
 from tuner.config.spec import load_spec, spec_from_dict, spec_to_dict
 from tuner.errors import SpecError, StudyError
-from tuner.space.params import Space, format_params
+from tuner.space.params import Space, format_params, suggest
 from tuner.space.tables import parse_param, parse_warm_start
 from tuner.storages.storage import open_storage
-from tuner.study.opening import open_study, suggest
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -182,7 +182,7 @@ def test_suggest_samples_every_parameter_within_its_space(spec_file: Path) -> No
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
         trial = study.ask()
-        point = suggest(trial, spec)
+        point = suggest(trial, spec.search.space)
         assert point == trial.params
         assert set(point) == set(spec.search.space)
         assert all(spec.search.space[n].contains(v) for n, v in point.items()), point
@@ -213,13 +213,13 @@ def test_a_failed_trial_is_retried_with_every_parameter(tmp_path: Path) -> None:
     """What the heartbeat's retry and an interrupted trial's requeue do: the same point."""
     url = f"sqlite:///{tmp_path / 'retry.db'}"
     spec = load_spec("clothing-head", ["search.warm_start=[]"])
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
     trial = study.ask()
-    first = suggest(trial, spec)
+    first = suggest(trial, spec.search.space)
     study.tell(trial, state=TrialState.FAIL)
     RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[0])
     retry = study.ask()
-    assert suggest(retry, spec) == first
+    assert suggest(retry, spec.search.space) == first
     assert retry.number == 1 and set(first) == {"learning_rate", "size_inner", "droprate"}
 
 
@@ -228,12 +228,12 @@ def test_each_warm_start_point_is_queued_once_and_completed_by_the_sampler(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'warm.db'}"
     spec = load_spec("clothing-head", ["search.warm_start=[{size_inner = 10}, 0.001]"])
-    study = open_study(spec, open_storage(url, spec))
-    open_study(spec, open_storage(url, spec))  # a second worker queues nothing more
+    study = open_study(spec, open_storage(url, spec.storage))
+    open_study(spec, open_storage(url, spec.storage))  # a second worker queues nothing more
     points = []
     for _ in range(2):
         trial = study.ask()
-        points.append(suggest(trial, spec))
+        points.append(suggest(trial, spec.search.space))
         study.tell(trial, 0.5)
     assert [p["size_inner"] for p in points[:1]] == [10] and points[1]["learning_rate"] == 1e-3
     assert all(set(p) == set(spec.search.space) for p in points)
@@ -244,7 +244,7 @@ def test_each_warm_start_point_is_queued_once_and_completed_by_the_sampler(
 def test_a_changed_space_is_refused_naming_what_changed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'join.db'}"
     spec = load_spec("clothing-head")
-    open_study(spec, open_storage(url, spec))
+    open_study(spec, open_storage(url, spec.storage))
     cases = {
         ("search.droprate.high=0.5",): ["droprate in [0, 0.8] step 0.1", "[0, 0.5]"],
         ("search.size_inner.choices=[0, 10]",): ["{0, 10, 100, 1000}", "{0, 10}"],
@@ -253,14 +253,14 @@ def test_a_changed_space_is_refused_naming_what_changed(tmp_path: Path) -> None:
     for sets, needles in cases.items():
         other = load_spec("clothing-head", [*sets, "search.warm_start=[]"])
         with pytest.raises(StudyError) as info:
-            open_study(other, open_storage(url, other))
+            open_study(other, open_storage(url, other.storage))
         message = str(info.value)
         assert "--accept-space-change" in message and "learning_rate" not in message
         for needle in needles:
             assert needle in message
     study = open_study(
         load_spec("clothing-head", ["search.droprate.high=0.5", "search.warm_start=[]"]),
-        open_storage(url, spec),
+        open_storage(url, spec.storage),
         accept_space_change=True,
     )
     assert study.user_attrs["tuner:search_space"]["droprate"]["high"] == 0.5

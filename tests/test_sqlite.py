@@ -17,7 +17,9 @@ from tuner.storages.storage import open_storage
 
 
 def _open(path: Path) -> SQLiteStorage:
-    storage = open_storage(f"sqlite:///{path}", load_spec("clothing", ["storage.busy_timeout=2"]))
+    storage = open_storage(
+        f"sqlite:///{path}", load_spec("clothing", ["storage.busy_timeout=2"]).storage
+    )
     assert isinstance(storage, SQLiteStorage)
     return storage
 

@@ -27,10 +27,11 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from tests.conftest import MYSQL_URL, PG_URL, fresh_database, unique_name
+from tuner.config.build import open_study
 from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import StorageError
+from tuner.space.params import suggest
 from tuner.storages.storage import BudgetLock, open_storage, redact_url
-from tuner.study.opening import open_study, suggest
 
 SPAWN = mp.get_context("spawn")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -45,7 +46,7 @@ def _objective(spec: StudySpec, pause: float = 0.0) -> Callable[[optuna.Trial], 
     """A trivial objective that reports and records like the real one."""
 
     def objective(trial: optuna.Trial) -> float:
-        lr = suggest(trial, spec)["learning_rate"]
+        lr = suggest(trial, spec.search.space)["learning_rate"]
         for epoch in range(EPOCHS):
             trial.report(lr * epoch, epoch)
         trial.set_user_attr("worker", f"pid:{mp.current_process().pid}")
@@ -59,13 +60,13 @@ def _objective(spec: StudySpec, pause: float = 0.0) -> Callable[[optuna.Trial], 
 
 
 def _open_only(spec: StudySpec, url: str) -> dict[str, Any]:
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
     return {"study": study.study_name}
 
 
 def _drain_queue(spec: StudySpec, url: str) -> dict[str, Any]:
     """Pop queued trials until none is left; report which slots this process ran."""
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
     ran: list[int] = []
     inner = _objective(spec, pause=0.01)
 
@@ -81,18 +82,18 @@ def _drain_queue(spec: StudySpec, url: str) -> dict[str, Any]:
 
 def _run_one(spec: StudySpec, url: str) -> dict[str, Any]:
     """One trial, as a worker's next step: Optuna fails stale trials first, then asks."""
-    study = open_study(spec, open_storage(url, spec))
+    study = open_study(spec, open_storage(url, spec.storage))
     study.optimize(_objective(spec), n_trials=1, catch=())
     return {}
 
 
 def _hang_in_trial(spec: StudySpec, url: str, started: Any) -> dict[str, Any]:
-    storage = open_storage(url, spec)
+    storage = open_storage(url, spec.storage)
     study = open_study(spec, storage)
     beats = sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = :id")
 
     def objective(trial: optuna.Trial) -> float:
-        suggest(trial, spec)
+        suggest(trial, spec.search.space)
         trial.report(0.5, 0)
         # Optuna never fails a trial that has no heartbeat yet, so wait for the first one.
         assert isinstance(storage, RDBStorage)
@@ -110,7 +111,7 @@ def _hang_in_trial(spec: StudySpec, url: str, started: Any) -> dict[str, Any]:
 
 def _budgeted(spec: StudySpec, url: str, target: int) -> dict[str, Any]:
     """The worker loop's claim protocol: count and start a trial under the budget lock."""
-    storage = open_storage(url, spec)
+    storage = open_storage(url, spec.storage)
     study = open_study(spec, storage)
     lock = BudgetLock(storage, url, study.study_name)
     inner = _objective(spec, pause=0.05)
@@ -154,14 +155,14 @@ def _run_together(body: str, n: int, *args: Any, timeout: float = 240) -> list[d
 
 
 def _load(spec: StudySpec, url: str) -> optuna.Study:
-    return optuna.load_study(study_name=spec.study.name, storage=open_storage(url, spec))
+    return optuna.load_study(study_name=spec.study.name, storage=open_storage(url, spec.storage))
 
 
 @pytest.mark.slow  # spawns processes
 def test_six_processes_create_one_study_and_warm_start_it_once(storage_url: str) -> None:
     spec = _spec(unique_name("create"), study="clothing-head")  # points of three parameters
     _run_together("_open_only", 6, spec, storage_url)
-    storage = open_storage(storage_url, spec)
+    storage = open_storage(storage_url, spec.storage)
     names = optuna.study.get_all_study_names(storage)
     assert names.count(spec.study.name) == 1
     trials = _load(spec, storage_url).get_trials()
@@ -173,7 +174,7 @@ def test_six_processes_create_one_study_and_warm_start_it_once(storage_url: str)
 @pytest.mark.slow  # spawns processes
 def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
     spec = _spec(unique_name("queue"), "search.warm_start=[]")
-    study = open_study(spec, open_storage(storage_url, spec))
+    study = open_study(spec, open_storage(storage_url, spec.storage))
     for slot in range(40):
         study.enqueue_trial({"learning_rate": 1e-4 * (1 + slot)}, user_attrs={"slot": slot})
     outcomes = _run_together("_drain_queue", 8, spec, storage_url)
@@ -193,7 +194,7 @@ def test_no_queued_trial_is_claimed_twice(storage_url: str) -> None:
 def test_killed_worker_trial_is_failed_and_rerun_with_the_same_params(storage_url: str) -> None:
     fast = ("storage.heartbeat_interval=1", "storage.grace_period=2", "search.warm_start=[]")
     spec = _spec(unique_name("stale"), *fast, study="clothing-head")
-    storage = open_storage(storage_url, spec)
+    storage = open_storage(storage_url, spec.storage)
     if not isinstance(storage, BaseHeartbeat):
         pytest.skip(
             f"{type(storage).__name__} has no heartbeat in Optuna {optuna.__version__}: a "
@@ -240,7 +241,7 @@ def test_passwords_never_appear_in_urls_or_errors(storage_url: str) -> None:
             "journal.log", "missing/journal.log"
         )
         with pytest.raises(StorageError, match="does not exist"):
-            open_storage(bad, spec)
+            open_storage(bad, spec.storage)
         return
     # Port 1 refuses at once, so opening fails and the error text is checked too.
     url = sqlalchemy.engine.make_url(storage_url).set(password="s3cr3t-pw", port=1)
@@ -250,7 +251,7 @@ def test_passwords_never_appear_in_urls_or_errors(storage_url: str) -> None:
     assert "***" in shown
     started = time.monotonic()
     with pytest.raises(StorageError) as caught:
-        open_storage(secret_url, spec)
+        open_storage(secret_url, spec.storage)
     assert "s3cr3t-pw" not in str(caught.value)
     assert "***" in str(caught.value)
     assert time.monotonic() - started < 30, "an unreachable server must fail fast"
@@ -258,7 +259,7 @@ def test_passwords_never_appear_in_urls_or_errors(storage_url: str) -> None:
 
 def test_rdb_backends_have_the_heartbeat_and_retry_callback(storage_url: str) -> None:
     spec = _spec(unique_name("hb"))
-    storage = open_storage(storage_url, spec)
+    storage = open_storage(storage_url, spec.storage)
     if not isinstance(storage, RDBStorage):
         pytest.skip(f"{type(storage).__name__} is a file journal: Optuna gives it no heartbeat")
     assert storage.heartbeat_interval == spec.storage.heartbeat_interval
@@ -296,6 +297,6 @@ def test_a_schema_created_by_another_process_at_the_same_moment_is_not_an_error(
         MigrationContext, "_ensure_version_table", stamped_by_another_process_first
     )
     spec = _spec(unique_name("race"))
-    study = open_study(spec, open_storage(fresh_url, spec))
+    study = open_study(spec, open_storage(fresh_url, spec.storage))
     assert raced == [0]
     assert study.study_name in optuna.study.get_all_study_names(fresh_url)

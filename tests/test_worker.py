@@ -29,7 +29,9 @@ def _load(env: Env, name: str = "clothing") -> optuna.Study:
     from tuner.storages.storage import open_storage
 
     # Through tuner's storage, so this reader shares the workers' schema lock.
-    return optuna.load_study(study_name=name, storage=open_storage(env.url, load_spec("clothing")))
+    return optuna.load_study(
+        study_name=name, storage=open_storage(env.url, load_spec("clothing").storage)
+    )
 
 
 def _start(env: Env, *args: str) -> subprocess.Popen[str]:

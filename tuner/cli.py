@@ -90,11 +90,11 @@ DebugOpt = Annotated[
 
 
 def _load(study: str, storage: str | None, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    from tuner.config.build import storage_url
     from tuner.config.spec import load_spec
-    from tuner.storages.storage import resolve_url
 
     spec = load_spec(study, overrides or [])
-    return spec, resolve_url(spec, storage)
+    return spec, storage_url(spec, storage)
 
 
 @app.command()
@@ -162,17 +162,18 @@ def _worker(
     accept_space_change: bool,
     signals: StopSignals,
 ) -> int:
+    from tuner.common.attrs import worker_name
+    from tuner.config.build import open_spec_storage
     from tuner.runner.pool import check_pool_size, pool_argv, run_pool
     from tuner.runner.startup import configure_threads, preflight
     from tuner.runner.worker import run_worker
     from tuner.storages.leftovers import removed_on_failure
-    from tuner.storages.storage import open_storage
-    from tuner.study.phases import PhaseBoard, worker_name
+    from tuner.study.phases import PhaseBoard
 
     check_pool_size(workers)
     spec, url = _load(study, storage, set_)
     with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
-        opened = open_storage(url, spec)
+        opened = open_spec_storage(url, spec)
         if workers > 1:
             with PhaseBoard(opened, spec.study.name, worker_name()) as board:
                 # Check and download once, here; the children then find the data ready.
@@ -214,14 +215,13 @@ def status(
     """Show trials by state, the best trial, the top 5 and the running trials."""
     from rich.console import Console
 
+    from tuner.config.build import load_existing_study, open_spec_storage
     from tuner.errors import StudyError
     from tuner.results.export import best_result
     from tuner.results.status import render_status, summarize, workers_line
-    from tuner.storages.storage import open_storage
-    from tuner.study.opening import load_existing_study
 
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
+    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
     summary = summarize(found)
     # Piped into a file or a script, the tables keep every column rather than 80 characters.
     wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
@@ -259,11 +259,15 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
+    from tuner.config.build import (
+        artifact_dir,
+        load_existing_study,
+        open_spec_storage,
+        stored_spec,
+    )
     from tuner.results.export import best_result, check_output, write_json, write_plots
     from tuner.results.model_export import write_model
     from tuner.space.params import format_params
-    from tuner.storages.storage import artifact_folder, open_storage
-    from tuner.study.opening import load_existing_study, stored_spec
 
     if model is not None and model.suffix != ".keras":
         raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
@@ -272,7 +276,7 @@ def export(
         if path is not None:
             check_output(path, option, folder=folder, mkdir=mkdir)
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_storage(url, spec, must_exist=True))
+    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
     result = best_result(found)
     spec = stored_spec(found, spec, set_ or [])
     extra: dict[str, object] = {}
@@ -280,7 +284,7 @@ def export(
         for path in write_plots(found, plots):
             say(f"wrote {path}")
     if model is not None:
-        extra = write_model(found, spec, artifact_folder(url, spec), model, say=say)
+        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say)
         say(f"wrote {model}")
     if out is None:
         typer.echo(json.dumps(result.to_json(spec, extra), indent=2))

@@ -24,6 +24,7 @@ from optuna.storages import InMemoryStorage
 
 from searchbench.record import grid_sets, read_curves
 from tuner.assets.datasets import scan_dataset
+from tuner.config.build import trial_setup
 from tuner.config.spec import StudySpec, load_spec
 from tuner.runner.worker import run_objective
 
@@ -73,7 +74,9 @@ def base_features(path: Path, scan: Any, spec: StudySpec) -> Any:
     extractor = keras.Model(model.inputs, model.get_layer("gap").output, name="features")
     features, labels = {}, {}
     for split in ("train", "validation"):
-        features[split], labels[split] = extract_features(extractor, scan, split, spec)
+        features[split], labels[split] = extract_features(
+            trial_setup(extractor), scan, split, spec
+        )
     return FeatureSet(features, labels, "hit", sha256(path))
 
 
@@ -93,7 +96,7 @@ def record_head_grid(
         spec,
         storage,
         "memory",
-        lambda check: make_objective(spec, data, None, lambda _: None, check=check),
+        lambda check: make_objective(trial_setup(spec), data, None, lambda _: None, check=check),
     )
     study = optuna.load_study(study_name=spec.study.name, storage=storage)
     return read_curves(study, model_seed)

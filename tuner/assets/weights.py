@@ -19,9 +19,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuner.config.spec import StudySpec
 from tuner.errors import WeightsError
-from tuner.recipes import BASES, Base, recipe_for
+from tuner.recipes import BASES, Base
+from tuner.recipes.settings import ModelSettings
 
 __all__ = [
     "check_weights",
@@ -86,9 +86,11 @@ def _is_hdf5_with_weights(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def check_weights(spec: StudySpec, offline: str = "") -> None:
-    """Fail now, with the offline options, when the spec's base weights cannot be had.
+def check_weights(model: ModelSettings, base: Base | None, offline: str = "") -> None:
+    """Fail now, with the offline options, when the base's weights cannot be had.
 
+    ``model`` gives ``model.weights`` and the download timeout; ``base`` is the
+    recipe's frozen base (None for a whole model, which has none to load).
     ``offline`` is the advice for a failed ImageNet download, in the caller's
     options; by default, the ``--set model.weights`` choices.
 
@@ -96,10 +98,9 @@ def check_weights(spec: StudySpec, offline: str = "") -> None:
         WeightsError: for a missing or corrupt weights file, or an ImageNet file
             that is not cached and cannot be downloaded.
     """
-    weights = spec.model.weights
+    weights = model.weights
     if weights == "none":
         return  # a seeded random base
-    base = recipe_for(spec).base(spec)
     if base is None:
         return  # a whole model trains from scratch: there is no base to load
     if weights != "imagenet":
@@ -110,7 +111,7 @@ def check_weights(spec: StudySpec, offline: str = "") -> None:
     url = base.imagenet_url
     request = urllib.request.Request(url, method="HEAD")
     try:
-        with urllib.request.urlopen(request, timeout=spec.model.download_timeout):
+        with urllib.request.urlopen(request, timeout=model.download_timeout):
             pass
     except urllib.error.HTTPError:
         return  # the server answers; Keras reports whatever it says

@@ -6,6 +6,9 @@ objective and the search write them. No TensorFlow here.
 
 from __future__ import annotations
 
+import os
+import socket
+
 __all__ = [
     "CACHE",
     "CURVE_ARTIFACT",
@@ -23,6 +26,7 @@ __all__ = [
     "WARM_START",
     "WEIGHTS_ARTIFACT",
     "WORKER",
+    "worker_name",
 ]
 
 # Per-epoch lists and the final gap (train minus validation accuracy).
@@ -49,3 +53,8 @@ METRIC_NAME = "val_accuracy"
 # Study attributes: the search space as stored (to refuse a changed one), and the spec.
 SPACE_ATTR = "tuner:search_space"
 SPEC_ATTR = "tuner:spec"
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process: the value of :data:`WORKER` on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"

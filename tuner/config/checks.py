@@ -10,15 +10,13 @@ from typing import TYPE_CHECKING
 
 from tuner.config.values import origin_of
 from tuner.errors import SpecError
-from tuner.recipes import BASES, BUILTIN, name_problem
+from tuner.recipes import BASES, BUILTIN, Recipe, name_problem
+from tuner.study.settings import PRUNER_KINDS, SAMPLER_KINDS
 
 if TYPE_CHECKING:
     from tuner.config.spec import StudySpec
 
-__all__ = ["PRUNER_KINDS", "SAMPLER_KINDS", "validate"]
-
-SAMPLER_KINDS = ("tpe", "gp", "random", "qmc", "grid")
-PRUNER_KINDS = ("none", "median", "percentile", "hyperband", "patient", "successive-halving")
+__all__ = ["PRUNER_KINDS", "SAMPLER_KINDS", "recipe_problems", "validate"]
 
 
 def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
@@ -30,6 +28,7 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
         "data.batch_size": spec.data.batch_size,
     }
     recipe = spec.model.recipe
+    builtin = recipe in BUILTIN
     return [
         *((v >= 1, f"{k} must be at least 1, got {v}") for k, v in counts.items()),
         (min(size) >= 32, f"data.image_size must be at least [32, 32], got {size}"),
@@ -82,8 +81,13 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
         (spec.data.dir != "", "data.dir is empty; set it to the dataset folder"),
         *((False, p) for p in _learning_rate_problems(spec)),
         # A built-in recipe is checked here; a user's once it is imported (tuner.runner.worker).
-        *((False, p) for p in (BUILTIN[recipe].problems(spec) if recipe in BUILTIN else [])),
+        *((False, p) for p in (recipe_problems(BUILTIN[recipe], spec) if builtin else [])),
     ]
+
+
+def recipe_problems(recipe: Recipe, spec: StudySpec) -> list[str]:
+    """What is wrong with the spec for ``recipe``: its base, image size and space."""
+    return recipe.problems(spec.model.base, spec.data.image_size, spec.search.space)
 
 
 def _learning_rate_problems(spec: StudySpec) -> list[str]:

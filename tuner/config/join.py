@@ -18,7 +18,6 @@ from tuner.common.attrs import SPACE_ATTR, SPEC_ATTR
 from tuner.common.console import warn
 from tuner.config.spec import StudySpec, spec_from_dict
 from tuner.errors import SpecError, StudyError
-from tuner.recipes import identity
 from tuner.space.tables import parse_param
 
 __all__ = [
@@ -38,7 +37,7 @@ def check_joinable(
 
     A study that does not exist yet fits any spec. Workers call this before they
     check the data and weights, so a mismatch fails at once, and only then
-    :func:`tuner.study.opening.open_study`, so a run that fails on its data creates no study.
+    :func:`tuner.config.build.open_study`, so a run that fails on its data creates no study.
 
     Raises:
         StudyError: see :func:`check_fit`.
@@ -100,7 +99,8 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
     if weights not in ("imagenet", "none"):
         weights = f"{Path(weights).name} (a file)"
     return {
-        **identity(spec),
+        "model.recipe": spec.model.recipe,  # known without importing a user's module
+        "model.base": spec.model.base,
         "model.weights": weights,
         "model.trainable_base": spec.model.trainable_base,
         "model.seed": spec.model.seed,

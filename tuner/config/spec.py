@@ -14,13 +14,18 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.assets.settings import DataSettings
 from tuner.config import values as spec_values
 from tuner.config.checks import PRUNER_KINDS, validate
 from tuner.config.files import available_studies, find_spec_file, worker_command
 from tuner.errors import SpecError
 from tuner.recipes import BUILTIN
+from tuner.recipes.settings import ModelSettings
 from tuner.space.params import Param, Space
 from tuner.space.tables import parse_param, parse_warm_start
+from tuner.storages.settings import StorageSettings
+from tuner.study.settings import PrunerSettings, SamplerSettings
+from tuner.training.settings import CacheSettings, TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,30 +56,14 @@ class StudySection:
     storage: str = ""
 
 
-@dataclass(frozen=True)
-class DataSection:
-    dir: str = "data"
-    source: str = ""
-    url: str = ""  # another address for the source's archive (a mirror)
-    image_size: tuple[int, int] = (150, 150)
-    batch_size: int = 32
-    skip_bad_files: bool = False
-    augment: bool = False
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    recipe: str = "xception-head"
-    base: str = "xception"  # the frozen keras.applications base under a head recipe
-    weights: str = "imagenet"
-    download_timeout: float = 30.0  # seconds a stalled weights download may wait
-    trainable_base: bool = False
-    seed: int = 1234
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    epochs: int = 10
+# The sections that lower layers own, under the names the spec has always used for them.
+DataSection = DataSettings
+ModelSection = ModelSettings
+TrainSection = TrainSettings
+SamplerSection = SamplerSettings
+PrunerSection = PrunerSettings
+CacheSection = CacheSettings
+StorageSection = StorageSettings
 
 
 def _default_space() -> Space:
@@ -98,41 +87,6 @@ class SearchSection:
         if space is not None and name in space:
             return space[name]  # type: ignore[no-any-return]
         raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
-
-
-@dataclass(frozen=True)
-class SamplerSection:
-    kind: str = "tpe"
-    seed: int = 42
-    n_startup_trials: int = 4
-
-
-@dataclass(frozen=True)
-class PrunerSection:
-    kind: str = "median"
-    n_startup_trials: int = 4
-    n_warmup_steps: int = 2
-    percentile: float = 25.0
-    min_resource: int = 1
-    reduction_factor: int = 3
-    patience: int = 2
-
-
-@dataclass(frozen=True)
-class CacheSection:
-    enabled: bool = True
-    dir: str = ""
-
-
-@dataclass(frozen=True)
-class StorageSection:
-    heartbeat_interval: int = 60
-    grace_period: int = 180
-    max_retry: int = 3
-    busy_timeout: float = 60.0
-    connect_timeout: float = 10.0
-    outage_tolerance: float = 120.0
-    artifacts: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Model recipes: one registry for the built-in names and ``module:function`` plug-ins.
 
-:func:`recipe_for` resolves a spec's ``model.recipe`` once per process: a
+:func:`resolve` resolves a ``model.recipe`` name once per process: a
 built-in by name, or the user's function by importing its module (see
 :mod:`tuner.recipes.user`). Nothing here loads TensorFlow, unless the user's
 module does; building a recipe's network does.
@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpecError
 from tuner.recipes.bases import BASES, Base
 from tuner.recipes.builtin import BUILTIN
 from tuner.recipes.protocol import HEAD, MODEL, TUNER_READS, Params, Recipe, UnknownHyperparameter
 from tuner.recipes.user import import_recipe, is_user_recipe, search_path
-
-if TYPE_CHECKING:
-    from tuner.config.spec import StudySpec
 
 __all__ = [
     "BASES",
@@ -31,11 +27,10 @@ __all__ = [
     "Params",
     "Recipe",
     "UnknownHyperparameter",
-    "identity",
     "is_user_recipe",
     "name_problem",
-    "recipe_for",
     "resolve",
+    "search_path",
     "unread_warning",
 ]
 
@@ -52,15 +47,6 @@ def name_problem(name: str) -> str | None:
     )
 
 
-def identity(spec: StudySpec) -> dict[str, Any]:
-    """Which recipe and base a study trains, by spec key, for the join check.
-
-    It is known without importing a user's module, so a worker that names
-    another recipe than the study's is refused before anything is imported.
-    """
-    return {"model.recipe": spec.model.recipe, "model.base": spec.model.base}
-
-
 def resolve(name: str, paths: Sequence[Path] = ()) -> Recipe:
     """The recipe named ``name``; a ``module:function`` is imported once per process.
 
@@ -74,11 +60,6 @@ def resolve(name: str, paths: Sequence[Path] = ()) -> Recipe:
             raise SpecError(problem)
         _resolved[key] = BUILTIN[name] if name in BUILTIN else import_recipe(name, paths)
     return _resolved[key]
-
-
-def recipe_for(spec: StudySpec) -> Recipe:
-    """The spec's recipe, its module looked for in the current folder and the spec's folder."""
-    return resolve(spec.model.recipe, search_path(spec.spec_file))
 
 
 def unread_warning(

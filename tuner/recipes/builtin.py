@@ -25,7 +25,6 @@ from tuner.space.params import Space
 if TYPE_CHECKING:
     import keras
 
-    from tuner.config.spec import StudySpec
 
 __all__ = ["BUILTIN", "DenseHead", "SmallCnn"]
 
@@ -69,24 +68,23 @@ class DenseHead:
     def reads(self) -> frozenset[str]:
         return frozenset({"size_inner", "droprate"})
 
-    def problems(self, spec: StudySpec) -> list[str]:
+    def problems(self, base: str, image_size: tuple[int, int], space: Space) -> list[str]:
         problems = []
-        if self.fixed_base and spec.model.base != self.fixed_base:
+        if self.fixed_base and base != self.fixed_base:
             problems.append(
-                f"model.base is {spec.model.base!r}, but model.recipe {self.name!r} is the head "
+                f"model.base is {base!r}, but model.recipe {self.name!r} is the head "
                 f"on the {self.fixed_base} base; use model.recipe=dense-head for another base"
             )
-        base = BASES.get(spec.model.base)
-        size = list(spec.data.image_size)
-        if base is not None and min(size) < base.min_size:
+        known, size = BASES.get(base), list(image_size)
+        if known is not None and min(size) < known.min_size:
             problems.append(
-                f"data.image_size must be at least [{base.min_size}, {base.min_size}] for "
-                f"{self.name} on the {base.name} base, got {size}"
+                f"data.image_size must be at least [{known.min_size}, {known.min_size}] for "
+                f"{self.name} on the {known.name} base, got {size}"
             )
-        return problems + _head_problems(spec.search.space)
+        return problems + _head_problems(space)
 
-    def base(self, spec: StudySpec) -> Base | None:
-        return BASES[spec.model.base]
+    def base(self, base: str) -> Base | None:
+        return BASES[base]
 
     def build(
         self, params: Mapping[str, Any], shape: int | tuple[int, ...], num_classes: int
@@ -114,10 +112,10 @@ class SmallCnn:
     def reads(self) -> frozenset[str]:
         return frozenset()
 
-    def problems(self, spec: StudySpec) -> list[str]:
+    def problems(self, base: str, image_size: tuple[int, int], space: Space) -> list[str]:
         return []
 
-    def base(self, spec: StudySpec) -> Base | None:
+    def base(self, base: str) -> Base | None:
         return None
 
     def build(

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import keras
 
-    from tuner.config.spec import StudySpec
     from tuner.recipes.bases import Base
+    from tuner.space.params import Space
 
 __all__ = ["HEAD", "MODEL", "TUNER_READS", "Params", "Recipe", "UnknownHyperparameter"]
 
@@ -34,15 +34,15 @@ class Recipe(Protocol):
         """The hyperparameters it reads, when known without building it; else None."""
         ...
 
-    def problems(self, spec: StudySpec) -> list[str]:
-        """What is wrong with the spec for this recipe, found without TensorFlow.
+    def problems(self, base: str, image_size: tuple[int, int], space: Space) -> list[str]:
+        """What is wrong with ``model.base``, ``data.image_size`` or the space, without TF.
 
         Each message starts with the spec key to change (``data.image_size must be ...``).
         """
         ...
 
-    def base(self, spec: StudySpec) -> Base | None:
-        """The frozen base under a head; None for a whole model."""
+    def base(self, base: str) -> Base | None:
+        """The frozen base under a head (``base`` is ``model.base``); None for a whole model."""
         ...
 
     def build(

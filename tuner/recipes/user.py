@@ -33,7 +33,7 @@ from tuner.recipes.protocol import HEAD, MODEL
 if TYPE_CHECKING:
     import keras
 
-    from tuner.config.spec import StudySpec
+    from tuner.space.params import Space
 
 __all__ = ["UserRecipe", "import_recipe", "is_user_recipe", "search_path"]
 
@@ -62,18 +62,17 @@ class UserRecipe:
     def reads(self) -> frozenset[str] | None:
         return None  # known only by building it, see tuner.training.probe
 
-    def problems(self, spec: StudySpec) -> list[str]:
-        base = self.base(spec)
-        size = list(spec.data.image_size)
-        if base is not None and min(size) < base.min_size:
+    def problems(self, base: str, image_size: tuple[int, int], space: Space) -> list[str]:
+        known, size = self.base(base), list(image_size)
+        if known is not None and min(size) < known.min_size:
             return [
-                f"data.image_size must be at least [{base.min_size}, {base.min_size}] for a "
-                f"head on the {base.name} base, got {size}"
+                f"data.image_size must be at least [{known.min_size}, {known.min_size}] for a "
+                f"head on the {known.name} base, got {size}"
             ]
         return []
 
-    def base(self, spec: StudySpec) -> Base | None:
-        return BASES[spec.model.base] if self.kind == HEAD else None
+    def base(self, base: str) -> Base | None:
+        return BASES[base] if self.kind == HEAD else None
 
     def build(
         self, params: Mapping[str, Any], shape: int | tuple[int, ...], num_classes: int

@@ -20,14 +20,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from optuna_dashboard import wsgi
 
 from tuner.common.console import say, warn
+from tuner.config.build import artifact_store, load_existing_study, open_spec_storage
 from tuner.config.spec import StudySpec
 from tuner.errors import TunerError
 from tuner.storages.storage import (
-    artifact_store_for,
-    open_storage,
     redact_url,
 )
-from tuner.study.opening import load_existing_study
 
 __all__ = ["address_line", "is_loopback", "make_app", "serve"]
 
@@ -57,9 +55,9 @@ QUIET_WARNINGS = (
 def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    storage = open_storage(url, spec, must_exist=True)
+    storage = open_spec_storage(url, spec, must_exist=True)
     load_existing_study(spec, storage)
-    app = wsgi(storage, artifact_store=artifact_store_for(url, spec, create=False))
+    app = wsgi(storage, artifact_store=artifact_store(url, spec, create=False))
     return app, storage.get_study_id_from_name(spec.study.name)
 
 

@@ -19,11 +19,11 @@ from optuna.artifacts import FileSystemArtifactStore as ArtifactStore
 from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from tuner.assets.weights import check_weights
 from tuner.common.attrs import WEIGHTS_ARTIFACT
+from tuner.config.build import check_base_weights, trial_setup
 from tuner.config.spec import StudySpec
 from tuner.errors import RecipeError, StudyError, TunerError, WeightsError
-from tuner.recipes import Params, UnknownHyperparameter, recipe_for
+from tuner.recipes import Params, UnknownHyperparameter
 from tuner.results.export import writing
 from tuner.space.params import format_params
 
@@ -56,10 +56,11 @@ def _rebuild(spec: StudySpec, trial: Any, num_classes: int) -> Any:
     """
     from tuner.training.model import assemble, portability_problems
 
-    recipe = recipe_for(spec)
+    setup = trial_setup(spec)
+    recipe = setup.recipe
     shown = format_params(trial.params)
     try:
-        built = assemble(spec, recipe, Params(trial.params), num_classes)
+        built = assemble(setup, recipe, Params(trial.params), num_classes)
     except (RecipeError, WeightsError):
         raise
     except UnknownHyperparameter as e:
@@ -98,7 +99,7 @@ def write_model(
         Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
         with a test split, ``test_accuracy``.
     """
-    check_weights(spec)  # before TensorFlow loads, and before Keras starts a download
+    check_base_weights(spec)  # before TensorFlow loads, and before Keras starts a download
     path = Path(path)
     if path.suffix != ".keras":
         raise TunerError(f"--model {path} must end in .keras; write it like --model best.keras")

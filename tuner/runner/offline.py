@@ -11,8 +11,9 @@ import tomllib
 
 from tuner.assets.datasets import DATASETS
 from tuner.assets.weights import imagenet_cache_files
+from tuner.config.build import recipe_for
 from tuner.config.spec import StudySpec, worker_command
-from tuner.recipes import Base, recipe_for
+from tuner.recipes import Base
 
 __all__ = ["offline_advice", "spec_names_folder"]
 
@@ -41,7 +42,7 @@ def offline_advice(spec: StudySpec, *, data_ready: bool) -> str:
     command = f"{worker_command(spec)} --set data.dir="
     command += spec.data.dir if data_ready else f"PATH/{folder}"
     needs: list[str] = [] if data_ready else ["a copy of the dataset's train/ and validation/"]
-    base = recipe_for(spec).base(spec)
+    base = recipe_for(spec).base(spec.model.base)
     weights = spec.model.weights
     if base is not None and weights not in ("imagenet", "none"):
         command += f" --set model.weights={weights}"

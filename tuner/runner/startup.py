@@ -14,14 +14,14 @@ from filelock import FileLock
 from optuna.storages import BaseStorage
 
 from tuner.assets.datasets import DATASETS, DatasetScan, download_dataset, scan_dataset
-from tuner.assets.weights import check_weights
 from tuner.common.console import download_progress, say, warn
+from tuner.config.build import check_base_weights, open_study, resolve_checked, trial_setup
+from tuner.config.join import check_joinable
 from tuner.config.spec import StudySpec
 from tuner.errors import DataError
 from tuner.runner.offline import offline_advice, spec_names_folder
 from tuner.runner.pool import CHECKED_DATA_ENV
-from tuner.study.opening import check_joinable, open_study
-from tuner.training.probe import probe, resolve_checked
+from tuner.training.probe import probe
 
 __all__ = ["CHECKED_DATA_ENV", "Publish", "configure_threads", "ensure_dataset", "preflight"]
 
@@ -140,14 +140,14 @@ def preflight(
             how to fix it.
     """
     if spec.model.weights not in ("imagenet", "none"):  # a missing file is named as such
-        check_weights(spec)
+        check_base_weights(spec)
     check_joinable(spec, storage, accept_space_change=accept_space_change)
     recipe = resolve_checked(spec)
     publish("checking data")
     scan = ensure_dataset(spec, check, publish)
     check()
-    check_weights(spec, offline=offline_advice(spec, data_ready=True))
-    for message in probe(spec, recipe, len(scan.class_names)):
+    check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
+    for message in probe(trial_setup(spec, recipe), recipe, len(scan.class_names)):
         warn(message)
     study = open_study(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change

@@ -17,8 +17,9 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.common.attrs import SPACE_ATTR
+from tuner.common.attrs import SPACE_ATTR, worker_name
 from tuner.common.console import say
+from tuner.config.build import artifact_store, note_for, open_study, sampler_budget, trial_setup
 from tuner.config.spec import StudySpec
 from tuner.errors import SpecError, StorageError, TunerError
 from tuner.runner.signals import Interrupted, StopSignals, TrialLost
@@ -27,10 +28,9 @@ from tuner.space.params import Space, format_params
 from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
-from tuner.storages.storage import BudgetLock, artifact_store_for, fatal_message, redact_url
-from tuner.study.opening import open_study, pruner_name
-from tuner.study.phases import PhaseBoard, epoch_progress, features_progress, worker_name
-from tuner.study.samplers import sampler_budget
+from tuner.storages.storage import BudgetLock, fatal_message, redact_url
+from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
+from tuner.study.pruners import pruner_name
 
 __all__ = ["Objective", "ObjectiveFor", "WorkerReport", "run_objective", "run_worker"]
 
@@ -265,10 +265,11 @@ def run_worker(
 
             s.signals.check()
             board.set("loading data")
-            with features_progress(study, spec, board, s.signals.check) as progress:
-                data = prepare_data(spec, scan, say, progress)
-            store = artifact_store_for(url, spec)
-            objective = make_objective(spec, data, store, say, check=s.check)
+            with features_progress(study, note_for(spec), board, s.signals.check) as progress:
+                setup = trial_setup(spec)
+                data = prepare_data(setup, scan, say, progress)
+            store = artifact_store(url, spec)
+            objective = make_objective(setup, data, store, say, check=s.check)
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)

@@ -34,11 +34,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.common.paths import nearest_existing, probe_writable
-from tuner.config.spec import StudySpec, worker_command
 from tuner.errors import StorageError
 from tuner.storages.faults import Fault, StorageWatch, classify
 from tuner.storages.rdbcore import CoreRDBStorage
 from tuner.storages.retries import RetryOrGiveUp
+from tuner.storages.settings import StorageSettings
 from tuner.storages.sqlite import SQLiteStorage
 
 __all__ = [
@@ -62,15 +62,16 @@ _DRIVERS = {
 _T = TypeVar("_T")
 
 
-def resolve_url(spec: StudySpec, cli_url: str | None = None) -> str:
-    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec.
+def resolve_url(study_name: str, spec_url: str = "", cli_url: str | None = None) -> str:
+    """The storage URL by precedence: ``--storage``, then ``TUNER_STORAGE``, then the spec's.
 
-    A relative file in the spec's URL (``sqlite:///clothing.db``) lies in
-    ``TUNER_HOME`` when that is set, else in the current folder; a URL given on
-    the command line or in ``TUNER_STORAGE`` is taken as it is.
+    Without any, the study's own SQLite file ``NAME.db``. A relative file in the
+    spec's URL (``sqlite:///clothing.db``) lies in ``TUNER_HOME`` when that is
+    set, else in the current folder; a URL given on the command line or in
+    ``TUNER_STORAGE`` is taken as it is.
     """
     given = cli_url or os.environ.get("TUNER_STORAGE")
-    return given or _at_home(spec.study.storage or f"sqlite:///{spec.study.name}.db")
+    return given or _at_home(spec_url or f"sqlite:///{study_name}.db")
 
 
 def _at_home(url: str) -> str:
@@ -247,36 +248,43 @@ def _check_sqlite_file(path: Path, url: str, busy_timeout: float) -> None:
         raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
 
 
-def _rdb_storage(url: str, spec: StudySpec, busy_timeout: float) -> CoreRDBStorage:
+def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
     parsed = _parse(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": busy_timeout}
+        engine_kwargs["connect_args"] = {"timeout": settings.busy_timeout}
     else:
         # Fail fast on an unreachable server instead of hanging on TCP retries.
-        engine_kwargs["connect_args"] = {"connect_timeout": int(spec.storage.connect_timeout)}
+        engine_kwargs["connect_args"] = {"connect_timeout": int(settings.connect_timeout)}
     with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         options: dict[str, Any] = {
             "engine_kwargs": engine_kwargs,
-            "heartbeat_interval": spec.storage.heartbeat_interval,
-            "grace_period": spec.storage.grace_period,
-            "heartbeat_stale_trial_callback": RetryOrGiveUp(spec.storage.max_retry),
+            "heartbeat_interval": settings.heartbeat_interval,
+            "grace_period": settings.grace_period,
+            "heartbeat_stale_trial_callback": RetryOrGiveUp(settings.max_retry),
         }
         if parsed.get_backend_name() == "sqlite":
-            return SQLiteStorage(url, busy_timeout, **options)
+            return SQLiteStorage(url, settings.busy_timeout, **options)
         return CoreRDBStorage(url, **options)
 
 
-def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
+def open_storage(
+    url: str,
+    settings: StorageSettings | None = None,
+    *,
+    must_exist: bool = False,
+    first: str = "a worker",
+) -> BaseStorage:
     """Open the storage behind ``url`` with tuner's guarantees for shared use.
 
     Args:
         url: ``sqlite:///FILE``, ``postgresql://...``, ``mysql+pymysql://...`` or
             ``journal://FILE``.
-        spec: supplies the heartbeat, grace period, retries and timeouts.
+        settings: the heartbeat, grace period, retries and timeouts (``[storage]``).
         must_exist: for commands that only read: a storage file that does not exist
             is an error, rather than created empty behind a mistyped path.
+        first: what the user runs first to create it, for that error.
 
     Returns:
         An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
@@ -292,7 +300,7 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         looked = "" if path.is_absolute() else f" (relative files: {where_studies_live()})"
         raise StorageError(
             f"storage file {path.absolute()} does not exist{looked}; run "
-            f"`{worker_command(spec)}` first, or check --storage / TUNER_STORAGE / TUNER_HOME"
+            f"`{first}` first, or check --storage / TUNER_STORAGE / TUNER_HOME"
         )
     if (journal := journal_path(url)) is not None:
         _check_writable_folder(journal, url)
@@ -308,7 +316,8 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
                 f"{journal} is not an Optuna journal file; point journal:// at a journal "
                 "file or at a new file"
             ) from None
-    busy_timeout = spec.storage.busy_timeout
+    settings = settings or StorageSettings()
+    busy_timeout = settings.busy_timeout
     db_file = sqlite_path(url)
     if db_file is None and url.startswith("sqlite"):
         raise StorageError(
@@ -318,8 +327,8 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
     try:
         if db_file is None:
             server_url = _with_installed_driver(url)  # messages show the URL as given
-            _probe_server(server_url, spec.storage.connect_timeout)
-            return retry_transient(lambda: _rdb_storage(server_url, spec, busy_timeout))
+            _probe_server(server_url, settings.connect_timeout)
+            return retry_transient(lambda: _rdb_storage(server_url, settings))
         _check_writable_folder(db_file, url)
         # Only one tuner process creates the schema of a fresh file. Plain Optuna and
         # optuna-dashboard take no such lock: a race with them is retried.
@@ -327,7 +336,7 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
             with contextlib.closing(sqlite3.connect(db_file, timeout=busy_timeout)) as conn:
                 conn.execute("PRAGMA journal_mode = WAL")
             _check_sqlite_file(db_file, url, busy_timeout)
-            return retry_transient(lambda: _rdb_storage(url, spec, busy_timeout))
+            return retry_transient(lambda: _rdb_storage(url, settings))
     except FileLockTimeout:
         raise StorageError(
             f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
@@ -351,20 +360,24 @@ def open_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> Base
         raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}; {fix}") from None
 
 
-def artifact_folder(url: str, spec: StudySpec) -> Path:
-    """Where trial files go: ``storage.artifacts``, or ``NAME-artifacts/`` beside the storage."""
-    if spec.storage.artifacts:
-        return Path(spec.storage.artifacts)
+def artifact_folder(url: str, study_name: str, artifacts: str = "") -> Path:
+    """Where trial files go: ``artifacts`` (``storage.artifacts``), else beside the storage.
+
+    That is ``FILE-artifacts/`` beside a storage file, or ``NAME-artifacts/`` in the
+    current folder for a database server.
+    """
+    if artifacts:
+        return Path(artifacts)
     if (path := sqlite_path(url) or journal_path(url)) is not None:
         return path.with_name(path.stem + "-artifacts")
-    return Path(f"{spec.study.name}-artifacts")
+    return Path(f"{study_name}-artifacts")
 
 
 def artifact_store_for(
-    url: str, spec: StudySpec, *, create: bool = True
+    url: str, study_name: str, artifacts: str = "", *, create: bool = True
 ) -> FileSystemArtifactStore:
     """The study's artifact store; ``create=False`` for commands that only read."""
-    folder = artifact_folder(url, spec)
+    folder = artifact_folder(url, study_name, artifacts)
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))

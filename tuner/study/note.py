@@ -1,44 +1,14 @@
-"""The study note that optuna-dashboard shows: what is tuned, on what, and how to export it."""
+"""The study note that optuna-dashboard shows, written through optuna-dashboard's own call."""
 
 from __future__ import annotations
 
 import optuna
 
-from tuner.config.spec import StudySpec
-from tuner.space.params import format_params
-
-__all__ = ["study_note", "write_note"]
+__all__ = ["write_note"]
 
 
-def study_note(spec: StudySpec, now: str = "") -> str:
-    """The note's Markdown; ``now`` is a line about what the workers are doing, if any."""
-    space = spec.search.space
-    params = "\n".join(f"  - {p.describe()}" for p in space.values())
-    warm = "\n".join(f"  - {format_params(point)}" for point in spec.search.warm_start)
-    base = f" on the frozen `{spec.model.base}` base" if spec.model.recipe != "small-cnn" else ""
-    now = f"> **Now:** {now}\n\n" if now else ""
-    return f"""# {spec.study.name}
-
-{now}Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
-(weights: `{spec.model.weights}`) on `{spec.data.dir}` at
-{spec.data.image_size[0]}x{spec.data.image_size[1]}, {spec.train.epochs} epochs per trial,
-batch {spec.data.batch_size}.
-
-- Search space, TPE sampler (seed {spec.sampler.seed}):
-{params}
-- Warm start, each point once:
-{warm or "  - none"}
-- Pruner: `{spec.pruner.kind}`; objective: validation accuracy after the last epoch.
-- Trial attributes: `train_accuracy`, `val_loss`, `gap`, `epoch_seconds`, `cache`, `worker`.
-
-Export the result with:
-
-    tuner export --study {spec.study.name} --out best.json --plots plots --model best.keras
-"""
-
-
-def write_note(study: optuna.Study, spec: StudySpec, now: str = "") -> None:
-    """Save :func:`study_note` as the study's dashboard note."""
+def write_note(study: optuna.Study, text: str) -> None:
+    """Save ``text`` (Markdown) as the study's dashboard note."""
     from optuna_dashboard import save_note
 
-    save_note(study, study_note(spec, now))
+    save_note(study, text)

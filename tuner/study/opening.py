@@ -1,65 +1,44 @@
-"""The search: the sampler, the space, creating or joining a study, and the warm start.
+"""Creating or joining a study without races, warm-starting it once, loading it to read.
 
-Pruners live in :mod:`tuner.study.pruners` and the join checks in :mod:`tuner.config.join`;
-both are re-exported here.
+The sampler, the pruner and the join check come built (see
+:mod:`tuner.config.build`); this module only knows Optuna's study.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
 from tuner.common.attrs import METRIC_NAME, SPACE_ATTR, SPEC_ATTR, WARM_START
-from tuner.config.join import (
-    budget_difference,
-    check_fit,
-    check_joinable,
-    training_budget,
-    training_setup,
-)
-from tuner.config.spec import StudySpec, spec_from_dict, spec_to_dict, worker_command
 from tuner.errors import StudyError
-from tuner.space import params as space_module
 from tuner.storages.storage import retry_transient
 from tuner.study.note import write_note
-from tuner.study.pruners import CompletedTrialsSnapshot, build_pruner, pruner_name, study_pruner
-from tuner.study.samplers import build_sampler
 
-__all__ = [
-    "SPACE_ATTR",
-    "CompletedTrialsSnapshot",
-    "budget_difference",
-    "build_pruner",
-    "build_sampler",
-    "check_joinable",
-    "load_existing_study",
-    "open_study",
-    "pruner_name",
-    "search_space",
-    "stored_spec",
-    "study_pruner",
-    "suggest",
-    "training_budget",
-    "training_setup",
-]
+__all__ = ["NewStudy", "load_existing_study", "open_study"]
 
 
-def search_space(spec: StudySpec) -> dict[str, Any]:
-    """The search space as plain data, stored with the study to detect changes."""
-    return spec.search.space.to_json()
+@dataclass(frozen=True)
+class NewStudy:
+    """A study as a worker opens it, and what it is stamped with when this worker creates it."""
 
-
-def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """Sample one point of the spec's search space: every hyperparameter, by name."""
-    return space_module.suggest(trial, spec.search.space)
+    name: str
+    sampler: BaseSampler
+    pruner: BasePruner
+    space: dict[str, Any]  # the search space as plain data, to detect changes
+    settings: Mapping[str, Any]  # the whole spec as plain data, stored for export and joins
+    warm_start: Sequence[Mapping[str, Any]] = ()
+    note: str = ""
 
 
 def _create_study_once(storage: BaseStorage, name: str) -> bool:
@@ -78,74 +57,62 @@ def _create_study_once(storage: BaseStorage, name: str) -> bool:
 
 
 def open_study(
-    spec: StudySpec,
     storage: BaseStorage,
-    *,
-    worker_index: int = 0,
-    accept_space_change: bool = False,
+    new: NewStudy,
+    fits: Callable[[optuna.Study], bool] = lambda study: False,
 ) -> optuna.Study:
-    """Create or join the spec's study, without races, and warm-start it once.
+    """Create or join the study, without races, and warm-start it once.
 
     Only the worker that creates the study enqueues the warm-start points, so each
     point runs exactly once however many workers start. A point that leaves some
     parameters out has them chosen by the sampler.
 
+    Args:
+        storage: an opened storage.
+        new: the study's name, sampler and pruner, and what a new study is stamped with.
+        fits: for a study that existed: raises when this worker may not join it,
+            and answers whether its stored space is to be replaced by ``new.space``.
+
     Raises:
-        StudyError: when the stored study trains another model than the spec (see
-            :func:`tuner.config.join.training_setup`), or searches another space unless
-            ``accept_space_change`` is set.
+        StudyError: from ``fits``, when the stored study trains another model or
+            searches another space.
     """
-    name = spec.study.name
-    created = _create_study_once(storage, name)
+    created = _create_study_once(storage, new.name)
     study = optuna.load_study(
-        study_name=name,
-        storage=storage,
-        sampler=build_sampler(spec, worker_index),
-        pruner=study_pruner(spec),
+        study_name=new.name, storage=storage, sampler=new.sampler, pruner=new.pruner
     )
-    space = search_space(spec)
     if study.metric_names is None:  # the dashboard's name for the value; else "Objective 0"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC_NAME])
     if created:
-        study.set_user_attr(SPACE_ATTR, space)
-        study.set_user_attr(SPEC_ATTR, json.dumps(spec_to_dict(spec)))
-        for point in spec.search.warm_start:
+        study.set_user_attr(SPACE_ATTR, new.space)
+        study.set_user_attr(SPEC_ATTR, json.dumps(new.settings))
+        for point in new.warm_start:
             study.enqueue_trial(dict(point), user_attrs={WARM_START: True})
-        write_note(study, spec)
+        if new.note:
+            write_note(study, new.note)
         return study
-    if check_fit(study, spec, accept_space_change):
-        study.set_user_attr(SPACE_ATTR, space)
+    if fits(study):
+        study.set_user_attr(SPACE_ATTR, new.space)
     return study
 
 
-def load_existing_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
-    """Load the spec's study for reading; it must exist.
+def load_existing_study(storage: BaseStorage, name: str, first: str) -> optuna.Study:
+    """Load the study ``name`` for reading; it must exist.
+
+    Args:
+        first: the command that creates it, for the error.
 
     Raises:
         StudyError: naming the studies that the storage does hold.
     """
     names = optuna.study.get_all_study_names(storage)
-    if spec.study.name not in names:
+    if name not in names:
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         held = (", ".join(names[:10]) or "none") + more  # a shared server may hold hundreds
         raise StudyError(
-            f"study {spec.study.name!r} does not exist in this storage (studies there: {held}); "
-            f"run `{worker_command(spec)}` first, or check --storage / TUNER_STORAGE"
+            f"study {name!r} does not exist in this storage (studies there: {held}); "
+            f"run `{first}` first, or check --storage / TUNER_STORAGE"
         )
-    return optuna.load_study(study_name=spec.study.name, storage=storage)
-
-
-def stored_spec(study: optuna.Study, fallback: StudySpec, overrides: list[str]) -> StudySpec:
-    """The spec the study was created with, with ``overrides`` on top.
-
-    Export rebuilds models from it, so they match what the trials trained even
-    when the export command is given fewer ``--set`` options than the workers.
-    It keeps the given spec's file, whose folder is where a recipe module is found.
-    """
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None:
-        return fallback
-    spec = spec_from_dict(json.loads(stored), overrides, where=f"study {study.study_name!r}")
-    return dataclasses.replace(spec, spec_file=fallback.spec_file)
+    return optuna.load_study(study_name=name, storage=storage)

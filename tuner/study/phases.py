@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +22,8 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from tuner.common.attrs import worker_name
 from tuner.common.console import count_progress
-from tuner.config.spec import StudySpec
 from tuner.study.note import write_note
 
 __all__ = [
@@ -51,11 +49,6 @@ STALE_AFTER_S = 60.0
 FORGET_AFTER_S = 3600.0
 
 Progress = str | Callable[[], str]
-
-
-def worker_name() -> str:
-    """``host:pid``, as trials record their worker."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -196,12 +189,16 @@ def epoch_progress(storage: BaseStorage, trial_id: int, epochs: int) -> Callable
 
 @contextlib.contextmanager
 def features_progress(
-    study: optuna.Study, spec: StudySpec, board: PhaseBoard, check: Callable[[], None]
+    study: optuna.Study,
+    note: Callable[[str], str],
+    board: PhaseBoard,
+    check: Callable[[], None],
 ) -> Iterator[Callable[[str, int, int], None]]:
     """The feature count's progress: bars or lines, the worker's phase, and the study note.
 
     The dashboard's charts stay empty until a trial finishes; the note says why,
-    from the first image counted until the count ends.
+    from the first image counted until the count ends. ``note(now)`` is the note's
+    text with a line about what the workers are doing (none: ``note("")``).
     """
     noted = False
     with count_progress("frozen-base features:", check=check) as bar:
@@ -216,7 +213,7 @@ def features_progress(
                     f"{since}; the charts fill once the first trial finishes."
                 )
                 with contextlib.suppress(Exception):  # the note is for people; never fatal
-                    write_note(study, spec, now=now)
+                    write_note(study, note(now))
             board.set("computing features", f"{part} {done}/{total}")
             bar(part, done, total)
 
@@ -225,4 +222,4 @@ def features_progress(
         finally:
             if noted:
                 with contextlib.suppress(Exception):
-                    write_note(study, spec)
+                    write_note(study, note(""))

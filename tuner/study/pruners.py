@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Container
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import optuna
 from optuna.pruners import (
@@ -20,22 +20,21 @@ from optuna.pruners import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.checks import PRUNER_KINDS
 from tuner.errors import SpecError
-
-if TYPE_CHECKING:
-    from tuner.config.spec import StudySpec
+from tuner.study.settings import PRUNER_KINDS, PrunerSettings
 
 __all__ = ["CompletedTrialsSnapshot", "build_pruner", "pruner_name", "study_pruner"]
 
 
-def build_pruner(spec: StudySpec) -> BasePruner:
+def build_pruner(settings: PrunerSettings, max_resource: int) -> BasePruner:
     """The pruner named by ``pruner.kind``, built from Optuna's own pruners.
+
+    ``max_resource`` is the epochs of a trial (Hyperband's last rung).
 
     Raises:
         SpecError: for a kind that is not one of ``PRUNER_KINDS``.
     """
-    p = spec.pruner
+    p = settings
     median = MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     builders: dict[str, Any] = {
         "none": NopPruner,
@@ -45,7 +44,7 @@ def build_pruner(spec: StudySpec) -> BasePruner:
         ),
         "hyperband": lambda: HyperbandPruner(
             min_resource=p.min_resource,
-            max_resource=spec.train.epochs,
+            max_resource=max_resource,
             reduction_factor=p.reduction_factor,
         ),
         "successive-halving": lambda: SuccessiveHalvingPruner(
@@ -124,9 +123,9 @@ def _snapshot_safe(pruner: BasePruner) -> bool:
     return isinstance(pruner, PercentilePruner)  # MedianPruner is one
 
 
-def study_pruner(spec: StudySpec) -> BasePruner:
+def study_pruner(settings: PrunerSettings, max_resource: int) -> BasePruner:
     """The pruner a worker's study uses: :func:`build_pruner`'s, reading the study sparingly."""
-    pruner = build_pruner(spec)
+    pruner = build_pruner(settings, max_resource)
     return CompletedTrialsSnapshot(pruner) if _snapshot_safe(pruner) else pruner
 
 

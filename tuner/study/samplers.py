@@ -14,20 +14,19 @@ import warnings
 from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
 
-from tuner.config.checks import SAMPLER_KINDS
-from tuner.config.spec import StudySpec
 from tuner.errors import SpecError
+from tuner.study.settings import SAMPLER_KINDS, SamplerSettings
 
 __all__ = ["SAMPLER_KINDS", "build_sampler", "sampler_budget"]
 
 
-def build_sampler(spec: StudySpec, worker_index: int = 0) -> BaseSampler:
+def build_sampler(settings: SamplerSettings, worker_index: int = 0) -> BaseSampler:
     """The sampler ``sampler.kind`` names, seeded for this worker.
 
     Raises:
         SpecError: for ``gp`` without PyTorch, which Optuna's ``GPSampler`` needs.
     """
-    s = spec.sampler
+    s = settings
     seed = s.seed + worker_index
     if s.kind == "tpe":
         return TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, constant_liar=True)
@@ -45,8 +44,8 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> BaseSampler:
     return RandomSampler(seed=seed)  # random; grid only ever runs its queued points
 
 
-def sampler_budget(spec: StudySpec, n_trials: int) -> int:
-    """The trials a worker aims for: ``grid`` stops after its warm-start points."""
-    if spec.sampler.kind == "grid":
-        return min(n_trials, len(spec.search.warm_start))
+def sampler_budget(kind: str, n_trials: int, n_points: int) -> int:
+    """The trials a worker aims for: ``grid`` stops after its ``n_points`` warm-start points."""
+    if kind == "grid":
+        return min(n_trials, n_points)
     return n_trials

@@ -33,10 +33,10 @@ with quiet_tensorflow():
     import keras
 
 from tuner.assets.datasets import DatasetScan, load_split
-from tuner.config.spec import StudySpec
 from tuner.errors import CacheError
-from tuner.recipes import BASES, HEAD, Recipe, recipe_for
+from tuner.recipes import BASES, HEAD, Recipe
 from tuner.training.model import build_feature_extractor, weights_identity
+from tuner.training.settings import TrialSetup
 
 # (split, images done, images in the split), called as the extraction goes
 Progress = Callable[[str, int, int], None]
@@ -67,41 +67,41 @@ class FeatureSet:
     key: str
 
 
-def cache_dir(spec: StudySpec) -> Path:
+def cache_dir(setup: TrialSetup) -> Path:
     """``cache.dir``, else ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``."""
-    if spec.cache.dir:
-        return Path(spec.cache.dir).expanduser()
+    if setup.cache.dir:
+        return Path(setup.cache.dir).expanduser()
     if env := os.environ.get("TUNER_CACHE_DIR"):
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "tuner"
 
 
-def cache_reason(spec: StudySpec, recipe: Recipe | None = None) -> str | None:
+def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
     """Why the cache cannot apply to this spec, or None when it can."""
-    if not spec.cache.enabled:
+    if not setup.cache.enabled:
         return "cache.enabled is false"
-    if (recipe or recipe_for(spec)).kind != HEAD:
-        return f"recipe {spec.model.recipe!r} trains its whole network"
-    if spec.model.trainable_base:
+    if (recipe or setup.recipe).kind != HEAD:
+        return f"recipe {setup.model.recipe!r} trains its whole network"
+    if setup.model.trainable_base:
         return "model.trainable_base is true, so the base changes while training"
-    if spec.data.augment:
+    if setup.data.augment:
         return "data.augment is on, so the base sees a different image every epoch"
     return None
 
 
-def cache_key(spec: StudySpec, dataset_fingerprint: str) -> str:
+def cache_key(setup: TrialSetup, dataset_fingerprint: str) -> str:
     """The key: dataset content, base, weights, input size, preprocessing, Keras version.
 
     The head does not count: every head recipe on the same base shares the features.
     """
-    base = recipe_for(spec).base(spec) or BASES[spec.model.base]
+    base = setup.recipe.base(setup.model.base) or BASES[setup.model.base]
     parts = {
         "version": CACHE_VERSION,
         "dataset": dataset_fingerprint,
         "base": base.identity,
-        "weights": weights_identity(spec),
-        "image_size": list(spec.data.image_size),
+        "weights": weights_identity(setup),
+        "image_size": list(setup.data.image_size),
         "preprocessing": base.preprocessing,
         "keras": keras.__version__,
     }
@@ -112,7 +112,7 @@ def extract_features(
     extractor: keras.Model,
     scan: DatasetScan,
     split: str,
-    spec: StudySpec,
+    setup: TrialSetup,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the extractor over one split through Keras's compiled predict step.
@@ -125,7 +125,7 @@ def extract_features(
     """
     import tensorflow as tf
 
-    ds = load_split(scan, split, spec.data.image_size, spec.data.batch_size)
+    ds = load_split(scan, split, setup.data.image_size, setup.data.batch_size)
     features, labels = [], []
     done, total = 0, scan.count(split)
     for images, onehot in ds.prefetch(tf.data.AUTOTUNE):
@@ -185,7 +185,7 @@ def _read_entry(
 
 
 def load_or_compute(
-    spec: StudySpec,
+    setup: TrialSetup,
     scan: DatasetScan,
     splits: tuple[str, ...] = ("train", "validation"),
     *,
@@ -195,7 +195,7 @@ def load_or_compute(
     """The cached features for the spec and dataset, computing them once if needed.
 
     Args:
-        spec: supplies the base, weights, input size and cache folder.
+        setup: supplies the base, weights, input size and cache folder.
         scan: the validated dataset.
         splits: the splits to cache.
         on_compute: called with a message before a (slow) extraction starts.
@@ -204,8 +204,8 @@ def load_or_compute(
     Raises:
         CacheError: when the cache folder cannot be created or written.
     """
-    key = cache_key(spec, scan.fingerprint())
-    entry = cache_dir(spec) / "features" / key
+    key = cache_key(setup, scan.fingerprint())
+    entry = cache_dir(setup) / "features" / key
     try:
         entry.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -223,11 +223,11 @@ def load_or_compute(
         if callable(on_compute):
             on_compute(f"computing frozen-base features once into {entry}")
         start = time.perf_counter()
-        extractor = build_feature_extractor(spec)
+        extractor = build_feature_extractor(setup)
         features, labels, counts = {}, {}, {}
         try:
             for split in splits:
-                x, y = extract_features(extractor, scan, split, spec, progress)
+                x, y = extract_features(extractor, scan, split, setup, progress)
                 features[split], labels[split], counts[split] = x, y, len(x)
                 _write_atomic(
                     entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)

@@ -28,9 +28,9 @@ with quiet_tensorflow():
     import keras
 
 from tuner.assets.weights import offline_hint, socket_timeout
-from tuner.config.spec import StudySpec
 from tuner.errors import RecipeError, WeightsError
 from tuner.recipes import BASES, HEAD, Base, Recipe
+from tuner.training.settings import TrialSetup
 
 __all__ = [
     "Assembled",
@@ -45,17 +45,17 @@ __all__ = [
 ]
 
 
-def weights_identity(spec: StudySpec) -> str:
+def weights_identity(setup: TrialSetup) -> str:
     """A string that changes whenever the base's weights would differ."""
-    weights = spec.model.weights
+    weights = setup.model.weights
     if weights == "imagenet":
         return f"imagenet@keras-{keras.__version__}"
     if weights == "none":
-        return f"random(seed={spec.model.seed})@keras-{keras.__version__}"
+        return f"random(seed={setup.model.seed})@keras-{keras.__version__}"
     path = Path(weights).expanduser()
     if not path.is_file():
-        base = BASES.get(spec.model.base)
-        named = base.weights_file if base else f"{spec.model.base} weights"
+        base = BASES.get(setup.model.base)
+        named = base.weights_file if base else f"{setup.model.base} weights"
         raise WeightsError(
             f"weights file {path} does not exist; give the path of {named}, or use "
             '--set model.weights=none (or "imagenet" when online)'
@@ -63,24 +63,24 @@ def weights_identity(spec: StudySpec) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _application(spec: StudySpec, base: Base) -> keras.Model:
+def _application(setup: TrialSetup, base: Base) -> keras.Model:
     """The base itself, with the spec's weights, trainable only if the spec says so."""
-    h, w = spec.data.image_size
-    weights = spec.model.weights
+    h, w = setup.data.image_size
+    weights = setup.model.weights
     if weights == "none":
-        keras.utils.set_random_seed(spec.model.seed)  # every worker builds the same random base
+        keras.utils.set_random_seed(setup.model.seed)  # every worker builds the same random base
     constructor = getattr(keras.applications, base.application)
     kwargs = {"include_top": False, "input_shape": (h, w, 3)}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square")
             if weights == "imagenet":
-                with socket_timeout(spec.model.download_timeout):  # a stalled download must end
+                with socket_timeout(setup.model.download_timeout):  # a stalled download must end
                     model = constructor(weights="imagenet", **kwargs)
             else:
                 model = constructor(weights=None, **kwargs)
         if weights not in ("imagenet", "none"):
-            weights_identity(spec)  # raises a clear error for a missing file
+            weights_identity(setup)  # raises a clear error for a missing file
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 model.load_weights(str(Path(weights).expanduser()))
@@ -100,7 +100,7 @@ def _application(spec: StudySpec, base: Base) -> keras.Model:
             f"cannot load weights file {weights} ({reason}); it must be {base.weights_file} "
             "or weights of the same shapes, or use --set model.weights=none"
         ) from None
-    model.trainable = spec.model.trainable_base
+    model.trainable = setup.model.trainable_base
     return model
 
 
@@ -119,12 +119,12 @@ def _preprocess(base: Base, inputs: Any) -> Any:
     return inputs  # EfficientNetV2 and MobileNetV3 rescale inside the base
 
 
-def build_feature_extractor(spec: StudySpec) -> keras.Model:
+def build_feature_extractor(setup: TrialSetup) -> keras.Model:
     """Raw images -> the base's preprocessing -> base (inference mode) -> pooled features."""
-    base = BASES[spec.model.base]
-    h, w = spec.data.image_size
+    base = BASES[setup.model.base]
+    h, w = setup.data.image_size
     inputs = keras.Input((h, w, 3), name="image")
-    x = _application(spec, base)(_preprocess(base, inputs), training=False)
+    x = _application(setup, base)(_preprocess(base, inputs), training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, x, name="features")
 
@@ -162,7 +162,7 @@ class Assembled:
 
 
 def assemble(
-    spec: StudySpec,
+    setup: TrialSetup,
     recipe: Recipe,
     params: Mapping[str, Any],
     num_classes: int,
@@ -172,17 +172,17 @@ def assemble(
 
     ``extractor`` is a frozen base built once and shared by a worker's trials.
     """
-    h, w = spec.data.image_size
+    h, w = setup.data.image_size
     inputs = keras.Input((h, w, 3), name="image")
     x = inputs
-    if spec.data.augment:
+    if setup.data.augment:
         x = keras.layers.RandomFlip("horizontal", name="flip")(x)
     if recipe.kind == HEAD:
-        extractor = extractor or build_feature_extractor(spec)
-        head = build_part(recipe, params, BASES[spec.model.base].feature_dim, num_classes)
+        extractor = extractor or build_feature_extractor(setup)
+        head = build_part(recipe, params, BASES[setup.model.base].feature_dim, num_classes)
         model = keras.Model(inputs, head(extractor(x)), name="tuned_head")
-        return Assembled(model, head, extractor if spec.model.trainable_base else None)
-    keras.utils.set_random_seed(spec.model.seed)  # every trial starts from the same network
+        return Assembled(model, head, extractor if setup.model.trainable_base else None)
+    keras.utils.set_random_seed(setup.model.seed)  # every trial starts from the same network
     network = build_part(recipe, params, (h, w, 3), num_classes)
     return Assembled(keras.Model(inputs, network(x), name="tuned_model"), network)
 

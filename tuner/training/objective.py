@@ -10,8 +10,6 @@ cached features, or the complete model) and trains it with Adam at its
 from __future__ import annotations
 
 import math
-import os
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +29,10 @@ with quiet_tensorflow():
 
 from tuner.assets.datasets import DatasetScan, load_split
 from tuner.common import attrs
-from tuner.config.spec import StudySpec
 from tuner.errors import StorageError
-from tuner.recipes import HEAD, Params, Recipe, recipe_for
+from tuner.recipes import HEAD, Params, Recipe
 from tuner.runner.signals import TrialLost
-from tuner.space.params import format_params
-from tuner.study.opening import suggest
+from tuner.space.params import format_params, suggest
 from tuner.training import features as feature_cache
 from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.training.headfit import HeadTrainer, kernels_kept
@@ -47,6 +43,7 @@ from tuner.training.model import (
     compile_model,
     save_trained_weights,
 )
+from tuner.training.settings import TrialSetup
 from tuner.training.trial_curve import write_learning_curve
 
 tf.get_logger().setLevel("ERROR")  # per-trial models retrace by design; keep the log readable
@@ -57,15 +54,9 @@ __all__ = [
     "TrialData",
     "make_objective",
     "prepare_data",
-    "worker_id",
 ]
 
 Say = Callable[[str], None]
-
-
-def worker_id() -> str:
-    """``host:pid`` of this process, recorded on every trial."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -98,7 +89,7 @@ class TrialData:
 
 
 def prepare_data(
-    spec: StudySpec,
+    setup: TrialSetup,
     scan: DatasetScan,
     say: Say = print,
     progress: feature_cache.Progress | None = None,
@@ -107,18 +98,18 @@ def prepare_data(
 
     ``progress`` follows a feature extraction (:func:`tuner.training.features.extract_features`).
     """
-    recipe = recipe_for(spec)
-    reason = feature_cache.cache_reason(spec, recipe)
+    recipe = setup.recipe
+    reason = feature_cache.cache_reason(setup, recipe)
     if reason is None:
-        fs = feature_cache.load_or_compute(spec, scan, on_compute=say, progress=progress)
+        fs = feature_cache.load_or_compute(setup, scan, on_compute=say, progress=progress)
         if fs.status == "hit":
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(scan, fs.status, features=fs)
     say(f"feature cache off: {reason}; running the full pipeline")
-    val = load_split(scan, "validation", spec.data.image_size, spec.data.batch_size)
+    val = load_split(scan, "validation", setup.data.image_size, setup.data.batch_size)
     extractor = None
-    if recipe.kind == HEAD and not spec.model.trainable_base:
-        extractor = build_feature_extractor(spec)  # frozen: shared by every trial
+    if recipe.kind == HEAD and not setup.model.trainable_base:
+        extractor = build_feature_extractor(setup)  # frozen: shared by every trial
     return TrialData(
         scan,
         "off",
@@ -127,7 +118,7 @@ def prepare_data(
     )
 
 
-def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset:
+def _train_split(setup: TrialSetup, data: TrialData, seed: int) -> tf.data.Dataset:
     """The training images, in an order drawn from ``seed`` alone.
 
     Each trial gets its own dataset: one shared by all trials would carry its
@@ -135,13 +126,13 @@ def _train_split(spec: StudySpec, data: TrialData, seed: int) -> tf.data.Dataset
     how many epochs earlier trials of the worker ran (fewer when pruned), and two
     runs with the same sampler seed could not be compared trial by trial.
     """
-    size, batch = spec.data.image_size, spec.data.batch_size
+    size, batch = setup.data.image_size, setup.data.batch_size
     ds = load_split(data.scan, "train", size, batch, shuffle=True, seed=seed)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _fit(
-    spec: StudySpec,
+    setup: TrialSetup,
     data: TrialData,
     recipe: Recipe,
     point: dict[str, Any],
@@ -149,14 +140,14 @@ def _fit(
     callbacks: list[keras.callbacks.Callback],
 ) -> list[Any]:
     """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
-    epochs, params = spec.train.epochs, Params(point)
+    epochs, params = setup.train.epochs, Params(point)
     if data.features is not None:  # whole epochs in one compiled call, see tuner.training.headfit
         head = build_part(recipe, params, data.feature_dim, data.num_classes)
-        trainer = data.trainer(spec.data.batch_size)
+        trainer = data.trainer(setup.data.batch_size)
         return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks)
-    built = assemble(spec, recipe, params, data.num_classes, data.extractor)
+    built = assemble(setup, recipe, params, data.num_classes, data.extractor)
     compile_model(built.model, point["learning_rate"])
-    train = _train_split(spec, data, seed)
+    train = _train_split(setup, data, seed)
     built.model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
         train,
         validation_data=data.val_ds,
@@ -213,14 +204,14 @@ class StopCheck(keras.callbacks.Callback):
 _WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
 
 
-def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
+def _begin(trial: optuna.Trial, setup: TrialSetup, data: TrialData) -> int:
     """Record where the trial runs, start Keras afresh, and return the trial's seed."""
     # A retried trial inherits the failed one's attributes; clear what no longer holds.
     for stale in attrs.STALE & trial.user_attrs.keys():
         trial.set_user_attr(stale, None)
     trial.set_user_attr(attrs.CACHE, data.cache)
-    trial.set_user_attr(attrs.WORKER, worker_id())
-    seed = spec.model.seed + trial.number
+    trial.set_user_attr(attrs.WORKER, attrs.worker_name())
+    seed = setup.model.seed + trial.number
     if data.features is not None:
         # A cached trial takes well under a second, and a full garbage collection would be a
         # quarter of it; Python's own collector frees the dropped heads soon enough. The kept
@@ -236,7 +227,7 @@ def _begin(trial: optuna.Trial, spec: StudySpec, data: TrialData) -> int:
 
 
 def make_objective(
-    spec: StudySpec,
+    setup: TrialSetup,
     data: TrialData,
     artifact_store: ArtifactStore | None = None,
     say: Say = print,
@@ -245,14 +236,14 @@ def make_objective(
     """The objective: train the recipe at the trial's point, return final validation accuracy.
 
     Args:
-        spec: the study spec.
+        setup: what the trial trains (see :class:`tuner.training.settings.TrialSetup`).
         data: prepared once per worker by :func:`prepare_data`.
         artifact_store: where trial weights and learning curves go; None keeps none.
         say: receives one progress line per epoch.
         check: called after every batch; may raise to stop the trial (see :class:`StopCheck`).
     """
 
-    recipe = recipe_for(spec)
+    recipe = setup.recipe
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -261,20 +252,20 @@ def make_objective(
             raise TrialLost(str(e)) from None
 
     def train_trial(trial: optuna.Trial) -> float:
-        point = suggest(trial, spec)
-        seed = _begin(trial, spec, data)
-        recorder = EpochRecorder(trial, spec.train.epochs, say, space=spec.search.space)
-        pruning = PruningBeforeLastEpoch(trial, "val_accuracy", spec.train.epochs)
+        point = suggest(trial, setup.space)
+        seed = _begin(trial, setup, data)
+        recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space)
+        pruning = PruningBeforeLastEpoch(trial, "val_accuracy", setup.train.epochs)
         callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
         callbacks += [StopCheck(check)] if check is not None else []
         try:
-            trained = _fit(spec, data, recipe, point, seed, callbacks)
+            trained = _fit(setup, data, recipe, point, seed, callbacks)
         except _WORKER_STOPS:
             raise
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
-            _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
+            _upload_curve(artifact_store, trial, recorder, setup.train.epochs)
             raise
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.runner.worker
             recorder.flush()
@@ -297,7 +288,7 @@ def make_objective(
             "weights.npz",
             lambda p: save_trained_weights(trained, p),
         )
-        _upload_curve(artifact_store, trial, recorder, spec.train.epochs)
+        _upload_curve(artifact_store, trial, recorder, setup.train.epochs)
         return value
 
     return objective

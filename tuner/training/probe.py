@@ -1,14 +1,14 @@
 """A recipe checked before any trial: imported, built at sample points, its output checked.
 
-Workers call :func:`resolve_checked` before the data is read (a built-in needs
-nothing; a user's module is imported, and its signature checked), then
-:func:`probe` once the number of classes is known. The probe builds a user's
-recipe at two points of the space (every range at its low end and every
-categorical at its first choice, then the high ends and last choices), calls
-the model on one zero input, and checks that it is a Keras model with one
-logit per class that reads only hyperparameters the space defines. Every
-mistake is one :class:`~tuner.errors.RecipeError` line, before any study or
-trial exists.
+Workers resolve the recipe before the data is read (a built-in needs nothing;
+a user's module is imported and its signature checked; see
+:func:`tuner.config.build.resolve_checked`), then call :func:`probe` once the
+number of classes is known. The probe builds a user's recipe at two points of
+the space (every range at its low end and every categorical at its first
+choice, then the high ends and last choices), calls the model on one zero
+input, and checks that it is a Keras model with one logit per class that reads
+only hyperparameters the space defines. Every mistake is one
+:class:`~tuner.errors.RecipeError` line, before any study or trial exists.
 """
 
 from __future__ import annotations
@@ -17,38 +17,24 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import RecipeError, SpecError
+from tuner.errors import RecipeError
 from tuner.recipes import (
     BASES,
     HEAD,
     Params,
     Recipe,
     UnknownHyperparameter,
-    recipe_for,
     unread_warning,
 )
 from tuner.space.params import Space, format_params
 
 if TYPE_CHECKING:
-    from tuner.config.spec import StudySpec
+    from tuner.training.settings import TrialSetup
 
-__all__ = ["CHECKED_RECIPE_ENV", "probe", "probe_points", "resolve_checked"]
+__all__ = ["CHECKED_RECIPE_ENV", "probe", "probe_points"]
 
 # Set once a process has probed a recipe; a pool's children inherit it and skip the probe.
 CHECKED_RECIPE_ENV = "TUNER_CHECKED_RECIPE"
-
-
-def resolve_checked(spec: StudySpec) -> Recipe:
-    """The spec's recipe, imported when it is the user's, with its spec checks made.
-
-    Raises:
-        RecipeError: the module or function cannot be imported, or does not fit.
-        SpecError: the spec does not suit the recipe (such as an input size below the base's).
-    """
-    recipe = recipe_for(spec)
-    if problems := recipe.problems(spec):
-        raise SpecError(f"{spec.spec_file or 'the spec'}: {problems[0]}; fix it in the spec")
-    return recipe
 
 
 def probe_points(space: Space) -> list[dict[str, Any]]:
@@ -110,13 +96,13 @@ def _check_output(recipe: Recipe, model: Any, shape: Any, num_classes: int) -> l
     return []
 
 
-def probe(spec: StudySpec, recipe: Recipe, num_classes: int) -> list[str]:
+def probe(setup: TrialSetup, recipe: Recipe, num_classes: int) -> list[str]:
     """Check what the recipe builds, once per process (and once per pool); returns warnings.
 
     Raises:
         RecipeError: naming what is wrong with the recipe and how to fix it.
     """
-    space = spec.search.space
+    space = setup.space
     key = hashlib.sha256(f"{recipe.name} {num_classes} {space.to_json()}".encode()).hexdigest()
     if os.environ.get(CHECKED_RECIPE_ENV) == key:
         return []
@@ -130,8 +116,8 @@ def probe(spec: StudySpec, recipe: Recipe, num_classes: int) -> list[str]:
         import keras
     from tuner.training.model import portability_problems
 
-    h, w = spec.data.image_size
-    shape = BASES[spec.model.base].feature_dim if recipe.kind == HEAD else (h, w, 3)
+    h, w = setup.data.image_size
+    shape = BASES[setup.model.base].feature_dim if recipe.kind == HEAD else (h, w, 3)
     warnings: list[str] = []
     read: set[str] = set()
     for point in probe_points(space):
