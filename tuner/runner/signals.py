@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "StopSignals", "TrialLost"]
+__all__ = ["Interrupted", "StopSignals"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -32,10 +32,6 @@ class Interrupted(KeyboardInterrupt):
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
-
-
-class TrialLost(Exception):
-    """This worker's running trial was failed by another worker, which took it as stale."""
 
 
 class StopSignals:

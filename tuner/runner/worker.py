@@ -17,12 +17,14 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.common.attrs import SPACE_ATTR, worker_name
+from tuner.common import attrs
+from tuner.common.attrs import FAIL_REASON, SPACE_ATTR, worker_name
 from tuner.common.console import say
 from tuner.config.build import artifact_store, note_for, open_study, sampler_budget, trial_setup
 from tuner.config.spec import StudySpec
-from tuner.errors import SpecError, StorageError, TunerError
-from tuner.runner.signals import Interrupted, StopSignals, TrialLost
+from tuner.errors import SpecError, TrialLost, TunerError
+from tuner.runner.fate import Fate, fail_reason, fate_of
+from tuner.runner.signals import Interrupted, StopSignals
 from tuner.runner.startup import preflight
 from tuner.space.params import Space, format_params
 from tuner.storages.faults import StorageWatch
@@ -102,14 +104,14 @@ class _Announcer:
         if trial.state == TrialState.COMPLETE:
             outcome = f"finished val_acc={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
-            reason = trial.user_attrs.get("prune_reason") or "pruned by " + pruner_name(
+            reason = trial.user_attrs.get(attrs.PRUNE_REASON) or "pruned by " + pruner_name(
                 study.pruner
             )
-            epoch = trial.user_attrs.get("pruned_at_epoch")
+            epoch = trial.user_attrs.get(attrs.PRUNED_AT_EPOCH)
             after = f"after epoch {epoch + 1}" if isinstance(epoch, int) else "early"
             outcome = f"pruned {after} ({reason})"
         else:
-            outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log above')})"
+            outcome = f"failed ({trial.user_attrs.get(FAIL_REASON, 'see the log above')})"
         best = self.best
         if best is None:
             best_text = "no finished trial yet"
@@ -132,7 +134,8 @@ class _Waiting:
             return
         self._said = numbers
         names = ", ".join(
-            f"trial {t.number} ({t.user_attrs.get('worker', 'worker unknown')})" for t in running
+            f"trial {t.number} ({t.user_attrs.get(attrs.WORKER, 'worker unknown')})"
+            for t in running
         )
         if self.heartbeat:
             how = (
@@ -156,7 +159,8 @@ class _Run:
 
     number: int | None = None
     trial_id: int | None = None
-    stop: Exception | None = None  # why the objective stopped for the worker's sake
+    fate: Fate | None = None  # what the objective's exception means, when it raised
+    error: BaseException | None = None
 
 
 def _stopped_line(stop: Interrupted, run: _Run, requeued: bool) -> str:
@@ -245,7 +249,7 @@ def run_worker(
         A report; its ``exit_code`` is 128 + the signal number after SIGINT or SIGTERM.
 
     Raises:
-        StorageError: when the storage stays unreachable for longer than
+        StorageLostError: when the storage stays unreachable for longer than
             ``storage.outage_tolerance``, or has a fatal fault (full, read-only, damaged).
     """
     with _session(spec, storage, url, signals) as s:
@@ -371,18 +375,18 @@ def _trial_loop(
 
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
-        run.number, run.trial_id, run.stop = trial.number, trial._trial_id, None
+        run.number, run.trial_id = trial.number, trial._trial_id
+        run.fate = run.error = None
         epochs = epoch_progress(s.raw, trial._trial_id, spec.train.epochs)
         s.board.set(f"training trial {trial.number}", epochs)
         try:
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
-        except (StorageError, TrialLost) as e:
-            run.stop = e
-            raise
-        except Exception as e:  # every FAIL trial says why
-            if not trial.user_attrs.get("fail_reason"):
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+        except BaseException as e:
+            run.fate, run.error = fate_of(e), e
+            ends_here = run.fate is Fate.FAIL or isinstance(e, KeyboardInterrupt)
+            if ends_here and not trial.user_attrs.get(FAIL_REASON):  # every FAIL says why
+                trial.set_user_attr(FAIL_REASON, fail_reason(e))
             raise
 
     ran: list[FrozenTrial] = []
@@ -411,7 +415,7 @@ def _trial_loop(
                     failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
                     run.number = run.trial_id = None
                     if failures >= MAX_CONSECUTIVE_FAILURES:
-                        reason = ran[-1].user_attrs.get("fail_reason", "see the lines above")
+                        reason = ran[-1].user_attrs.get(FAIL_REASON, "see the lines above")
                         raise TunerError(
                             f"stopping after {failures} failed trials in a row (last: {reason}); "
                             "fix the cause and start the worker again"
@@ -454,19 +458,22 @@ def _run_one(
             raise stop from None
         if watch.dead is not None:  # Optuna's own clean-up failed on the storage too
             raise watch.dead from None
-        if run.stop is None:
+        if run.fate not in (Fate.LOSE, Fate.STOP):
             raise
-    if isinstance(run.stop, TrialLost):
+    # What the objective's exception means was decided by fate_of; here it is done.
+    if run.fate is Fate.LOSE:
         # Another worker failed this trial as stale while it trained here (its heartbeat
         # could not be written in time), and queued its retry.
         say(
             f"trial {run.number} was failed by another worker while it trained here (no "
             "heartbeat within storage.grace_period); its retry runs instead; going on"
         )
-    elif run.stop is not None:  # files could not be written: stop, and let the trial run again
+    elif run.fate is Fate.STOP and isinstance(run.error, Exception):
+        # A fatal error (files that cannot be written, a storage given up on): stop, and
+        # let the trial run again. A signal stops through the Interrupted above instead.
         assert run.number is not None
         _requeue(study, run.number)
-        raise run.stop
+        raise run.error
 
 
 def _interrupted_behind(error: BaseException) -> Interrupted | None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tuner.errors import StorageError
+from tuner.errors import StorageLostError
 
 __all__ = ["Fault", "StorageWatch", "classify"]
 
@@ -132,7 +132,7 @@ class StorageWatch:
     One watch serves every thread of a worker (the trial loop and Optuna's
     heartbeat thread), so an outage is announced once, however many calls
     wait on it. Once the tolerance has run out, or a fatal fault was seen,
-    every later call fails at once with the same :class:`StorageError`
+    every later call fails at once with the same :class:`~tuner.errors.StorageLostError`
     (``dead``), so the worker stops instead of waiting again at each step.
 
     Args:
@@ -159,7 +159,7 @@ class StorageWatch:
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._since: float | None = None
-        self.dead: StorageError | None = None
+        self.dead: StorageLostError | None = None
         self.outages = 0
 
     def __getstate__(self) -> dict[str, object]:
@@ -175,7 +175,7 @@ class StorageWatch:
         """``fn()``, retried while the storage has a transient fault.
 
         Raises:
-            StorageError: for a fatal fault, or once an outage outlasts the tolerance.
+            StorageLostError: for a fatal fault, or once an outage outlasts the tolerance.
         """
         delay = 0.25
         while True:
@@ -201,7 +201,7 @@ class StorageWatch:
             if self.dead is not None:
                 raise self.dead
             if fault.fatal:
-                self.dead = StorageError(self.fatal_message(fault))
+                self.dead = StorageLostError(self.fatal_message(fault))
                 raise self.dead from None
             now = self._clock()
             if self._since is None:
@@ -212,7 +212,7 @@ class StorageWatch:
                     f"to {self.tolerance:g} s (storage.outage_tolerance)"
                 )
             elif now - self._since > self.tolerance:
-                self.dead = StorageError(
+                self.dead = StorageLostError(
                     f"storage {self.describe} unreachable for over {self.tolerance:g} s "
                     f"({fault.reason}); check the database server, or raise "
                     "storage.outage_tolerance"

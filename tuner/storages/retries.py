@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.common.attrs import FAIL_REASON, WORKER
 from tuner.common.console import warn
 from tuner.space.params import format_params
 
@@ -120,7 +121,7 @@ def reap(
     me = owner_record()
     reaped = []
     for trial in running:
-        worker = trial.user_attrs.get("worker", "a worker")
+        worker = trial.user_attrs.get(WORKER, "a worker")
         if trial._trial_id in stale:
             reason = (
                 f"{worker} sent no heartbeat for over {grace_period:g} s (storage.grace_period)"
@@ -132,7 +133,7 @@ def reap(
         else:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # its owner finished it, or another worker reaped it
@@ -165,7 +166,7 @@ class RetryOrGiveUp(RetryHeartbeatStaleTrialCallback):
                 "params": params,
                 "attempts": len(history),
                 "trials": history,
-                "reason": trial.user_attrs.get("fail_reason"),
+                "reason": trial.user_attrs.get(FAIL_REASON),
             }
             study.set_user_attr(f"{GAVE_UP_PREFIX}{history[0]}", record)
             self.say(

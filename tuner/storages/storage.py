@@ -34,7 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.common.paths import nearest_existing, probe_writable
-from tuner.errors import StorageError
+from tuner.errors import StorageConfigError, StorageLostError
 from tuner.storages.faults import Fault, StorageWatch, classify
 from tuner.storages.rdbcore import CoreRDBStorage
 from tuner.storages.retries import RetryOrGiveUp
@@ -115,13 +115,13 @@ def _parse(url: str) -> sqlalchemy.engine.URL:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except (sa_exc.ArgumentError, ValueError):
-        raise StorageError(
+        raise StorageConfigError(
             f"malformed storage URL {redact_url(url)!r}; use sqlite:///FILE.db, "
             "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal://FILE.log"
         ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
-        raise StorageError(
+        raise StorageConfigError(
             f"unknown storage scheme {parsed.drivername!r} in {redact_url(url)!r}; "
             "use sqlite, postgresql, mysql+pymysql or journal"
         )
@@ -176,7 +176,7 @@ def _check_writable_folder(path: Path, url: str) -> None:
     if not folder.is_dir():
         blocker = nearest_existing(folder) or folder
         what = f"{blocker} is a file, not a folder" if blocker.is_file() else "it does not exist"
-        raise StorageError(
+        raise StorageConfigError(
             f"cannot use folder {folder} for storage {redact_url(url)!r}: {what}; "
             "create the folder first, or pick another path with --storage"
         )
@@ -184,11 +184,11 @@ def _check_writable_folder(path: Path, url: str) -> None:
         probe_writable(folder)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise StorageError(
+            raise StorageConfigError(
                 f"database or disk is full: {folder} has no free space; free space or point "
                 "--storage elsewhere"
             ) from None
-        raise StorageError(
+        raise StorageConfigError(
             f"folder {folder} for storage {redact_url(url)!r} is not writable "
             f"({e.strerror or e}); pick a writable path with --storage"
         ) from None
@@ -290,15 +290,15 @@ def open_storage(
         An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
 
     Raises:
-        StorageError: for a malformed URL, an unknown scheme, a missing driver, a
+        StorageConfigError: for a malformed URL, an unknown scheme, a missing driver, a
             folder that is not writable, or a server that cannot be reached.
     """
     path = sqlite_path(url) or journal_path(url)
     if path is not None and path.is_dir():
-        raise StorageError(f"storage {redact_url(url)!r} is a folder; name a file in it")
+        raise StorageConfigError(f"storage {redact_url(url)!r} is a folder; name a file in it")
     if must_exist and path is not None and not path.is_file():
         looked = "" if path.is_absolute() else f" (relative files: {where_studies_live()})"
-        raise StorageError(
+        raise StorageConfigError(
             f"storage file {path.absolute()} does not exist{looked}; run "
             f"`{first}` first, or check --storage / TUNER_STORAGE / TUNER_HOME"
         )
@@ -307,12 +307,12 @@ def open_storage(
         try:
             return JournalStorage(JournalFileBackend(str(journal)))
         except OSError as e:
-            raise StorageError(
+            raise StorageConfigError(
                 f"cannot open journal file {journal} ({e.strerror or e}); "
                 "point journal:// at a readable file or a new one"
             ) from None
         except (ValueError, KeyError, AssertionError):  # lines that are not journal entries
-            raise StorageError(
+            raise StorageConfigError(
                 f"{journal} is not an Optuna journal file; point journal:// at a journal "
                 "file or at a new file"
             ) from None
@@ -320,7 +320,7 @@ def open_storage(
     busy_timeout = settings.busy_timeout
     db_file = sqlite_path(url)
     if db_file is None and url.startswith("sqlite"):
-        raise StorageError(
+        raise StorageConfigError(
             f"storage {url!r} names no database file, and workers cannot share an in-memory "
             "one; use sqlite:///FILE.db"
         )
@@ -338,26 +338,28 @@ def open_storage(
             _check_sqlite_file(db_file, url, busy_timeout)
             return retry_transient(lambda: _rdb_storage(url, settings))
     except FileLockTimeout:
-        raise StorageError(
+        raise StorageConfigError(
             f"another process has held {db_file}.lock for over {busy_timeout:g} s; wait for it, "
             "or raise storage.busy_timeout"
         ) from None
     except ImportError as e:
         extra = "postgres" if "postgres" in url else "mysql"
-        raise StorageError(
+        raise StorageConfigError(
             f"no database driver for {redact_url(url)!r} ({e}); "
             f"install it with: pip install 'tuner[{extra}]'"
         ) from None
     except (sa_exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
         if (fault := classify(e)) is not None and fault.fatal:
-            raise StorageError(fatal_message(fault, url)) from None
+            raise StorageConfigError(fatal_message(fault, url)) from None
         reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
         fix = (
             f"check that {db_file} is a writable SQLite database, or pick another file"
             if db_file is not None
             else "check that the database server is running and the URL is right"
         )
-        raise StorageError(f"cannot open storage {redact_url(url)!r}: {reason}; {fix}") from None
+        raise StorageConfigError(
+            f"cannot open storage {redact_url(url)!r}: {reason}; {fix}"
+        ) from None
 
 
 def artifact_folder(url: str, study_name: str, artifacts: str = "") -> Path:
@@ -427,7 +429,7 @@ class BudgetLock:
         while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
             if got is None:
                 self.release()
-                raise StorageError(
+                raise StorageLostError(
                     "the database refused the study's budget lock (GET_LOCK); "
                     "check the server's log"
                 )

@@ -9,6 +9,7 @@ cached features, or the complete model) and trains it with Adam at its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Callable
@@ -29,9 +30,8 @@ with quiet_tensorflow():
 
 from tuner.assets.datasets import DatasetScan, load_split
 from tuner.common import attrs
-from tuner.errors import StorageError
+from tuner.errors import StorageLostError, TunerError
 from tuner.recipes import HEAD, Params, Recipe
-from tuner.runner.signals import TrialLost
 from tuner.space.params import format_params, suggest
 from tuner.training import features as feature_cache
 from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
@@ -172,9 +172,9 @@ def _upload(
                 artifact_store=store, file_path=str(path), study_or_trial=trial
             )
     except OSError as e:  # a full or read-only disk: no later trial could keep its files
-        trial.set_user_attr("fail_reason", f"could not save {name}: {e.strerror or e}")
+        trial.set_user_attr(attrs.FAIL_REASON, f"could not save {name}: {e.strerror or e}")
         where = e.filename or "the artifact folder"
-        raise StorageError(
+        raise StorageLostError(
             f"cannot write trial files to {where} ({e.strerror or e}); free space, or point "
             "storage.artifacts at another folder"
         ) from None
@@ -198,10 +198,6 @@ class StopCheck(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.check()
-
-
-# Raised through the objective untouched: the worker, not the trial, handles them.
-_WORKER_STOPS = (StorageError, TrialLost, UpdateFinishedTrialError)
 
 
 def _begin(trial: optuna.Trial, setup: TrialSetup, data: TrialData) -> int:
@@ -246,12 +242,6 @@ def make_objective(
     recipe = setup.recipe
 
     def objective(trial: optuna.Trial) -> float:
-        try:
-            return train_trial(trial)
-        except UpdateFinishedTrialError as e:  # another worker failed this trial as stale
-            raise TrialLost(str(e)) from None
-
-    def train_trial(trial: optuna.Trial) -> float:
         point = suggest(trial, setup.space)
         seed = _begin(trial, setup, data)
         recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space)
@@ -260,22 +250,17 @@ def make_objective(
         callbacks += [StopCheck(check)] if check is not None else []
         try:
             trained = _fit(setup, data, recipe, point, seed, callbacks)
-        except _WORKER_STOPS:
-            raise
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
             _upload_curve(artifact_store, trial, recorder, setup.train.epochs)
             raise
-        except KeyboardInterrupt as e:  # SIGINT or SIGTERM, see tuner.runner.worker
-            recorder.flush()
-            trial.set_user_attr(
-                attrs.FAIL_REASON, f"interrupted by {e.args[0] if e.args else 'SIGINT'}"
-            )
-            raise
-        except Exception as e:
-            recorder.flush()
-            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+        except BaseException:
+            # Keep the epochs it ran. What follows is the worker's to decide
+            # (tuner.runner.fate); a storage that is gone, or a trial another worker
+            # has taken, refuses the write at once.
+            with contextlib.suppress(TunerError, UpdateFinishedTrialError):
+                recorder.flush()
             raise
         recorder.flush()
         value = recorder.val_accuracy[-1]
