@@ -176,6 +176,9 @@ def _stopped_line(stop: Interrupted, run: _Run, requeued: bool) -> str:
 
 def _requeue(study: optuna.Study, number: int) -> bool:
     """Queue an interrupted trial again, the way stale trials are retried; True if done."""
+    # A trial stopped before its first report is still inside the claim's shared read,
+    # which does not hold it as FAIL; read the study as it is.
+    getattr(study._storage, "read_afresh", lambda: None)()
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state != TrialState.FAIL:
         return False

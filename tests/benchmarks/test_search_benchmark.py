@@ -11,7 +11,7 @@ import pytest
 
 from tuner.space.params import Space
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from searchbench.curves import Curves, load_curves
 from searchbench.record import log_grid

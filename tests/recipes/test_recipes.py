@@ -434,7 +434,7 @@ def test_portability_problems_name_what_needs_code() -> None:
     assert portability_problems(odd) == ["the Python function 'act'", "a Lambda layer"]
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "own-model"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "own-model"
 
 
 @pytest.mark.slow
