@@ -12,7 +12,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -34,10 +34,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
 from tuner.common.console import err_console, say  # noqa: E402 - after the signal handlers
-from tuner.errors import TunerError  # noqa: E402 - after the signal handlers
-
-if TYPE_CHECKING:
-    pass
+from tuner.errors import TunerError, one_line  # noqa: E402 - after the signal handlers
 
 _NO_ARGS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -380,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(
-            f"error: internal error: {type(e).__name__}: {e}; rerun with --debug and report it",
+            f"error: internal error: {one_line(e)}; rerun with --debug and report it",
             markup=False,
         )
         return 1

@@ -19,7 +19,6 @@ from tuner.config import values as spec_values
 from tuner.config.checks import PRUNER_KINDS, validate
 from tuner.config.files import available_studies, find_spec_file, worker_command
 from tuner.errors import SpecError
-from tuner.recipes import BUILTIN
 from tuner.recipes.settings import ModelSettings
 from tuner.space.params import Param, Space
 from tuner.space.tables import parse_param, parse_warm_start
@@ -34,7 +33,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "PRUNER_KINDS",
-    "RECIPES",
     "StudySpec",
     "available_studies",
     "find_spec_file",
@@ -45,7 +43,6 @@ __all__ = [
     "worker_command",
 ]
 
-RECIPES = tuple(BUILTIN)
 LEARNING_RATE = {"low": 1e-4, "high": 1e-1, "log": True}  # the manual sweep's range
 WARM_RATES = (1e-4, 1e-3, 1e-2, 1e-1)  # the manual sweep's four rates
 

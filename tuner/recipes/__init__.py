@@ -14,7 +14,16 @@ from pathlib import Path
 from tuner.errors import SpecError
 from tuner.recipes.bases import BASES, Base
 from tuner.recipes.builtin import BUILTIN
-from tuner.recipes.protocol import HEAD, MODEL, TUNER_READS, Params, Recipe, UnknownHyperparameter
+from tuner.recipes.protocol import (
+    HEAD,
+    MODEL,
+    TUNER_READS,
+    Params,
+    Recipe,
+    RecipeKind,
+    UnknownHyperparameter,
+    building,
+)
 from tuner.recipes.user import import_recipe, is_user_recipe, search_path
 
 __all__ = [
@@ -26,7 +35,9 @@ __all__ = [
     "Base",
     "Params",
     "Recipe",
+    "RecipeKind",
     "UnknownHyperparameter",
+    "building",
     "is_user_recipe",
     "name_problem",
     "resolve",

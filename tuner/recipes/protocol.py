@@ -7,8 +7,11 @@ builds its network from the trial's hyperparameters, by name.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from tuner.errors import RecipeError, TunerError, one_line
 
 if TYPE_CHECKING:
     import keras
@@ -16,10 +19,20 @@ if TYPE_CHECKING:
     from tuner.recipes.bases import Base
     from tuner.space.params import Space
 
-__all__ = ["HEAD", "MODEL", "TUNER_READS", "Params", "Recipe", "UnknownHyperparameter"]
+__all__ = [
+    "HEAD",
+    "MODEL",
+    "TUNER_READS",
+    "Params",
+    "Recipe",
+    "RecipeKind",
+    "UnknownHyperparameter",
+    "building",
+]
 
-HEAD = "head"  # build(params, feature_dim, num_classes): logits from pooled base features
-MODEL = "model"  # build(params, input_shape, num_classes): logits from raw 0-255 RGB images
+RecipeKind = Literal["head", "model"]
+HEAD: RecipeKind = "head"  # build(params, feature_dim, num_classes): logits from pooled features
+MODEL: RecipeKind = "model"  # build(params, input_shape, num_classes): logits from 0-255 RGB
 TUNER_READS = frozenset({"learning_rate"})  # tuner compiles Adam with it itself
 
 
@@ -27,7 +40,7 @@ class Recipe(Protocol):
     """A model recipe: built-in, or a ``module:function`` of the user's."""
 
     name: str  # as written in model.recipe
-    kind: str  # HEAD or MODEL
+    kind: RecipeKind
 
     @property
     def reads(self) -> frozenset[str] | None:
@@ -100,3 +113,22 @@ class Params(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"Params({self._values!r})"
+
+
+@contextlib.contextmanager
+def building(recipe: Recipe, what: str, fix: str) -> Iterator[None]:
+    """Inside, a recipe's own exception becomes one :class:`~tuner.errors.RecipeError` line.
+
+    ``what`` says what was built (``build with learning_rate=0.001``), ``fix`` how
+    to mend it. tuner's own errors pass unchanged: they say what to do already.
+    """
+    try:
+        yield
+    except TunerError:
+        raise
+    except UnknownHyperparameter as e:
+        raise RecipeError(f"model.recipe {recipe.name!r} cannot {what}: {e}") from None
+    except Exception as e:
+        raise RecipeError(
+            f"model.recipe {recipe.name!r} failed to {what}: {one_line(e, 300)}; {fix}"
+        ) from None

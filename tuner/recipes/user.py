@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import RecipeError
+from tuner.errors import RecipeError, one_line
 from tuner.recipes.bases import BASES, Base
 from tuner.recipes.protocol import HEAD, MODEL
 
@@ -141,7 +141,7 @@ def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
         where = f" in {filename}" if filename and filename not in message else ""
         raise RecipeError(
             f"importing {module_name} for model.recipe {name!r} failed{where}: "
-            f"{type(e).__name__}: {message}; fix the module"
+            f"{one_line(e)}; fix the module"
         ) from None
 
 

@@ -22,8 +22,8 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from tuner.common.attrs import WEIGHTS_ARTIFACT
 from tuner.config.build import check_base_weights, trial_setup
 from tuner.config.spec import StudySpec
-from tuner.errors import RecipeError, StudyError, TunerError, WeightsError
-from tuner.recipes import Params, UnknownHyperparameter
+from tuner.errors import RecipeError, StudyError, TunerError
+from tuner.recipes import Params, building
 from tuner.results.export import writing
 from tuner.space.params import format_params
 
@@ -59,17 +59,9 @@ def _rebuild(spec: StudySpec, trial: Any, num_classes: int) -> Any:
     setup = trial_setup(spec)
     recipe = setup.recipe
     shown = format_params(trial.params)
-    try:
+    what = f"rebuild trial {trial.number} ({shown})"
+    with building(recipe, what, "fix the recipe"):
         built = assemble(setup, recipe, Params(trial.params), num_classes)
-    except (RecipeError, WeightsError):
-        raise
-    except UnknownHyperparameter as e:
-        raise RecipeError(f"cannot rebuild trial {trial.number} ({shown}): {e}") from None
-    except Exception as e:
-        raise RecipeError(
-            f"model.recipe {recipe.name!r} failed to rebuild trial {trial.number} ({shown}): "
-            f"{type(e).__name__}: {' '.join(str(e).split())}; fix the recipe"
-        ) from None
     if problems := portability_problems(built.model):
         raise RecipeError(
             f"the best model of model.recipe {recipe.name!r} uses {', '.join(problems)}, which "

@@ -456,8 +456,3 @@ class BudgetLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def study_names(storage: BaseStorage) -> list[str]:
-    """Names of the studies in a storage."""
-    return optuna.study.get_all_study_names(storage)

@@ -17,13 +17,13 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import RecipeError
+from tuner.errors import RecipeError, one_line
 from tuner.recipes import (
     BASES,
     HEAD,
     Params,
     Recipe,
-    UnknownHyperparameter,
+    building,
     unread_warning,
 )
 from tuner.space.params import Space, format_params
@@ -44,27 +44,13 @@ def probe_points(space: Space) -> list[dict[str, Any]]:
     return [low] if high == low else [low, high]
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or "no message"
-    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
-
-
 def _build(recipe: Recipe, point: dict[str, Any], shape: Any, num_classes: int) -> tuple:
     """Build at ``point``; returns the model and the names it read."""
     from tuner.training.model import build_part
 
     params = Params(point)
-    try:
+    with building(recipe, f"build with {format_params(point)}", "fix the function"):
         model = build_part(recipe, params, shape, num_classes)
-    except RecipeError:
-        raise
-    except UnknownHyperparameter as e:
-        raise RecipeError(f"model.recipe {recipe.name!r}: {e}") from None
-    except Exception as e:
-        raise RecipeError(
-            f"model.recipe {recipe.name!r} failed to build with {format_params(point)}: "
-            f"{_one_line(e)}; fix the function"
-        ) from None
     return model, params.read
 
 
@@ -79,7 +65,7 @@ def _check_output(recipe: Recipe, model: Any, shape: Any, num_classes: int) -> l
     except Exception as e:
         raise RecipeError(
             f"model.recipe {recipe.name!r} built a model that cannot take a batch of shape "
-            f"{(None, *dims)} ({_one_line(e)}); start it with keras.Input(shape=...) made "
+            f"{(None, *dims)} ({one_line(e, 300)}); start it with keras.Input(shape=...) made "
             f"from its {what} argument"
         ) from None
     if out.shape != (1, num_classes):
