@@ -483,6 +483,7 @@ def test_keras_own_imagenet_download_is_bounded_too(tmp_path: Path, silent_serve
         "import time; from tuner.config.spec import load_spec\n"
         "from tuner.errors import WeightsError\n"
         "from tuner.training.model import build_feature_extractor\n"
+        "from tuner.config.build import trial_setup\n"
         "spec = load_spec('clothing', ['model.download_timeout=2', 'data.image_size=[71, 71]'])\n"
         "start = time.monotonic()\n"
         "try:\n    build_feature_extractor(trial_setup(spec))\nexcept WeightsError as e:\n"
