@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +141,12 @@ def run_tuner(
     )
 
 
+# The ``cli`` fixture: tuner's command line called in-process, as (exit code, stdout, stderr).
+Cli = Callable[..., tuple[int, str, str]]
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     """Call ``tuner.cli.main`` in-process; returns (exit code, stdout, stderr)."""
     from tuner.cli import main
 

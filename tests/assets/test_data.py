@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import serving
+from tests.conftest import Cli, serving
 from tuner.assets.datasets import DATASETS, download_dataset, scan_dataset
 from tuner.errors import DataError
 
@@ -45,7 +45,7 @@ def test_download_unpacks_the_archive(tmp_path: Path, tiny_data: Path) -> None:
     assert seen and seen[-1][0] == seen[-1][1]  # the progress bar reached its total
 
 
-def test_cli_download_command(tmp_path: Path, tiny_data: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_download_command(tmp_path: Path, tiny_data: Path, cli: Cli) -> None:
     with serve_archive(tmp_path, tiny_data) as url:
         code, _out, err = cli("data", "download", "clothing", "--dest", str(tmp_path / "d"),
                               "--url", url)  # fmt: skip
@@ -53,7 +53,7 @@ def test_cli_download_command(tmp_path: Path, tiny_data: Path, cli) -> None:  # 
     assert "10 classes" in err
 
 
-def test_offline_download_fails_with_what_to_do(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_offline_download_fails_with_what_to_do(tmp_path: Path, cli: Cli) -> None:
     dest = tmp_path / "nowhere"
     url = "http://127.0.0.1:9/clothing.zip"  # the discard port: nothing listens
     code, _out, err = cli("data", "download", "clothing", "--dest", str(dest), "--url", url)
@@ -73,7 +73,7 @@ def test_download_refuses_a_non_empty_destination(tmp_path: Path) -> None:
     assert (tmp_path / "full" / "x").read_text() == "keep me"
 
 
-def test_download_to_a_place_that_cannot_hold_a_folder(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_download_to_a_place_that_cannot_hold_a_folder(tmp_path: Path, cli: Cli) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("keep me")
     cases = {a_file: "is a file", a_file / "x": f"{a_file} is a file"}

@@ -31,6 +31,7 @@ from PIL import Image
 from tests.conftest import (
     PG_URL,
     REPO,
+    Cli,
     Env,
     _server_reachable,
     run_tuner,
@@ -194,14 +195,16 @@ COMMANDS = ("worker", "status", "export", "dashboard")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_unknown_study_name_lists_the_available_ones(command: str, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_study_name_lists_the_available_ones(
+    command: str, existing: str, cli: Cli
+) -> None:
     with unchanged(existing):
         code, _, err = cli(command, "--study", "no-such-study", "--storage", existing)
     line = one_error_line(code, err, "'no-such-study'", "available studies:", "clothing")
     assert ".toml" in line  # and how to give a spec file instead
 
 
-def test_missing_spec_file_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_missing_spec_file_path(tmp_path: Path, cli: Cli) -> None:
     code, _, err = cli("status", "--study", str(tmp_path / "nope.toml"))
     one_error_line(code, err, str(tmp_path / "nope.toml"), "does not exist")
     (tmp_path / "dir.toml").mkdir()
@@ -209,7 +212,7 @@ def test_missing_spec_file_path(tmp_path: Path, cli) -> None:  # type: ignore[no
     one_error_line(code, err, str(tmp_path / "dir.toml"), "is a folder")
 
 
-def test_data_dir_that_is_a_file(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_data_dir_that_is_a_file(tmp_path: Path, existing: str, cli: Cli) -> None:
     a_file = tmp_path / "best.json"
     a_file.write_text("{}")
     with unchanged(existing):
@@ -217,7 +220,9 @@ def test_data_dir_that_is_a_file(tmp_path: Path, existing: str, cli) -> None:  #
     one_error_line(code, err, str(a_file), "is a file, not a folder", "data.dir")
 
 
-def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_toml_syntax_error_names_the_file_and_line(
+    tmp_path: Path, existing: str, cli: Cli
+) -> None:
     spec = tmp_path / "broken.toml"
     spec.write_text('[study]\nname = "clothing"\n\n[train]\nepochs = = 3\n')
     with unchanged(existing):
@@ -258,7 +263,7 @@ def test_bad_spec_value_names_the_key_and_allowed_values(
     one_error_line(code, err, "--set", *needles)
 
 
-def test_bad_values_in_a_spec_file_name_the_file(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_bad_values_in_a_spec_file_name_the_file(tmp_path: Path, existing: str, cli: Cli) -> None:
     spec = tmp_path / "mine.toml"
     base = '[study]\nname = "clothing"\n[search]\nwarm_start = []\n'
     cases = {
@@ -299,7 +304,7 @@ def test_malformed_set_and_usage_errors(
     one_error_line(code, err, *needles)
 
 
-def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli: Cli) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     code, _, err = cli(
         "worker", "--storage", url, "--set", "data.dir=2024", "--set", "data.source="
@@ -307,13 +312,13 @@ def test_a_string_key_is_never_misread_as_a_number(tmp_path: Path, cli) -> None:
     one_error_line(code, err, "data folder 2024 (", "does not exist")  # a folder name, as given
 
 
-def test_unknown_command(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_command(cli: Cli) -> None:
     code, _, err = cli("wroker")
     one_error_line(code, err, "'wroker'", "tuner --help")
 
 
 @pytest.mark.parametrize("where", ["after", "before"])
-def test_debug_shows_the_traceback(where: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_debug_shows_the_traceback(where: str, cli: Cli) -> None:
     args = ["status", "--study", "no-such-study"]
     code, _, err = cli(*([*args, "--debug"] if where == "after" else ["--debug", *args]))
     assert code == 2
@@ -324,18 +329,18 @@ def test_debug_shows_the_traceback(where: str, cli) -> None:  # type: ignore[no-
 # ---------------------------------------------------------------- 5-6: the dataset
 
 
-def _worker(cli, url: str, data: Path, *sets: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+def _worker(cli: Cli, url: str, data: Path, *sets: str) -> tuple[int, str, str]:
     args = ["--set", f"data.dir={data}", "--set", "model.weights=none", *sets]
     return cli("worker", "--storage", url, *args)  # type: ignore[no-any-return]
 
 
-def test_missing_data_dir_without_a_source(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_missing_data_dir_without_a_source(tmp_path: Path, existing: str, cli: Cli) -> None:
     with unchanged(existing):
         code, _, err = _worker(cli, existing, tmp_path / "nowhere", "--set", "data.source=")
     one_error_line(code, err, str(tmp_path / "nowhere"), "does not exist", "data.dir")
 
 
-def test_missing_data_dir_whose_download_fails(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_missing_data_dir_whose_download_fails(tmp_path: Path, existing: str, cli: Cli) -> None:
     """Only the folder the spec file names is downloaded; offline, one command says what works."""
     mirror = f"http://127.0.0.1:{closed_port()}/clothing.zip"
     spec = tmp_path / "clothing.toml"
@@ -362,7 +367,7 @@ def test_a_data_dir_given_with_set_is_never_downloaded_into(
 
 
 @pytest.mark.parametrize("case", ["no-split", "classes-differ", "empty-class", "no-classes"])
-def test_malformed_dataset_folders(case: str, tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_dataset_folders(case: str, tmp_path: Path, existing: str, cli: Cli) -> None:
     data = make_images(tmp_path / "data")
     if case == "no-split":
         shutil.rmtree(data / "validation")
@@ -409,7 +414,7 @@ def test_a_bad_file_among_the_images_is_named(
 # ---------------------------------------------------------------- 7: weights
 
 
-def test_weights_file_missing_or_corrupt(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_weights_file_missing_or_corrupt(tmp_path: Path, existing: str, cli: Cli) -> None:
     import h5py
 
     data = make_images(tmp_path / "data")
@@ -520,12 +525,14 @@ def test_keras_own_imagenet_download_is_bounded_too(tmp_path: Path, silent_serve
     ],
 )
 @pytest.mark.parametrize("command", COMMANDS)
-def test_malformed_url_and_unknown_scheme(command: str, url: str, needles: list[str], cli) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_url_and_unknown_scheme(
+    command: str, url: str, needles: list[str], cli: Cli
+) -> None:
     code, _, err = cli(command, "--storage", url)
     one_error_line(code, err, *needles)
 
 
-def test_storage_folder_missing_or_a_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_storage_folder_missing_or_a_file(tmp_path: Path, cli: Cli) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     cases = {
@@ -539,7 +546,7 @@ def test_storage_folder_missing_or_a_file(tmp_path: Path, cli) -> None:  # type:
     assert not (tmp_path / "no").exists()
 
 
-def test_sqlite_folder_not_writable(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_folder_not_writable(tmp_path: Path, cli: Cli) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     url = f"sqlite:///{folder / 'study.db'}"
@@ -555,7 +562,7 @@ def test_sqlite_folder_not_writable(tmp_path: Path, cli) -> None:  # type: ignor
     assert not (folder / "new.db").exists()
 
 
-def test_a_file_that_is_not_a_database(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_that_is_not_a_database(tmp_path: Path, cli: Cli) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are my notes\n")
     code, _, err = cli("status", "--storage", f"sqlite:///{path}")
@@ -564,7 +571,7 @@ def test_a_file_that_is_not_a_database(tmp_path: Path, cli) -> None:  # type: ig
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_storage_urls_that_name_no_usable_file(command: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_storage_urls_that_name_no_usable_file(command: str, tmp_path: Path, cli: Cli) -> None:
     export = tmp_path / "best.json"
     export.write_text('{\n  "best_value": 0.5\n}\n')  # JSON, but not a journal
     ops = tmp_path / "ops.log"
@@ -586,7 +593,7 @@ def test_storage_urls_that_name_no_usable_file(command: str, tmp_path: Path, cli
 @pytest.mark.skipif(
     not Path("/proc/self").is_dir(), reason="needs /proc, a folder no file fits in"
 )
-def test_a_folder_that_refuses_new_files_fails_at_once(cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_folder_that_refuses_new_files_fails_at_once(cli: Cli) -> None:
     """os.access says yes to root everywhere; /proc takes no new file even from root."""
     for url in ("sqlite:////proc/tuner-study.db", "journal:///proc/tuner-study.log"):
         start = time.monotonic()
@@ -596,7 +603,7 @@ def test_a_folder_that_refuses_new_files_fails_at_once(cli) -> None:  # type: ig
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql"])
-def test_unreachable_server_fails_fast(scheme: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_server_fails_fast(scheme: str, cli: Cli) -> None:
     """A closed port, with the default connect_timeout of 10 s: refused at once, no retries."""
     url = f"{scheme}://user@127.0.0.1:{closed_port()}/db"
     start = time.monotonic()
@@ -607,7 +614,9 @@ def test_unreachable_server_fails_fast(scheme: str, cli) -> None:  # type: ignor
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
-def test_silent_server_fails_within_connect_timeout(scheme: str, silent_server: int, cli) -> None:  # type: ignore[no-untyped-def]
+def test_silent_server_fails_within_connect_timeout(
+    scheme: str, silent_server: int, cli: Cli
+) -> None:
     """A server that accepts and never answers: bounded by storage.connect_timeout."""
     url = f"{scheme}://user@127.0.0.1:{silent_server}/db"
     start = time.monotonic()
@@ -621,7 +630,7 @@ def test_silent_server_fails_within_connect_timeout(scheme: str, silent_server: 
 
 
 @pytest.mark.parametrize("command", ["status", "export"])
-def test_study_with_no_finished_trial(command: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_study_with_no_finished_trial(command: str, tmp_path: Path, cli: Cli) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     spec = load_spec("clothing")
     open_study(spec, open_storage(url, spec.storage))  # created, warm start queued, nothing run
@@ -632,13 +641,13 @@ def test_study_with_no_finished_trial(command: str, tmp_path: Path, cli) -> None
 
 
 @pytest.mark.parametrize("command", ["status", "export", "dashboard"])
-def test_study_that_does_not_exist(command: str, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_study_that_does_not_exist(command: str, existing: str, cli: Cli) -> None:
     with unchanged(existing):
         code, _, err = cli(command, "--storage", existing, "--set", "study.name=other")
     one_error_line(code, err, "'other' does not exist", "clothing", "tuner worker")
 
 
-def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_export_to_unwritable_places(tmp_path: Path, existing: str, cli: Cli) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     cases = {
@@ -681,7 +690,7 @@ def test_export_refuses_a_missing_folder_unless_told_to_make_it(
 # ---------------------------------------------------------------- 10: a changed search space
 
 
-def _join(existing: str, cli, *sets: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+def _join(existing: str, cli: Cli, *sets: str) -> tuple[int, str, str]:
     """A worker joining ``existing`` with ``sets``; the study checks come before the data's."""
     with unchanged(existing):
         return cli(  # type: ignore[no-any-return]
@@ -690,7 +699,7 @@ def _join(existing: str, cli, *sets: str) -> tuple[int, str, str]:  # type: igno
         )  # fmt: skip
 
 
-def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_changed_learning_rate_range_is_refused(existing: str, cli: Cli) -> None:
     code, _, err = _join(existing, cli, "search.learning_rate.high=0.5")
     one_error_line(
         code,
@@ -704,7 +713,7 @@ def test_changed_learning_rate_range_is_refused(existing: str, cli) -> None:  # 
     one_error_line(code, err, "(log)", "--accept-space-change")
 
 
-def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_joining_with_another_training_setup_is_refused(existing: str, cli: Cli) -> None:
     code, _, err = _join(existing, cli, "data.image_size=[100, 100]")
     one_error_line(
         code, err, "data.image_size=[150, 150]", "data.image_size=[100, 100]",
@@ -715,7 +724,7 @@ def test_joining_with_another_training_setup_is_refused(existing: str, cli) -> N
     one_error_line(code, err, "weights file nothing does not exist")
 
 
-def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_weights_file_is_compared_by_its_name(existing: str, tmp_path: Path, cli: Cli) -> None:
     import h5py
 
     weights = tmp_path / "x.h5"
@@ -738,7 +747,7 @@ def test_other_epochs_or_batch_size_are_a_warning(existing: str) -> None:
     assert message is not None and "train.epochs=10" in message and "train.epochs=3" in message
 
 
-def test_a_first_run_that_fails_on_its_data_creates_no_study(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_first_run_that_fails_on_its_data_creates_no_study(tmp_path: Path, cli: Cli) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     code, _, err = _worker(cli, url, tmp_path / "nowhere", "--set", "data.source=")
     one_error_line(code, err, "does not exist")
@@ -768,7 +777,7 @@ def test_accept_space_change_continues_the_study(env: Env) -> None:
     assert after["space"] == {"learning_rate": {"low": 0.001, "high": 0.01, "log": True}}
 
 
-def test_a_pool_larger_than_the_machine_is_refused(existing: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_pool_larger_than_the_machine_is_refused(existing: str, cli: Cli) -> None:
     cores = os.cpu_count() or 1
     with unchanged(existing):
         code, _, err = cli("worker", "--storage", existing, "--workers", str(cores + 1))
@@ -875,7 +884,9 @@ def _secret_url(port: int) -> str:
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("how", ["--storage", "env", "--debug"])
-def test_passwords_never_appear(command: str, how: str, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_passwords_never_appear(
+    command: str, how: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = _secret_url(closed_port())
     if how == "env":
         monkeypatch.setenv("TUNER_STORAGE", url)
@@ -898,21 +909,21 @@ def test_passwords_never_appear(command: str, how: str, cli, monkeypatch) -> Non
         f"postgresql://user:{SECRET}@with@at@127.0.0.1:1/db",
     ],
 )
-def test_passwords_of_bad_urls_never_appear(url: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_passwords_of_bad_urls_never_appear(url: str, cli: Cli) -> None:
     code, out, err = cli("status", "--storage", url)
     one_error_line(code, err, "***")
     assert SECRET not in out + err
 
 
 @pytest.mark.slow  # spawns processes
-def test_passwords_stay_out_of_help_and_process_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_passwords_stay_out_of_help_and_process_output(monkeypatch: pytest.MonkeyPatch) -> None:
     url = _secret_url(closed_port())
     for args in (["worker", "--help"], ["status"], ["export", "--out", "x.json"]):
         done = run_tuner(*args, env={"TUNER_STORAGE": url}, timeout=60)
         assert SECRET not in done.stdout + done.stderr, args
 
 
-def test_passwords_stay_out_of_a_live_server_session(cli) -> None:  # type: ignore[no-untyped-def]
+def test_passwords_stay_out_of_a_live_server_session(cli: Cli) -> None:
     """PostgreSQL here trusts local users, so a URL with a password connects."""
     if (reason := _server_reachable(PG_URL)) is not None:
         pytest.skip(f"PostgreSQL not reachable: {reason}")

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
-from tests.conftest import Env, run_tuner
+from tests.conftest import Cli, Env, run_tuner
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_each_finished_trial_keeps_its_learning_curve(exported: tuple) -> None:
         assert (env.root / "study-artifacts" / curve.artifact_id).is_file()
 
 
-def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_states_best_top_and_running(finished: Env, cli: Cli) -> None:
     code, out, err = cli("status", "--study", "clothing", "--storage", finished.url)
     assert code == 0, err
     assert "trials by state" in out and "COMPLETE" in out
@@ -122,7 +122,7 @@ def test_status_shows_states_best_top_and_running(finished: Env, cli) -> None:  
     assert "No running trials, and no worker alive." in out
 
 
-def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_export_of_an_empty_or_unknown_study_is_a_clear_error(tmp_path: Path, cli: Cli) -> None:
     from tuner.config.build import open_study
     from tuner.config.spec import load_spec
     from tuner.storages.storage import open_storage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -133,7 +134,7 @@ def test_a_nan_loss_prunes_the_trial_and_the_search_goes_on() -> None:
     assert all("diverged" in t.user_attrs["prune_reason"] for t in study.trials)
 
 
-def test_complete_and_pruned_trials_keep_their_learning_curve_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_complete_and_pruned_trials_keep_their_learning_curve_png(tmp_path: Path) -> None:
     from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
     from PIL import Image
 
