@@ -129,13 +129,18 @@ def worker(
     debug: DebugOpt = False,
 ) -> None:
     """Run trials of a study until it holds --n-trials finished trials. Ctrl-C stops cleanly."""
+    from tuner.runner.launch import launch
+    from tuner.runner.pool import check_pool_size
     from tuner.runner.signals import Interrupted
 
     signals = _SIGNALS
     with signals.installed():
         try:
-            code = _worker(study, storage, set_, n_trials, timeout, workers,
-                           accept_space_change, signals)  # fmt: skip
+            check_pool_size(workers)  # before the spec: a wrong count is said first
+            spec, url = _load(study, storage, set_)
+            code = launch(spec, url, study_arg=study, overrides=set_ or [], n_trials=n_trials,
+                          timeout=timeout, workers=workers,
+                          accept_space_change=accept_space_change, signals=signals)  # fmt: skip
         except Interrupted as stop:
             say(f"stopped by {stop.name} during start-up; no trial was started")
             code = 128 + stop.signum
@@ -149,59 +154,6 @@ def worker(
     raise typer.Exit(code)
 
 
-def _worker(
-    study: str,
-    storage: str | None,
-    set_: list[str] | None,
-    n_trials: int | None,
-    timeout: float | None,
-    workers: int,
-    accept_space_change: bool,
-    signals: StopSignals,
-) -> int:
-    from tuner.common.attrs import worker_name
-    from tuner.config.build import open_spec_storage
-    from tuner.runner.pool import check_pool_size, pool_argv, run_pool
-    from tuner.runner.startup import configure_threads, preflight
-    from tuner.runner.worker import run_worker
-    from tuner.storages.leftovers import removed_on_failure
-    from tuner.study.phases import PhaseBoard
-
-    check_pool_size(workers)
-    spec, url = _load(study, storage, set_)
-    with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
-        opened = open_spec_storage(url, spec)
-        if workers > 1:
-            with PhaseBoard(opened, spec.study.name, worker_name()) as board:
-                # Check and download once, here; the children then find the data ready.
-                _, scan = preflight(
-                    spec, opened, accept_space_change=accept_space_change, check=signals.check,
-                    publish=board.set,
-                )  # fmt: skip
-                board.set(f"running {workers} workers")
-                # The children read the storage from here; a password never goes in argv.
-                os.environ["TUNER_STORAGE"] = url
-                argv = pool_argv(study, set_ or [], n_trials, timeout, accept_space_change)
-                return run_pool(argv, workers, scan)
-        signals.check()
-        configure_threads(int(os.environ.get("TUNER_THREADS", "0")) or None)
-        report = run_worker(
-            spec,
-            opened,
-            url,
-            n_trials=n_trials,
-            timeout=timeout,
-            worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
-            accept_space_change=accept_space_change,
-            signals=signals,
-        )
-        say(
-            f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "
-            f"pruned, {report.failed} failed)"
-        )
-        return report.exit_code
-
-
 @app.command()
 def status(
     study: StudyOpt = "clothing",
@@ -212,24 +164,12 @@ def status(
     """Show trials by state, the best trial, the top 5 and the running trials."""
     from rich.console import Console
 
-    from tuner.config.build import load_existing_study, open_spec_storage
-    from tuner.errors import StudyError
-    from tuner.results.export import best_result
-    from tuner.results.status import render_status, summarize, workers_line
+    from tuner.results.commands import show_status
 
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
-    summary = summarize(found)
     # Piped into a file or a script, the tables keep every column rather than 80 characters.
     wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    Console(highlight=False, width=wide).print(*render_status(summary))
-    if not summary.top and summary.alive:  # the tables still show what is queued or running
-        raise StudyError(
-            f"study {found.study_name!r} has no complete trial yet; {workers_line(summary)}; "
-            f"run `tuner status --study {study}` again once a trial has finished"
-        )
-    if not summary.top:
-        best_result(found)  # raises the one-line "no complete trial yet" error
+    show_status(spec, url, Console(highlight=False, width=wide), study_arg=study)
 
 
 @app.command()
@@ -256,41 +196,13 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
-    from tuner.config.build import (
-        artifact_dir,
-        load_existing_study,
-        open_spec_storage,
-        stored_spec,
-    )
-    from tuner.results.export import best_result, check_output, write_json, write_plots
-    from tuner.results.model_export import write_model
-    from tuner.space.params import format_params
+    from tuner.results.commands import export_study
 
-    if model is not None and model.suffix != ".keras":
-        raise TunerError(f"--model {model} must end in .keras; write it like --model best.keras")
-    for path, option, folder in ((out, "--out", False), (model, "--model", False),
-                                 (plots, "--plots", True)):  # fmt: skip
-        if path is not None:
-            check_output(path, option, folder=folder, mkdir=mkdir)
     spec, url = _load(study, storage, set_)
-    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
-    result = best_result(found)
-    spec = stored_spec(found, spec, set_ or [])
-    extra: dict[str, object] = {}
-    if plots is not None:
-        for path in write_plots(found, plots):
-            say(f"wrote {path}")
-    if model is not None:
-        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say)
-        say(f"wrote {model}")
-    if out is None:
-        typer.echo(json.dumps(result.to_json(spec, extra), indent=2))
-    else:
-        write_json(result, spec, out, extra)
-        say(
-            f"wrote {out}: best trial {result.best_trial}, "
-            f"{format_params(result.best_params)}, val_acc {result.best_value:.4f}"
-        )
+    result = export_study(spec, url, overrides=set_ or [], out=out, model=model, plots=plots,
+                          mkdir=mkdir, say=say)  # fmt: skip
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -303,7 +215,7 @@ def dashboard(
     debug: DebugOpt = False,
 ) -> None:
     """Serve optuna-dashboard for the study, safe to run beside the workers."""
-    from tuner.results.dashboard import serve
+    from tuner.results.commands import dashboard as serve
 
     spec, url = _load(study, storage, set_)
     serve(spec, url, host=host, port=port)

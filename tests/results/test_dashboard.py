@@ -26,7 +26,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner, serving, tuner_cmd, unique_name
-from tuner.config.build import open_study
+from tuner.config.build import artifact_store, open_spec_storage, open_study
 from tuner.config.spec import StudySpec, load_spec
 from tuner.results.dashboard import is_loopback, make_app
 from tuner.space.params import suggest
@@ -49,6 +49,12 @@ class Finished:
     root: Path
     url: str
     name: str
+
+
+def _app(spec: StudySpec, url: str) -> object:
+    """The app as ``tuner dashboard`` builds it: the workers' storage, the artifacts."""
+    storage = open_spec_storage(url, spec, must_exist=True)
+    return make_app(storage, artifact_store(url, spec, create=False))
 
 
 def _free_port() -> int:
@@ -195,7 +201,7 @@ def test_api_shows_study_attributes_intermediate_values_and_note(
     spec = _spec(unique_name("dash"), study="clothing-head")  # three hyperparameters
     _build_study(spec, storage_url)
     try:
-        with _in_process(make_app(spec, storage_url)) as base:
+        with _in_process(_app(spec, storage_url)) as base:
             study_id = _study_id(base, spec.study.name)
             detail = _json(f"{base}/api/studies/{study_id}")
     finally:
@@ -423,7 +429,7 @@ def test_learning_curves_of_a_real_worker_are_listed_and_served(
 ) -> None:
     monkeypatch.chdir(worked.root)
     spec = _spec(worked.name)
-    with _in_process(make_app(spec, worked.url)) as base:
+    with _in_process(_app(spec, worked.url)) as base:
         study_id = _study_id(base, worked.name)
         trials = _json(f"{base}/api/studies/{study_id}")["trials"]
         finished = [t for t in trials if t["state"] == "Complete"]

@@ -92,12 +92,12 @@ def test_the_dashboard_names_the_metric_val_accuracy() -> None:
 
 
 def test_the_dashboard_keeps_ped_anova_warnings_out_of_the_terminal(tmp_path: Path) -> None:
-    from tuner.config.spec import load_spec
     from tuner.results.dashboard import make_app
+    from tuner.storages.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="clothing", storage=url)
-    make_app(load_spec("clothing"), url)
+    make_app(open_storage(url))
     with warnings.catch_warnings(record=True) as caught:
         optuna_warn(
             "The number of trials is too small to compute importances. "

@@ -1,8 +1,9 @@
 """``tuner dashboard``: optuna-dashboard on a study's storage, safe beside running workers.
 
-The dashboard gets the storage from :func:`tuner.storages.storage.open_storage`, so on
-SQLite its connections use the same WAL, busy timeout and ``BEGIN IMMEDIATE``
-as the workers', and it serves the study's artifact store (learning curves).
+The caller opens the storage with :func:`tuner.storages.storage.open_storage`, so on
+SQLite the dashboard's connections use the same WAL, busy timeout and ``BEGIN
+IMMEDIATE`` as the workers', and hands in the study's artifact store (learning
+curves); this module only serves them.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import BaseStorage
 from optuna_dashboard import wsgi
 
 from tuner.common.console import say, warn
-from tuner.config.build import artifact_store, load_existing_study, open_spec_storage
-from tuner.config.spec import StudySpec
 from tuner.errors import TunerError
-from tuner.storages.storage import (
-    redact_url,
-)
 
 __all__ = ["address_line", "is_loopback", "make_app", "serve"]
 
@@ -52,24 +50,11 @@ QUIET_WARNINGS = (
 )
 
 
-def _open(spec: StudySpec, url: str) -> tuple[Any, int]:
+def make_app(storage: BaseStorage, artifact_store: FileSystemArtifactStore | None = None) -> Any:
+    """optuna-dashboard's WSGI app over ``storage`` (one a worker would open)."""
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    storage = open_spec_storage(url, spec, must_exist=True)
-    load_existing_study(spec, storage)
-    app = wsgi(storage, artifact_store=artifact_store(url, spec, create=False))
-    return app, storage.get_study_id_from_name(spec.study.name)
-
-
-def make_app(spec: StudySpec, url: str) -> Any:
-    """The dashboard's WSGI app for the spec's study; the study must exist.
-
-    Raises:
-        StorageError: for a storage file that does not exist or a storage that
-            cannot be opened.
-        StudyError: when the storage holds no study of the spec's name.
-    """
-    return _open(spec, url)[0]
+    return wsgi(storage, artifact_store=artifact_store)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -132,15 +117,28 @@ def address_line(
     return f"open http://{shown}:{port}{page} (Ctrl-C to stop)"
 
 
-def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the dashboard until Ctrl-C.
+def serve(
+    storage: BaseStorage,
+    study_name: str,
+    *,
+    artifact_store: FileSystemArtifactStore | None = None,
+    where: str = "",
+    host: str = "127.0.0.1",
+    port: int = 8080,
+) -> None:
+    """Serve the dashboard on ``storage``, opened at ``study_name``'s page, until Ctrl-C.
+
+    Args:
+        storage: the opened storage; the study must exist in it.
+        artifact_store: the study's trial files (learning curves), if any.
+        where: the storage as the worker lines show it (a URL without its password).
+        host, port: where to listen.
 
     Raises:
-        TunerError: for a busy port or an address that cannot be bound; StudyError
-            and StorageError for an unknown study or an unreachable storage.
+        TunerError: for a busy port or an address that cannot be bound.
     """
-    app, study_id = _open(spec, url)
-    server = _bind(host, port, app)
+    study_id = storage.get_study_id_from_name(study_name)
+    server = _bind(host, port, make_app(storage, artifact_store))
     bound = str(server.server_address[0])
     if not is_loopback(bound):
         advice = (
@@ -152,7 +150,7 @@ def serve(spec: StudySpec, url: str, host: str = "127.0.0.1", port: int = 8080) 
             f"listening on {host}: optuna-dashboard has no authentication, so anyone who can "
             f"reach this port can read and change the study; {advice}"
         )
-    say(f"dashboard for study {spec.study.name!r} on {redact_url(url)}")
+    say(f"dashboard for study {study_name!r}" + (f" on {where}" if where else ""))
     say(address_line(host, bound, port, study_id, os.environ))
     try:
         server.serve_forever()
