@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
 import random
 import shutil
@@ -11,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,24 @@ def serving(server: socketserver.BaseServer) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def serve_archive(tmp: Path, dataset: Path) -> Iterator[str]:
+    """Serve ``dataset`` zipped like the public archive; yields the archive's URL."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    from tuner.assets.datasets import DATASETS
+
+    folder = DATASETS["clothing"].folder
+    with zipfile.ZipFile(site / "clothing.zip", "w") as zf:
+        for path in sorted(dataset.rglob("*")):
+            if path.is_file() and path.parent.parent.name in ("train", "validation"):
+                zf.write(path, f"{folder}/{path.relative_to(dataset)}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        yield f"http://127.0.0.1:{port}/clothing.zip"
 
 
 @pytest.fixture(autouse=True)

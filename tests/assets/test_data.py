@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import threading
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, serving
-from tuner.assets.datasets import DATASETS, download_dataset, scan_dataset
+from tests.conftest import Cli, serve_archive
+from tuner.assets.datasets import download_dataset, scan_dataset
 from tuner.errors import DataError
-
-
-@contextlib.contextmanager
-def serve_archive(tmp: Path, dataset: Path) -> Iterator[str]:
-    """Serve ``dataset`` zipped like the public archive; yields the archive's URL."""
-    site = tmp / "site"
-    site.mkdir(exist_ok=True)
-    folder = DATASETS["clothing"].folder
-    with zipfile.ZipFile(site / "clothing.zip", "w") as zf:
-        for path in sorted(dataset.rglob("*")):
-            if path.is_file() and path.parent.parent.name in ("train", "validation"):
-                zf.write(path, f"{folder}/{path.relative_to(dataset)}")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
-    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
-        yield f"http://127.0.0.1:{port}/clothing.zip"
 
 
 def test_download_unpacks_the_archive(tmp_path: Path, tiny_data: Path) -> None:

@@ -228,7 +228,7 @@ def test_worker_downloads_a_missing_dataset_first(env: Env, zip_server: str) -> 
 
 @pytest.fixture
 def zip_server(tmp_path: Path, tiny_data: Path) -> Iterator[str]:
-    from tests.test_data import serve_archive
+    from tests.conftest import serve_archive
 
     with serve_archive(tmp_path, tiny_data) as url:
         yield url
