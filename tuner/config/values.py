@@ -143,6 +143,8 @@ def convert(hint: Any, value: Any, where: str, key: str, example: str) -> Any:
         return tuple(convert(item, v, where, key, example) for v in value)
     if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional keys yet
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if origin is typing.Literal:  # a kind: its type here, its choices in tuner.config.checks
+        hint = type(typing.get_args(hint)[0])
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -31,7 +31,7 @@ PRUNER_KINDS: tuple[PrunerKind, ...] = (
 class SamplerSettings:
     """``[sampler]``: one of :data:`SAMPLER_KINDS`, seeded (each worker adds its index)."""
 
-    kind: str = "tpe"
+    kind: SamplerKind = "tpe"
     seed: int = 42
     n_startup_trials: int = 4
 
@@ -40,7 +40,7 @@ class SamplerSettings:
 class PrunerSettings:
     """``[pruner]``: one of :data:`PRUNER_KINDS` and the settings of Optuna's pruners."""
 
-    kind: str = "median"
+    kind: PrunerKind = "median"
     n_startup_trials: int = 4
     n_warmup_steps: int = 2
     percentile: float = 25.0
