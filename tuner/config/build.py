@@ -103,6 +103,7 @@ def trial_setup(spec: StudySpec, recipe: Recipe | None = None) -> TrialSetup:
         space=spec.search.space,
         train=spec.train,
         cache=spec.cache,
+        objective=spec.objective,
     )
 
 
@@ -131,6 +132,8 @@ def new_study(spec: StudySpec, worker_index: int = 0) -> opening.NewStudy:
         settings=spec_to_dict(spec),
         warm_start=spec.search.warm_start,
         note=study_note(spec),
+        metric=spec.objective.metric,
+        direction=spec.objective.direction,
     )
 
 

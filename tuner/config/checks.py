@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from tuner.config.values import origin_of
 from tuner.errors import SpecError
 from tuner.recipes import BASES, BUILTIN, Recipe, name_problem
-from tuner.study.settings import PRUNER_KINDS, SAMPLER_KINDS
+from tuner.study.settings import DIRECTIONS, PRUNER_KINDS, REDUCTIONS, SAMPLER_KINDS
+from tuner.training.settings import LOGGED_METRICS
 
 if TYPE_CHECKING:
     from tuner.config.spec import StudySpec
@@ -46,6 +47,27 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             f"pruner.kind {pruner.kind!r} is not one of: {', '.join(PRUNER_KINDS)}",
         ),
         (name_problem(recipe) is None, str(name_problem(recipe))),
+        (
+            spec.objective.metric in LOGGED_METRICS,
+            f"objective.metric {spec.objective.metric!r} is not a metric the model logs "
+            f"({', '.join(LOGGED_METRICS)})",
+        ),
+        (
+            spec.objective.direction in DIRECTIONS,
+            f"objective.direction {spec.objective.direction!r} is not one of: "
+            f"{', '.join(DIRECTIONS)}",
+        ),
+        (
+            not (
+                _lower_is_better(spec.objective.metric) and spec.objective.direction == "maximize"
+            ),
+            f"objective.metric {spec.objective.metric!r} is better when lower, but "
+            "objective.direction is maximize; set objective.direction=minimize",
+        ),
+        (
+            spec.objective.reduce in REDUCTIONS,
+            f"objective.reduce {spec.objective.reduce!r} is not one of: {', '.join(REDUCTIONS)}",
+        ),
         (
             spec.model.base in BASES,
             f"model.base {spec.model.base!r} is not one of: {', '.join(BASES)}",
@@ -83,6 +105,12 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
         # A built-in recipe is checked here; a user's once it is imported (tuner.runner.worker).
         *((False, p) for p in (recipe_problems(BUILTIN[recipe], spec) if builtin else [])),
     ]
+
+
+def _lower_is_better(metric: str) -> bool:
+    """Losses and errors: a study that maximizes one searches for the worst model."""
+    name = metric.removeprefix("val_")
+    return name == "loss" or name.endswith(("_loss", "error", "mae", "mse", "mape"))
 
 
 def recipe_problems(recipe: Recipe, spec: StudySpec) -> list[str]:

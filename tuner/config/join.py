@@ -107,6 +107,10 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
         "data.image_size": list(spec.data.image_size),
         "data.augment": spec.data.augment,
         "sampler.kind": spec.sampler.kind,
+        # A trial's value means one thing in one study: the same metric, reduced alike.
+        "objective.metric": spec.objective.metric,
+        "objective.direction": spec.objective.direction,
+        "objective.reduce": spec.objective.reduce,
     }
 
 

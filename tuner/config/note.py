@@ -29,6 +29,9 @@ def study_note(spec: StudySpec, now: str = "") -> str:
     base = f" on the frozen `{spec.model.base}` base" if spec.model.recipe != "small-cnn" else ""
     now = f"> **Now:** {now}\n\n" if now else ""
     sampler = SAMPLER_NAMES.get(spec.sampler.kind, spec.sampler.kind)
+    o = spec.objective
+    epoch = "the last epoch's" if o.reduce == "last" else "the best epoch's"
+    objective = f"{o.direction} `{o.metric}`, {epoch}"
     return f"""# {spec.study.name}
 
 {now}Tunes {", ".join(f"`{n}`" for n in space)} of the `{spec.model.recipe}` recipe{base}
@@ -40,7 +43,7 @@ batch {spec.data.batch_size}.
 {params}
 - Warm start, each point once:
 {warm or "  - none"}
-- Pruner: `{spec.pruner.kind}`; objective: validation accuracy after the last epoch.
+- Pruner: `{spec.pruner.kind}`; objective: {objective}.
 - Trial attributes: `train_accuracy`, `val_loss`, `gap`, `epoch_seconds`, `cache`, `worker`.
 
 Export the result with:

@@ -23,7 +23,7 @@ from tuner.recipes.settings import ModelSettings
 from tuner.space.params import Param, Space
 from tuner.space.tables import parse_param, parse_warm_start
 from tuner.storages.settings import StorageSettings
-from tuner.study.settings import PrunerSettings, SamplerSettings
+from tuner.study.settings import ObjectiveSettings, PrunerSettings, SamplerSettings
 from tuner.training.settings import CacheSettings, TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -97,6 +97,7 @@ class StudySpec:
     search: SearchSection = field(default_factory=SearchSection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     pruner: PrunerSection = field(default_factory=PrunerSection)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     cache: CacheSection = field(default_factory=CacheSection)
     storage: StorageSection = field(default_factory=StorageSection)
     spec_file: str = field(default="", compare=False)

@@ -21,6 +21,7 @@ from tuner.results.export import best_result, check_output, write_json, write_pl
 from tuner.results.status import render_status, summarize, workers_line
 from tuner.space.params import format_params
 from tuner.storages.storage import redact_url
+from tuner.study.opening import value_label
 
 __all__ = ["dashboard", "export_study", "show_status"]
 
@@ -88,7 +89,7 @@ def export_study(
     write_json(result, spec, out, extra)
     say(
         f"wrote {out}: best trial {result.best_trial}, "
-        f"{format_params(result.best_params)}, val_acc {result.best_value:.4f}"
+        f"{format_params(result.best_params)}, {value_label(found)} {result.best_value:.4f}"
     )
     return None
 

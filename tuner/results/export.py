@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.common.attrs import TRAIN_ACCURACY, WARM_START
+from tuner.common.attrs import GAP, TRAIN_ACCURACY, WARM_START
 from tuner.common.paths import nearest_existing, probe_writable
 from tuner.config.spec import StudySpec, spec_to_dict
 from tuner.errors import StudyError, TunerError
@@ -83,7 +83,7 @@ def best_result(study: optuna.Study) -> BestResult:
         best_params=dict(best.params),
         n_trials=len(trials),
         states=states,
-        gap=best.user_attrs.get("gap"),
+        gap=best.user_attrs.get(GAP),
         train_accuracy=train[-1],
         gave_up=tuple(gave_up(study)),
     )
@@ -181,13 +181,15 @@ def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     warm = [t for t in finished if t.user_attrs.get(WARM_START)]
     complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-    top = sorted(complete, key=lambda t: -(t.value or 0.0))[:top_n]
+    name, maximize = plots.objective_of(study)
+    sign = -1.0 if maximize else 1.0
+    top = sorted(complete, key=lambda t: (sign * (t.value or 0.0), t.number))[:top_n]
     chosen = list({t.number: t for t in [*warm, *top]}.values())
     figures = {
         "sweep.png": lambda: plots.learning_curve_figure(
             _curves(chosen), "Train and validation accuracy: warm-start points and top trials"
         ),
-        "accuracy_vs_learning_rate.png": lambda: plots.accuracy_vs_rate_figure(finished),
+        "accuracy_vs_learning_rate.png": lambda: plots.accuracy_vs_rate_figure(finished, name),
         "optimization_history.png": lambda: plots.history_figure(study),
         "intermediate_values.png": lambda: plots.intermediate_figure(study),
     }

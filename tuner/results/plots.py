@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "importances_figure",
     "intermediate_figure",
     "learning_curve_figure",
+    "objective_of",
     "save_figure",
     "slice_figure",
 ]
@@ -67,8 +69,25 @@ def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> 
     return fig
 
 
-def accuracy_vs_rate_figure(trials: Sequence[FrozenTrial]) -> Figure:
-    """Final (or last reported) validation accuracy against learning rate, log x axis."""
+# How plots name a study's metric; any other is shown as it is logged.
+METRIC_NAMES = {
+    "val_accuracy": "validation accuracy",
+    "val_loss": "validation loss",
+    "accuracy": "training accuracy",
+    "loss": "training loss",
+}
+
+
+def objective_of(study: optuna.Study) -> tuple[str, bool]:
+    """The study's metric as plots name it, and whether higher is better."""
+    metric = (study.metric_names or ["val_accuracy"])[0]
+    return METRIC_NAMES.get(metric, metric), study.direction == StudyDirection.MAXIMIZE
+
+
+def accuracy_vs_rate_figure(
+    trials: Sequence[FrozenTrial], name: str = "validation accuracy"
+) -> Figure:
+    """Final (or last reported) value of the metric ``name`` against learning rate, log x."""
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for state, marker, label in (
         (TrialState.COMPLETE, "o", "complete"),
@@ -83,9 +102,9 @@ def accuracy_vs_rate_figure(trials: Sequence[FrozenTrial]) -> Figure:
             xs, ys = zip(*points, strict=True)
             ax.scatter(xs, ys, marker=marker, s=50, label=label)
     ax.set_xscale("log")
-    ax.set_title("Validation accuracy by learning rate")
+    ax.set_title(f"{name.capitalize()} by learning rate")
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(name)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return fig
@@ -136,26 +155,27 @@ def importances_figure(study: optuna.Study) -> Figure:
             f"Not available with {len(complete)} complete trials: {reason}",
         )
     ax = fig.axes[0]
-    ax.set_xlabel("importance for validation accuracy")
+    ax.set_xlabel(f"importance for {objective_of(study)[0]}")
     if ax.get_legend() is not None:
         ax.get_legend().remove()  # a single objective: its name says nothing
     return fig
 
 
 def slice_figure(study: optuna.Study) -> Figure:
-    """Optuna's slice plot: validation accuracy against each hyperparameter."""
+    """Optuna's slice plot: the study's metric against each hyperparameter."""
     n = len({name for t in study.get_trials(deepcopy=False) for name in t.params})
     fig = _optuna_figure("plot_slice", study, size=(max(8.0, 3.5 * n), 4.5))
     for ax in fig.axes:
         if ax.get_ylabel() == "Objective Value":
-            ax.set_ylabel("validation accuracy")
+            ax.set_ylabel(objective_of(study)[0])
         if ax.get_xscale() == "log":  # Optuna labels minor ticks too, and they overlap
             ax.xaxis.set_minor_formatter(NullFormatter())
     return fig
 
 
 def history_figure(study: optuna.Study) -> Figure:
-    """Each finished trial's validation accuracy, and the best so far, by trial number."""
+    """Each finished trial's value (its metric), and the best so far, by trial number."""
+    name, maximize = objective_of(study)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for state, marker, label in (
@@ -170,19 +190,19 @@ def history_figure(study: optuna.Study) -> Figure:
     complete = [(n, v) for n, v in complete if v is not None]
     if complete:
         numbers, values = zip(*complete, strict=True)
-        best = np.maximum.accumulate(values)
+        best = (np.maximum if maximize else np.minimum).accumulate(values)
         ax.step(numbers, best, where="post", color="tab:red", label="best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Optimization history")
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower right" if maximize else "upper right", fontsize="small")
     return fig
 
 
 def intermediate_figure(study: optuna.Study) -> Figure:
-    """Validation accuracy per epoch (from 1) of every trial; pruned trials stop early.
+    """The study's metric per epoch (from 1) of every trial; pruned trials stop early.
 
     Each trial has its own marker and a small sideways offset, so that curves
     that coincide (every rate scores the majority class after epoch 1) stay
@@ -190,7 +210,9 @@ def intermediate_figure(study: optuna.Study) -> Figure:
     """
     trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     trials.sort(key=lambda t: t.number)
-    ranked = sorted(trials, key=lambda t: -(_last_value(t) or 0.0))
+    name, maximize = objective_of(study)
+    sign = -1.0 if maximize else 1.0
+    ranked = sorted(trials, key=lambda t: sign * (_last_value(t) or 0.0))
     named = {t.number for t in ranked[:LEGEND_MAX]}
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     spread = min(0.3, 0.03 * len(trials))
@@ -208,9 +230,9 @@ def intermediate_figure(study: optuna.Study) -> Figure:
             label=f"trial {t.number}{pruned}" if t.number in named else "_nolegend_",
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Validation accuracy per epoch")
+    ax.set_title(f"{name.capitalize()} per epoch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     if trials:
         more = len(trials) > LEGEND_MAX

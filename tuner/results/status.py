@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import RenderableType
 from rich.table import Table
@@ -14,6 +15,7 @@ from rich.table import Table
 from tuner.common.attrs import CACHE, GAP, SPACE_ATTR, TRAIN_ACCURACY, WORKER
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
+from tuner.study.opening import value_label
 from tuner.study.phases import WorkerPhase, read_phases
 
 __all__ = ["StudySummary", "render_status", "summarize", "workers_line"]
@@ -31,6 +33,7 @@ class StudySummary:
     params: list[str]  # the hyperparameters, in the order of the stored space
     gave_up: list[dict[str, Any]] = field(default_factory=list)
     workers: list[WorkerPhase] = field(default_factory=list)  # live ones first
+    label: str = "val_acc"  # the trials' value: the study's metric
 
     @property
     def alive(self) -> list[WorkerPhase]:
@@ -51,13 +54,15 @@ def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
     for t in trials:
         states[t.state.name] += 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_n]
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    top = sorted(complete, key=lambda t: (sign * (t.value or 0.0), t.number))[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     now = dt.datetime.now()
     workers = read_phases(study.user_attrs, _utc(now))
     return StudySummary(
-        study.study_name, states, top, running, now, params, gave_up(study), workers
-    )
+        study.study_name, states, top, running, now, params, gave_up(study), workers,
+        value_label(study),
+    )  # fmt: skip
 
 
 def _fmt(value: object, spec: str = ".4f") -> str:
@@ -79,10 +84,10 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
         best = summary.top[0]
         out.append(
             f"Best: trial {best.number}, {format_params(best.params)}, "
-            f"val_acc {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get(GAP))}"
+            f"{summary.label} {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get(GAP))}"
         )
         top = Table(title=f"Top {len(summary.top)} trials", title_justify="left")
-        for col in ("trial", *summary.params, "val_acc", "train_acc", "gap", "cache"):
+        for col in ("trial", *summary.params, summary.label, "train_acc", "gap", "cache"):
             top.add_column(col, justify="right", min_width=len(col))
         for t in summary.top:
             train = t.user_attrs.get(TRAIN_ACCURACY) or [None]

@@ -31,6 +31,7 @@ from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
 from tuner.storages.storage import BudgetLock, fatal_message, redact_url
+from tuner.study.opening import value_label
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
 from tuner.study.pruners import pruner_name
 
@@ -79,6 +80,7 @@ class _Announcer:
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
         self.space = _stored_space(study)
+        self.label = value_label(study)  # val_acc, val_loss, ...
         self.best: FrozenTrial | None = None
 
     def seen(self, trials: list[FrozenTrial]) -> None:
@@ -102,7 +104,7 @@ class _Announcer:
         self._consider(trial)
         params = format_params(trial.params, self.space)
         if trial.state == TrialState.COMPLETE:
-            outcome = f"finished val_acc={trial.value:.4f}"
+            outcome = f"finished {self.label}={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
             reason = trial.user_attrs.get(attrs.PRUNE_REASON) or "pruned by " + pruner_name(
                 study.pruner
@@ -117,7 +119,7 @@ class _Announcer:
             best_text = "no finished trial yet"
         else:
             best_text = f"best so far: trial {best.number} {format_params(best.params)} "
-            best_text += f"val_acc={best.value:.4f}"
+            best_text += f"{self.label}={best.value:.4f}"
         say(f"trial {trial.number} {params} {outcome}; {best_text}")
 
 

@@ -24,8 +24,9 @@ from tuner.common.attrs import METRIC_NAME, SPACE_ATTR, SPEC_ATTR, WARM_START
 from tuner.errors import StudyError
 from tuner.storages.storage import retry_transient
 from tuner.study.note import write_note
+from tuner.study.settings import metric_label
 
-__all__ = ["NewStudy", "load_existing_study", "open_study"]
+__all__ = ["NewStudy", "load_existing_study", "open_study", "value_label"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class NewStudy:
     settings: Mapping[str, Any]  # the whole spec as plain data, stored for export and joins
     warm_start: Sequence[Mapping[str, Any]] = ()
     note: str = ""
+    metric: str = METRIC_NAME  # the value's name, as the dashboard shows it
+    direction: str = "maximize"
 
 
-def _create_study_once(storage: BaseStorage, name: str) -> bool:
+def _create_study_once(storage: BaseStorage, name: str, direction: StudyDirection) -> bool:
     """Create the study; True in exactly one of many workers racing to do so."""
     for attempt in range(10):
         try:
-            retry_transient(lambda: storage.create_new_study([StudyDirection.MAXIMIZE], name))
+            retry_transient(lambda: storage.create_new_study([direction], name))
             return True
         except DuplicatedStudyError:
             return False
@@ -77,14 +80,15 @@ def open_study(
         StudyError: from ``fits``, when the stored study trains another model or
             searches another space.
     """
-    created = _create_study_once(storage, new.name)
+    direction = StudyDirection[new.direction.upper()]
+    created = _create_study_once(storage, new.name, direction)
     study = optuna.load_study(
         study_name=new.name, storage=storage, sampler=new.sampler, pruner=new.pruner
     )
     if study.metric_names is None:  # the dashboard's name for the value; else "Objective 0"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_NAME])
+            study.set_metric_names([new.metric])
     if created:
         study.set_user_attr(SPACE_ATTR, new.space)
         study.set_user_attr(SPEC_ATTR, json.dumps(new.settings))
@@ -116,3 +120,9 @@ def load_existing_study(storage: BaseStorage, name: str, first: str) -> optuna.S
             f"run `{first}` first, or check --storage / TUNER_STORAGE"
         )
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def value_label(study: optuna.Study) -> str:
+    """The name of a trial's value in lines and tables: its metric (``val_acc``, ``val_mae``)."""
+    names = study.metric_names
+    return metric_label(names[0]) if names else "value"

@@ -23,6 +23,7 @@ with quiet_tensorflow():
 
 from tuner.common import attrs
 from tuner.space.params import Space, format_params
+from tuner.study.settings import metric_label
 
 __all__ = ["EpochRecorder", "PruningBeforeLastEpoch"]
 
@@ -45,6 +46,7 @@ class EpochRecorder(keras.callbacks.Callback):
         say: Say,
         flush_every: float = 5.0,
         space: Space | None = None,
+        metric: str = "val_accuracy",
     ) -> None:
         super().__init__()
         self.trial, self.epochs, self.say = trial, epochs, say
@@ -54,6 +56,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self.val_accuracy: list[float] = []
         self.val_loss: list[float] = []
         self.epoch_seconds: list[float] = []
+        self.metric = metric
+        self.values: list[float] = []  # the objective's metric, per epoch
         self._start = self._flushed = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -65,9 +69,15 @@ class EpochRecorder(keras.callbacks.Callback):
         self.train_accuracy.append(float(logs.get("accuracy", math.nan)))
         self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
         self.val_loss.append(float(logs.get("val_loss", math.nan)))
+        self.values.append(float(logs.get(self.metric, math.nan)))
+        shown = (
+            ""
+            if self.metric in ("accuracy", "val_accuracy")
+            else (f" {metric_label(self.metric)}={self.values[-1]:.4f}")
+        )
         self.say(
             f"{self.label} epoch {epoch + 1}/{self.epochs} "
-            f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f} "
+            f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f}{shown} "
             f"({self.epoch_seconds[-1]:.1f}s)"
         )
         loss = float(logs.get("loss", math.nan))

@@ -33,6 +33,7 @@ from tuner.common import attrs
 from tuner.errors import StorageLostError, TunerError
 from tuner.recipes import HEAD, Params, Recipe
 from tuner.space.params import format_params, suggest
+from tuner.study.settings import ObjectiveSettings
 from tuner.training import features as feature_cache
 from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.training.headfit import HeadTrainer, kernels_kept
@@ -54,6 +55,7 @@ __all__ = [
     "TrialData",
     "make_objective",
     "prepare_data",
+    "trial_value",
 ]
 
 Say = Callable[[str], None]
@@ -244,8 +246,9 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         point = suggest(trial, setup.space)
         seed = _begin(trial, setup, data)
-        recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space)
-        pruning = PruningBeforeLastEpoch(trial, "val_accuracy", setup.train.epochs)
+        metric = setup.objective.metric
+        recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space, metric=metric)
+        pruning = PruningBeforeLastEpoch(trial, metric, setup.train.epochs)
         callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
         callbacks += [StopCheck(check)] if check is not None else []
         try:
@@ -263,9 +266,9 @@ def make_objective(
                 recorder.flush()
             raise
         recorder.flush()
-        value = recorder.val_accuracy[-1]
+        value = trial_value(recorder.values, setup.objective)
         if not math.isfinite(value):
-            raise optuna.TrialPruned("validation accuracy is not a number")
+            raise optuna.TrialPruned(f"{metric} is not a number")
         _upload(
             artifact_store,
             trial,
@@ -277,6 +280,14 @@ def make_objective(
         return value
 
     return objective
+
+
+def trial_value(values: list[float], objective: ObjectiveSettings) -> float:
+    """The trial's value from its metric per epoch: the last epoch's, or the best one's."""
+    if objective.reduce == "last" or not values:
+        return values[-1] if values else math.nan
+    finite = [v for v in values if math.isfinite(v)] or [math.nan]
+    return max(finite) if objective.direction == "maximize" else min(finite)
 
 
 def _upload_curve(

@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING
 
 from tuner.assets.settings import DataSettings
 from tuner.recipes.settings import ModelSettings
+from tuner.study.settings import ObjectiveSettings
 
 if TYPE_CHECKING:
     from tuner.recipes.protocol import Recipe
     from tuner.space.params import Space
 
-__all__ = ["CacheSettings", "TrainSettings", "TrialSetup"]
+__all__ = ["LOGGED_METRICS", "CacheSettings", "TrainSettings", "TrialSetup"]
+
+# What a model that tuner compiles logs each epoch (Keras fit and the cached head alike).
+LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,4 @@ class TrialSetup:
     space: Space
     train: TrainSettings = field(default_factory=TrainSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
