@@ -124,5 +124,5 @@ def load_existing_study(storage: BaseStorage, name: str, first: str) -> optuna.S
 
 def value_label(study: optuna.Study) -> str:
     """The name of a trial's value in lines and tables: its metric (``val_acc``, ``val_mae``)."""
-    names = study.metric_names
-    return metric_label(names[0]) if names else "value"
+    names = study.metric_names or [METRIC_NAME]  # a study tuner did not create: the default
+    return metric_label(names[0])
