@@ -23,7 +23,7 @@ def test_default_is_the_course_objective() -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("objective.metric=val_mae", "not a metric the model logs (val_accuracy, val_loss"),
+        ("objective.metric=val_mae", "not a metric the model logs (it logs val_accuracy, val_loss"),
         ("objective.direction=down", "objective.direction 'down' is not one of"),
         ("objective.reduce=mean", "objective.reduce 'mean' is not one of: last, best"),
         ("objective.metric=val_loss", "set objective.direction=minimize"),

@@ -1,4 +1,8 @@
-"""Where a study's images come from and how they are read (``[data]``)."""
+"""Where a study's data comes from and how it is read (``[data]``).
+
+Images in class folders (``dir``, downloaded from ``source`` when missing) are
+the default; ``recipe = "module:function"`` gives a study data of its own.
+"""
 
 from __future__ import annotations
 
@@ -16,3 +20,4 @@ class DataSettings:
     batch_size: int = 32
     skip_bad_files: bool = False
     augment: bool = False
+    recipe: str = ""  # module:function returning (train, validation) of the user's own data

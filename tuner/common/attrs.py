@@ -15,6 +15,7 @@ __all__ = [
     "EPOCH_SECONDS",
     "FAIL_REASON",
     "GAP",
+    "METRIC_GAP",
     "METRIC_NAME",
     "PRUNED_AT_EPOCH",
     "PRUNE_REASON",
@@ -33,6 +34,9 @@ __all__ = [
 TRAIN_ACCURACY = "train_accuracy"
 VAL_LOSS = "val_loss"
 GAP = "gap"
+# The objective's first metric, train minus validation (the other way for a loss or error):
+# what objective.max_gap bounds; the same as GAP for val_accuracy.
+METRIC_GAP = "metric_gap"
 EPOCH_SECONDS = "epoch_seconds"
 # Where the trial ran: "hit", "miss" or "off" for the feature cache, and host:pid.
 CACHE = "cache"

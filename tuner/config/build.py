@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.pruners import NopPruner
 from optuna.storages import BaseStorage
 
 from tuner.assets.weights import check_weights
@@ -25,7 +26,7 @@ from tuner.config.join import check_fit
 from tuner.config.note import study_note
 from tuner.config.spec import StudySpec, spec_from_dict, spec_to_dict
 from tuner.errors import SpecError
-from tuner.recipes import Recipe, resolve, search_path
+from tuner.recipes import DataRecipe, Recipe, resolve, resolve_data, search_path
 from tuner.storages.storage import (
     artifact_folder,
     artifact_store_for,
@@ -42,6 +43,7 @@ __all__ = [
     "artifact_dir",
     "artifact_store",
     "check_base_weights",
+    "data_recipe_for",
     "load_existing_study",
     "new_study",
     "note_for",
@@ -94,9 +96,21 @@ def resolve_checked(spec: StudySpec) -> Recipe:
     return recipe
 
 
+def data_recipe_for(spec: StudySpec) -> DataRecipe | None:
+    """The spec's ``data.recipe``, imported once per process; None for image folders.
+
+    Raises:
+        RecipeError: the module or function cannot be imported, or does not take (params, seed).
+    """
+    if not spec.data.recipe:
+        return None
+    return resolve_data(spec.data.recipe, search_path(spec.spec_file))
+
+
 def trial_setup(spec: StudySpec, recipe: Recipe | None = None) -> TrialSetup:
     """What training a trial reads; ``recipe`` when it is resolved already."""
     return TrialSetup(
+        data_recipe=data_recipe_for(spec),
         data=spec.data,
         model=spec.model,
         recipe=recipe or recipe_for(spec),
@@ -124,16 +138,18 @@ def sampler_budget(spec: StudySpec, n_trials: int) -> int:
 
 def new_study(spec: StudySpec, worker_index: int = 0) -> opening.NewStudy:
     """The spec's study as a worker opens it: its sampler seeded for ``worker_index``."""
+    multi, epochs = spec.objective.multi, spec.train.epochs
     return opening.NewStudy(
         name=spec.study.name,
-        sampler=build_sampler(spec.sampler, worker_index),
-        pruner=study_pruner(spec.pruner, spec.train.epochs),
+        sampler=build_sampler(spec.sampler, worker_index, spec.objective.max_gap),
+        # Optuna prunes no study of several objectives (and trial.report refuses them).
+        pruner=NopPruner() if multi else study_pruner(spec.pruner, epochs),
         space=spec.search.space.to_json(),
         settings=spec_to_dict(spec),
         warm_start=spec.search.warm_start,
         note=study_note(spec),
-        metric=spec.objective.metric,
-        direction=spec.objective.direction,
+        metrics=spec.objective.names,
+        directions=spec.objective.ways,
     )
 
 

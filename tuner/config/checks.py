@@ -10,8 +10,17 @@ from typing import TYPE_CHECKING
 
 from tuner.config.values import origin_of
 from tuner.errors import SpecError
-from tuner.recipes import BASES, BUILTIN, Recipe, name_problem
-from tuner.study.settings import DIRECTIONS, PRUNER_KINDS, REDUCTIONS, SAMPLER_KINDS
+from tuner.recipes import BASES, BUILTIN, OPTIMIZERS, Recipe, is_user_recipe, name_problem
+from tuner.study.settings import (
+    DIRECTIONS,
+    GAP,
+    MAX_OBJECTIVES,
+    PRUNER_KINDS,
+    REDUCTIONS,
+    SAMPLER_KINDS,
+    lower_is_better,
+    metric_problem,
+)
 from tuner.training.settings import LOGGED_METRICS
 
 if TYPE_CHECKING:
@@ -47,23 +56,7 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             f"pruner.kind {pruner.kind!r} is not one of: {', '.join(PRUNER_KINDS)}",
         ),
         (name_problem(recipe) is None, str(name_problem(recipe))),
-        (
-            spec.objective.metric in LOGGED_METRICS,
-            f"objective.metric {spec.objective.metric!r} is not a metric the model logs "
-            f"({', '.join(LOGGED_METRICS)})",
-        ),
-        (
-            spec.objective.direction in DIRECTIONS,
-            f"objective.direction {spec.objective.direction!r} is not one of: "
-            f"{', '.join(DIRECTIONS)}",
-        ),
-        (
-            not (
-                _lower_is_better(spec.objective.metric) and spec.objective.direction == "maximize"
-            ),
-            f"objective.metric {spec.objective.metric!r} is better when lower, but "
-            "objective.direction is maximize; set objective.direction=minimize",
-        ),
+        *((False, p) for p in _objective_problems(spec)),
         (
             spec.objective.reduce in REDUCTIONS,
             f"objective.reduce {spec.objective.reduce!r} is not one of: {', '.join(REDUCTIONS)}",
@@ -100,17 +93,87 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             "storage.outage_tolerance must be at least 0 seconds, "
             f"got {spec.storage.outage_tolerance:g}",
         ),
-        (spec.data.dir != "", "data.dir is empty; set it to the dataset folder"),
+        (
+            spec.data.dir != "" or bool(spec.data.recipe),
+            "data.dir is empty; set it to the dataset folder",
+        ),
+        (
+            not spec.data.recipe or is_user_recipe(spec.data.recipe),
+            f"data.recipe {spec.data.recipe!r} must name a function of yours as "
+            "module:function, like mydata:load_data",
+        ),
+        *((False, p) for p in _optimizer_problems(spec)),
         *((False, p) for p in _learning_rate_problems(spec)),
         # A built-in recipe is checked here; a user's once it is imported (tuner.runner.worker).
         *((False, p) for p in (recipe_problems(BUILTIN[recipe], spec) if builtin else [])),
     ]
 
 
-def _lower_is_better(metric: str) -> bool:
-    """Losses and errors: a study that maximizes one searches for the worst model."""
-    name = metric.removeprefix("val_")
-    return name == "loss" or name.endswith(("_loss", "error", "mae", "mse", "mape"))
+def _objective_problems(spec: StudySpec) -> list[str]:
+    """``[objective]``: known directions, at most two metrics, the gap's rules."""
+    o = spec.objective
+    key = "objective.metrics" if o.metrics else "objective.metric"
+    problems: list[str] = []
+    # The metrics of a built-in recipe on image folders are known here; others by the probe.
+    builtin = spec.model.recipe in BUILTIN and not spec.data.recipe
+    if builtin and (problem := metric_problem(o, LOGGED_METRICS)) is not None:
+        problems.append(problem)
+    problems += [
+        f"objective.direction {d!r} is not one of: {', '.join(DIRECTIONS)}"
+        for d in (*o.ways, o.direction)
+        if d not in DIRECTIONS
+    ]
+    if o.metrics and not 1 <= len(o.metrics) <= MAX_OBJECTIVES:
+        problems.append(
+            f"objective.metrics must list 1 or {MAX_OBJECTIVES} metrics, got {len(o.metrics)}"
+        )
+    if o.names[0] == GAP:
+        problems.append(
+            "objective.metrics must start with a logged metric, whose gap 'gap' then is, "
+            'like objective.metrics=["val_accuracy", "gap"]'
+        )
+    elif o.metrics and len(o.directions) != len(o.metrics):
+        problems.append(
+            f"objective.directions must give one direction per metric ({len(o.metrics)}), got "
+            f"{len(o.directions)}; leave it out to take minimize for losses, errors and the "
+            "gap, maximize for the others"
+        )
+    if len(set(o.names)) != len(o.names):
+        problems.append(f"objective.metrics lists a metric twice: {list(o.names)}")
+    if o.metric.removeprefix("val_") == o.metric and GAP in o.names:
+        problems.append(
+            f"{key} has gap, but {o.metric!r} is not a validation metric; the gap needs one "
+            "like val_accuracy, whose training value is its name without val_"
+        )
+    for name, way in zip(o.names, o.ways, strict=False):
+        if lower_is_better(name) and way == "maximize":
+            what = "objective.direction" if not o.metrics else "its objective.directions entry"
+            problems.append(
+                f"{key} {name!r} is better when lower, but {what} is maximize; "
+                + ("set objective.direction=minimize" if not o.metrics else "set it to minimize")
+            )
+    if o.max_gap < 0:
+        problems.append(f"objective.max_gap must be above 0 (0 means no limit), got {o.max_gap:g}")
+    if o.max_gap and o.multi:
+        problems.append(
+            "objective.max_gap bounds the gap of a single objective, but objective.metrics "
+            "lists two; use one form: drop objective.max_gap, or keep one metric"
+        )
+    return problems
+
+
+def _optimizer_problems(spec: StudySpec) -> list[str]:
+    if "optimizer" not in spec.search.space:
+        return []
+    param = spec.search.space["optimizer"]
+    choices = list(param.choices) if param.kind == "categorical" else []
+    unknown = [c for c in choices if c not in OPTIMIZERS]
+    if param.kind != "categorical" or unknown:
+        return [
+            f"search.optimizer must choose among Keras optimizers ({', '.join(OPTIMIZERS)}), "
+            f'got {param.describe()}; write it like search.optimizer.choices=["adam", "sgd"]'
+        ]
+    return []
 
 
 def recipe_problems(recipe: Recipe, spec: StudySpec) -> list[str]:

@@ -106,11 +106,15 @@ def training_setup(spec: StudySpec) -> dict[str, Any]:
         "model.seed": spec.model.seed,
         "data.image_size": list(spec.data.image_size),
         "data.augment": spec.data.augment,
+        "data.recipe": spec.data.recipe,
         "sampler.kind": spec.sampler.kind,
         # A trial's value means one thing in one study: the same metric, reduced alike.
         "objective.metric": spec.objective.metric,
         "objective.direction": spec.objective.direction,
         "objective.reduce": spec.objective.reduce,
+        "objective.metrics": list(spec.objective.names),
+        "objective.directions": list(spec.objective.ways),
+        "objective.max_gap": spec.objective.max_gap,
     }
 
 

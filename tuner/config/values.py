@@ -136,7 +136,12 @@ def convert(hint: Any, value: Any, where: str, key: str, example: str) -> Any:
         args = typing.get_args(hint)
         item = args[0]
         if not isinstance(value, list) or (args[-1] is not Ellipsis and len(value) != len(args)):
-            shape = "a list of numbers" if args[-1] is Ellipsis else f"a list of {len(args)}"
+            of = (
+                "strings"
+                if item is str or typing.get_origin(item) is typing.Literal
+                else "numbers"
+            )
+            shape = f"a list of {of}" if args[-1] is Ellipsis else f"a list of {len(args)}"
             raise SpecError(
                 f"{where}: {key} must be {shape}, got {value!r}; write it like {example}"
             )

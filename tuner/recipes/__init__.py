@@ -14,9 +14,11 @@ from pathlib import Path
 from tuner.errors import SpecError
 from tuner.recipes.bases import BASES, Base
 from tuner.recipes.builtin import BUILTIN
+from tuner.recipes.data import DataRecipe, resolve_data
 from tuner.recipes.protocol import (
     HEAD,
     MODEL,
+    OPTIMIZERS,
     TUNER_READS,
     Params,
     Recipe,
@@ -31,8 +33,10 @@ __all__ = [
     "BUILTIN",
     "HEAD",
     "MODEL",
+    "OPTIMIZERS",
     "TUNER_READS",
     "Base",
+    "DataRecipe",
     "Params",
     "Recipe",
     "RecipeKind",
@@ -41,6 +45,7 @@ __all__ = [
     "is_user_recipe",
     "name_problem",
     "resolve",
+    "resolve_data",
     "search_path",
     "unread_warning",
 ]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEAD",
     "MODEL",
+    "OPTIMIZERS",
     "TUNER_READS",
     "Params",
     "Recipe",
@@ -33,7 +34,9 @@ __all__ = [
 RecipeKind = Literal["head", "model"]
 HEAD: RecipeKind = "head"  # build(params, feature_dim, num_classes): logits from pooled features
 MODEL: RecipeKind = "model"  # build(params, input_shape, num_classes): logits from 0-255 RGB
-TUNER_READS = frozenset({"learning_rate"})  # tuner compiles Adam with it itself
+TUNER_READS = frozenset({"learning_rate", "optimizer"})  # tuner compiles the model with them
+# The optimizers that search.optimizer may choose among, by their Keras names.
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adamax", "adagrad", "adadelta", "lion")
 
 
 class Recipe(Protocol):
@@ -115,20 +118,25 @@ class Params(Mapping[str, Any]):
         return f"Params({self._values!r})"
 
 
+class Named(Protocol):
+    name: str
+
+
 @contextlib.contextmanager
-def building(recipe: Recipe, what: str, fix: str) -> Iterator[None]:
+def building(recipe: Named, what: str, fix: str, key: str = "model.recipe") -> Iterator[None]:
     """Inside, a recipe's own exception becomes one :class:`~tuner.errors.RecipeError` line.
 
     ``what`` says what was built (``build with learning_rate=0.001``), ``fix`` how
-    to mend it. tuner's own errors pass unchanged: they say what to do already.
+    to mend it, ``key`` which spec key names the recipe (``data.recipe`` for data).
+    tuner's own errors pass unchanged: they say what to do already.
     """
     try:
         yield
     except TunerError:
         raise
     except UnknownHyperparameter as e:
-        raise RecipeError(f"model.recipe {recipe.name!r} cannot {what}: {e}") from None
+        raise RecipeError(f"{key} {recipe.name!r} cannot {what}: {e}") from None
     except Exception as e:
         raise RecipeError(
-            f"model.recipe {recipe.name!r} failed to {what}: {one_line(e, 300)}; {fix}"
+            f"{key} {recipe.name!r} failed to {what}: {one_line(e, 300)}; {fix}"
         ) from None

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from tuner.space.params import Space
 
-__all__ = ["UserRecipe", "import_recipe", "is_user_recipe", "search_path"]
+__all__ = ["UserRecipe", "import_function", "import_recipe", "is_user_recipe", "search_path"]
 
 SHAPES = {"feature_dim": HEAD, "input_shape": MODEL}
 ADVICE = (
@@ -94,12 +94,22 @@ def import_recipe(name: str, paths: Sequence[Path]) -> UserRecipe:
     Raises:
         RecipeError: one line naming the module or function and what to do.
     """
+    function = import_function(name, paths, "model.recipe", ADVICE)
+    return UserRecipe(name, function, _kind(name, function))
+
+
+def import_function(name: str, paths: Sequence[Path], key: str, advice: str) -> Callable[..., Any]:
+    """The function ``module:function`` names, for the spec key ``key``.
+
+    Raises:
+        RecipeError: one line naming the module or function and what to do.
+    """
     module_name, _, function_name = name.partition(":")
     for path in reversed(paths):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     importlib.invalidate_caches()  # a package written since the process started is found too
-    module = _import(module_name, name, paths)
+    module = _import(module_name, f"{key} {name!r}", paths)
     function = getattr(module, function_name, None)
     if function is None:
         found = sorted(
@@ -107,16 +117,16 @@ def import_recipe(name: str, paths: Sequence[Path]) -> UserRecipe:
         )
         raise RecipeError(
             f"module {module_name} ({module.__file__}) has no function {function_name!r} "
-            f"(model.recipe = {name!r}); its functions: {', '.join(found) or 'none'}"
+            f"({key} = {name!r}); its functions: {', '.join(found) or 'none'}"
         )
     if not callable(function):
         raise RecipeError(
-            f"model.recipe {name!r} names a {type(function).__name__}, not a function; {ADVICE}"
+            f"{key} {name!r} names a {type(function).__name__}, not a function; {advice}"
         )
-    return UserRecipe(name, function, _kind(name, function))
+    return function  # type: ignore[no-any-return]
 
 
-def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
+def _import(module_name: str, what: str, paths: Sequence[Path]) -> Any:
     from tuner.common.tfload import quiet_tensorflow
 
     try:
@@ -126,12 +136,12 @@ def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
         parts = module_name.split(".")
         if e.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
             raise RecipeError(
-                f"importing {module_name} for model.recipe {name!r} failed: {e}; install "
+                f"importing {module_name} for {what} failed: {e}; install "
                 f"{e.name} or fix the import in the module"
             ) from None
         where = " and ".join(str(p) for p in paths)
         raise RecipeError(
-            f"cannot import module {module_name} for model.recipe {name!r} ({e}); tuner looks "
+            f"cannot import module {module_name} for {what} ({e}); tuner looks "
             f"in {where} and the installed packages: start the worker in your project folder, "
             "put the spec beside your package, or pip install it"
         ) from None
@@ -140,8 +150,7 @@ def _import(module_name: str, name: str, paths: Sequence[Path]) -> Any:
         filename = os.path.basename(str(getattr(e, "filename", None) or ""))
         where = f" in {filename}" if filename and filename not in message else ""
         raise RecipeError(
-            f"importing {module_name} for model.recipe {name!r} failed{where}: "
-            f"{one_line(e)}; fix the module"
+            f"importing {module_name} for {what} failed{where}: {one_line(e)}; fix the module"
         ) from None
 
 

@@ -125,15 +125,17 @@ def preflight(
     accept_space_change: bool = False,
     check: Callable[[], None] = lambda: None,
     publish: Publish = _no_publish,
-) -> tuple[optuna.Study, DatasetScan]:
+) -> tuple[optuna.Study, DatasetScan | None]:
     """Check the study, recipe, data and weights, then join the study, before training starts.
 
     A mistake in any of them thus fails at once, with one error line, and no
     trial is started. A user's recipe module is imported and its signature
     checked before the data is read, then the recipe is built once at the edges
     of the space (see :mod:`tuner.training.probe`); built-in recipes need no
-    TensorFlow here. The study is created only once all of this passed, so a
-    first run that fails leaves no study behind with its settings.
+    TensorFlow here. A ``data.recipe`` is loaded once and the model trained on
+    one batch of it (no scan is returned then). The study is created only once
+    all of this passed, so a first run that fails leaves no study behind with
+    its settings.
 
     Raises:
         StudyError, RecipeError, DataError, WeightsError: naming what is wrong and
@@ -144,10 +146,15 @@ def preflight(
     check_joinable(spec, storage, accept_space_change=accept_space_change)
     recipe = resolve_checked(spec)
     publish("checking data")
-    scan = ensure_dataset(spec, check, publish)
-    check()
-    check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
-    for message in probe(trial_setup(spec, recipe), recipe, len(scan.class_names)):
+    scan = None
+    if spec.data.recipe:  # the user's own data: loaded, and checked to fit, by the probe
+        messages = probe(trial_setup(spec, recipe), recipe, 0)
+    else:
+        scan = ensure_dataset(spec, check, publish)
+        check()
+        check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
+        messages = probe(trial_setup(spec, recipe), recipe, len(scan.class_names))
+    for message in messages:
         warn(message)
     study = open_study(
         spec, storage, worker_index=worker_index, accept_space_change=accept_space_change

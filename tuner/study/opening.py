@@ -26,7 +26,7 @@ from tuner.storages.storage import retry_transient
 from tuner.study.note import write_note
 from tuner.study.settings import metric_label
 
-__all__ = ["NewStudy", "load_existing_study", "open_study", "value_label"]
+__all__ = ["NewStudy", "load_existing_study", "open_study", "value_label", "value_labels"]
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,17 @@ class NewStudy:
     settings: Mapping[str, Any]  # the whole spec as plain data, stored for export and joins
     warm_start: Sequence[Mapping[str, Any]] = ()
     note: str = ""
-    metric: str = METRIC_NAME  # the value's name, as the dashboard shows it
-    direction: str = "maximize"
+    metrics: tuple[str, ...] = (METRIC_NAME,)  # the values' names, as the dashboard shows them
+    directions: tuple[str, ...] = ("maximize",)
 
 
-def _create_study_once(storage: BaseStorage, name: str, direction: StudyDirection) -> bool:
+def _create_study_once(
+    storage: BaseStorage, name: str, directions: Sequence[StudyDirection]
+) -> bool:
     """Create the study; True in exactly one of many workers racing to do so."""
     for attempt in range(10):
         try:
-            retry_transient(lambda: storage.create_new_study([direction], name))
+            retry_transient(lambda: storage.create_new_study(list(directions), name))
             return True
         except DuplicatedStudyError:
             return False
@@ -80,15 +82,15 @@ def open_study(
         StudyError: from ``fits``, when the stored study trains another model or
             searches another space.
     """
-    direction = StudyDirection[new.direction.upper()]
-    created = _create_study_once(storage, new.name, direction)
+    directions = [StudyDirection[d.upper()] for d in new.directions]
+    created = _create_study_once(storage, new.name, directions)
     study = optuna.load_study(
         study_name=new.name, storage=storage, sampler=new.sampler, pruner=new.pruner
     )
     if study.metric_names is None:  # the dashboard's name for the value; else "Objective 0"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([new.metric])
+            study.set_metric_names(list(new.metrics))
     if created:
         study.set_user_attr(SPACE_ATTR, new.space)
         study.set_user_attr(SPEC_ATTR, json.dumps(new.settings))
@@ -124,5 +126,11 @@ def load_existing_study(storage: BaseStorage, name: str, first: str) -> optuna.S
 
 def value_label(study: optuna.Study) -> str:
     """The name of a trial's value in lines and tables: its metric (``val_acc``, ``val_mae``)."""
-    names = study.metric_names or [METRIC_NAME]  # a study tuner did not create: the default
-    return metric_label(names[0])
+    return value_labels(study)[0]
+
+
+def value_labels(study: optuna.Study) -> list[str]:
+    """The names of a trial's values, one per objective (``val_acc``, ``gap``)."""
+    n = len(study.directions)
+    names = study.metric_names or [METRIC_NAME] if n == 1 else [f"value {i}" for i in range(n)]
+    return [metric_label(name) for name in names]

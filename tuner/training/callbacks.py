@@ -23,7 +23,7 @@ with quiet_tensorflow():
 
 from tuner.common import attrs
 from tuner.space.params import Space, format_params
-from tuner.study.settings import metric_label
+from tuner.study.settings import ObjectiveSettings, metric_label
 
 __all__ = ["EpochRecorder", "PruningBeforeLastEpoch"]
 
@@ -47,6 +47,7 @@ class EpochRecorder(keras.callbacks.Callback):
         flush_every: float = 5.0,
         space: Space | None = None,
         metric: str = "val_accuracy",
+        objective: ObjectiveSettings | None = None,
     ) -> None:
         super().__init__()
         self.trial, self.epochs, self.say = trial, epochs, say
@@ -56,8 +57,11 @@ class EpochRecorder(keras.callbacks.Callback):
         self.val_accuracy: list[float] = []
         self.val_loss: list[float] = []
         self.epoch_seconds: list[float] = []
-        self.metric = metric
-        self.values: list[float] = []  # the objective's metric, per epoch
+        self.objective = objective or ObjectiveSettings(metric=metric)
+        self.metric = self.objective.metric
+        self.values: list[float] = []  # the objective's (first) metric, per epoch
+        self.logs: list[dict[str, float]] = []  # every logged metric, per epoch
+        self.metric_gap: list[float] = []  # the first metric's train-validation gap, per epoch
         self._start = self._flushed = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -70,16 +74,10 @@ class EpochRecorder(keras.callbacks.Callback):
         self.val_accuracy.append(float(logs.get("val_accuracy", math.nan)))
         self.val_loss.append(float(logs.get("val_loss", math.nan)))
         self.values.append(float(logs.get(self.metric, math.nan)))
-        shown = (
-            ""
-            if self.metric in ("accuracy", "val_accuracy")
-            else (f" {metric_label(self.metric)}={self.values[-1]:.4f}")
-        )
-        self.say(
-            f"{self.label} epoch {epoch + 1}/{self.epochs} "
-            f"acc={self.train_accuracy[-1]:.3f} val_acc={self.val_accuracy[-1]:.3f}{shown} "
-            f"({self.epoch_seconds[-1]:.1f}s)"
-        )
+        self.logs.append({k: float(v) for k, v in logs.items()})
+        train = float(logs.get(self.objective.train_metric(), math.nan))
+        self.metric_gap.append(self.objective.gap(train, self.values[-1]))
+        self.say(f"{self.label} epoch {epoch + 1}/{self.epochs} {self._shown(logs)}")
         loss = float(logs.get("loss", math.nan))
         if not math.isfinite(loss):
             reason = f"diverged: training loss is {loss} at epoch {epoch}"
@@ -87,6 +85,18 @@ class EpochRecorder(keras.callbacks.Callback):
             raise optuna.TrialPruned(reason)
         if time.perf_counter() - self._flushed >= self.flush_every:
             self.flush()
+
+    def _shown(self, logs: dict[str, Any]) -> str:
+        """Accuracy on both splits when logged, and the objective's metrics."""
+        names = ["accuracy", "val_accuracy"] if "accuracy" in logs else []
+        train = self.objective.train_metric()
+        for name in (train, *self.objective.names):
+            if name not in names and name in logs:
+                names.append(name)
+        text = " ".join(f"{metric_label(n)}={_number(n, float(logs[n]))}" for n in names)
+        if not names:  # a metric the model does not log: say so rather than nothing
+            text = f"{metric_label(self.metric)}=nan"
+        return f"{text} ({self.epoch_seconds[-1]:.1f}s)"
 
     def flush(self) -> None:
         """Write the attributes recorded so far to the trial."""
@@ -97,11 +107,20 @@ class EpochRecorder(keras.callbacks.Callback):
             attrs.TRAIN_ACCURACY: self.train_accuracy,
             attrs.VAL_LOSS: [v if math.isfinite(v) else None for v in self.val_loss],
             attrs.GAP: gap if math.isfinite(gap) else None,
+            attrs.METRIC_GAP: _finite(self.metric_gap[-1]),
             attrs.EPOCH_SECONDS: self.epoch_seconds,
         }
         for key, value in record.items():
             self.trial.set_user_attr(key, value)
         self._flushed = time.perf_counter()
+
+
+def _number(name: str, value: float) -> str:
+    return f"{value:.3f}" if name.endswith("accuracy") else f"{value:.4g}"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 class PruningBeforeLastEpoch(KerasPruningCallback):

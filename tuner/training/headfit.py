@@ -43,6 +43,8 @@ with quiet_tensorflow():
     from tensorflow.python import pywrap_tfe
     from tensorflow.python.eager import context as tf_context
 
+from tuner.training.model import make_optimizer
+
 __all__ = ["HeadTrainer", "architecture_key", "epoch_order", "kernels_kept"]
 
 # Architectures kept per worker. A space with a continuous hyperparameter that changes
@@ -141,6 +143,7 @@ class HeadTrainer:
         epochs: int,
         seed: int,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        optimizer: str = "adam",
     ) -> list[Any]:
         """Train ``head``'s function for ``epochs``; return the trained weights, in order.
 
@@ -148,7 +151,7 @@ class HeadTrainer:
         the trial's starting point. The returned variables are the kept model's
         when the architecture is kept, valid until the next ``fit``.
         """
-        kept = self._kept_for(head)
+        kept = self._kept_for(head, optimizer)
         kept.optimizer.learning_rate = learning_rate  # after the reset, which zeroes it too
         cbs = keras.callbacks.CallbackList(list(callbacks), model=kept.model)
         kept.model.stop_training = False
@@ -169,12 +172,13 @@ class HeadTrainer:
     def _steps(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def _kept_for(self, head: keras.Model) -> _Kept:
+    def _kept_for(self, head: keras.Model, optimizer: str = "adam") -> _Kept:
         """The compiled head for ``head``'s architecture, holding ``head``'s starting state."""
         key = architecture_key(head)
+        key = None if key is None else f"{optimizer} {key}"
         kept = self._kept.get(key) if key is not None else None
         if kept is None:
-            kept = self._compile(head)
+            kept = self._compile(head, optimizer)
             if key is None or len(self._kept) >= MAX_KEPT:
                 # a function is dropped (this one after its trial, or the oldest kept): free
                 # the kernels of dropped functions, which kernels_kept() leaves
@@ -192,9 +196,9 @@ class HeadTrainer:
             v.assign(tf.zeros_like(v))
         return kept
 
-    def _compile(self, model: keras.Model) -> _Kept:
-        """The epoch function of ``model`` with a new Adam, traced on first use."""
-        optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    def _compile(self, model: keras.Model, name: str = "adam") -> _Kept:
+        """The epoch function of ``model`` with a new optimizer, traced on first use."""
+        optimizer = make_optimizer(name, 1e-3)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
         x, y, val_x, val_y, b = self.x, self.y, self.val_x, self.val_y, self.batch_size

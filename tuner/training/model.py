@@ -28,7 +28,7 @@ with quiet_tensorflow():
     import keras
 
 from tuner.assets.weights import offline_hint, socket_timeout
-from tuner.errors import RecipeError, WeightsError
+from tuner.errors import RecipeError, WeightsError, one_line
 from tuner.recipes import BASES, HEAD, Base, Recipe
 from tuner.training.settings import TrialSetup
 
@@ -38,7 +38,9 @@ __all__ = [
     "build_feature_extractor",
     "build_part",
     "compile_model",
+    "ensure_compiled",
     "load_trained_weights",
+    "make_optimizer",
     "portability_problems",
     "save_trained_weights",
     "weights_identity",
@@ -187,12 +189,75 @@ def assemble(
     return Assembled(keras.Model(inputs, network(x), name="tuned_model"), network)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
-    """Adam at the trial's rate, cross-entropy on logits, accuracy."""
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """The Keras optimizer of that name (``adam``, ``sgd``, ...) at ``learning_rate``."""
+    return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+
+
+# The loss and metrics tuner compiles a model with, by the kind of its labels (see
+# tuner.training.owndata.describe): one-hot class rows for images in class folders.
+LOSSES: dict[str, tuple[str, list[str]]] = {
+    "onehot": ("categorical_crossentropy", ["accuracy"]),
+    "classes": ("sparse_categorical_crossentropy", ["accuracy"]),
+    "values": ("mean_squared_error", ["mae"]),
+}
+
+
+def compile_model(
+    model: keras.Model, learning_rate: float, optimizer: str = "adam", labels: str = "onehot"
+) -> None:
+    """The trial's optimizer at its rate; cross-entropy on logits and accuracy for classes,
+    mean squared error and mean absolute error for values."""
+    loss, metrics = LOSSES[labels]
+    losses = {
+        "categorical_crossentropy": keras.losses.CategoricalCrossentropy(from_logits=True),
+        "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        ),
+        "mean_squared_error": keras.losses.MeanSquaredError(),
+    }
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        optimizer=make_optimizer(optimizer, learning_rate), loss=losses[loss], metrics=metrics
+    )
+
+
+def ensure_compiled(
+    model: keras.Model, point: Mapping[str, Any], labels: str, recipe: str
+) -> str | None:
+    """Compile ``model`` for the trial, unless its recipe compiled it; then set its rate only.
+
+    Returns a line to say once when the recipe compiled the model, else None.
+
+    Raises:
+        RecipeError: several outputs and no compile, or a rate that cannot be set.
+    """
+    rate = point.get("learning_rate")
+    if not model.compiled:
+        if labels == "several":
+            raise RecipeError(
+                f"model.recipe {recipe!r} builds a model with several outputs and does not "
+                "compile it; compile it in the recipe with a loss (and metrics) per output"
+            )
+        compile_model(model, rate, point.get("optimizer", "adam"), labels)
+        return None
+    optimizer = model.optimizer
+    if rate is not None:
+        try:
+            optimizer.learning_rate = rate
+        except Exception as e:
+            raise RecipeError(
+                f"model.recipe {recipe!r} compiles its model with a learning rate that tuner "
+                f"cannot set ({one_line(e)}); compile it with a plain rate, or drop "
+                "[search.learning_rate] from the spec"
+            ) from None
+    config = model.get_compile_config() or {}
+    loss = config.get("loss")
+    loss_name = loss if isinstance(loss, str) else (loss or {}).get("class_name", "its own")
+    sets = "sets its learning rate to the trial's learning_rate" if rate is not None else ""
+    unused = "; search.optimizer is not used" if "optimizer" in point else ""
+    return (
+        f"model.recipe {recipe!r} compiles its own model ({type(optimizer).__name__}, loss "
+        f"{loss_name}); tuner {sets or 'leaves it as it is'}{unused}"
     )
 
 

@@ -31,9 +31,9 @@ with quiet_tensorflow():
 from tuner.assets.datasets import DatasetScan, load_split
 from tuner.common import attrs
 from tuner.errors import StorageLostError, TunerError
-from tuner.recipes import HEAD, Params, Recipe
+from tuner.recipes import HEAD, DataRecipe, Params, Recipe
 from tuner.space.params import format_params, suggest
-from tuner.study.settings import ObjectiveSettings
+from tuner.study.settings import GAP, ObjectiveSettings
 from tuner.training import features as feature_cache
 from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.training.headfit import HeadTrainer, kernels_kept
@@ -41,9 +41,11 @@ from tuner.training.model import (
     assemble,
     build_feature_extractor,
     build_part,
-    compile_model,
+    ensure_compiled,
     save_trained_weights,
 )
+from tuner.training.owndata import DataShape, describe, load_splits
+from tuner.training.probe import probe_points
 from tuner.training.settings import TrialSetup
 from tuner.training.trial_curve import write_learning_curve
 
@@ -56,24 +58,35 @@ __all__ = [
     "make_objective",
     "prepare_data",
     "trial_value",
+    "trial_values",
 ]
 
 Say = Callable[[str], None]
 
 
 @dataclass
+class OwnSource:
+    """A data recipe's data: loaded for each trial, its shape read once per worker."""
+
+    recipe: DataRecipe
+    shape: DataShape
+
+
+@dataclass
 class TrialData:
     """What every trial of one worker trains on, prepared once."""
 
-    scan: DatasetScan
+    scan: DatasetScan | None
     cache: str  # "hit", "miss" or "off"
     features: feature_cache.FeatureSet | None = None
+    own: OwnSource | None = None
     val_ds: tf.data.Dataset | None = None
     extractor: keras.Model | None = field(default=None, repr=False)
     _trainer: HeadTrainer | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
+        assert self.scan is not None
         return len(self.scan.class_names)
 
     @property
@@ -92,7 +105,7 @@ class TrialData:
 
 def prepare_data(
     setup: TrialSetup,
-    scan: DatasetScan,
+    scan: DatasetScan | None,
     say: Say = print,
     progress: feature_cache.Progress | None = None,
 ) -> TrialData:
@@ -101,6 +114,9 @@ def prepare_data(
     ``progress`` follows a feature extraction (:func:`tuner.training.features.extract_features`).
     """
     recipe = setup.recipe
+    if setup.data_recipe is not None:
+        return _prepare_own(setup, setup.data_recipe, say)
+    assert scan is not None
     reason = feature_cache.cache_reason(setup, recipe)
     if reason is None:
         fs = feature_cache.load_or_compute(setup, scan, on_compute=say, progress=progress)
@@ -120,6 +136,23 @@ def prepare_data(
     )
 
 
+def _prepare_own(setup: TrialSetup, recipe: DataRecipe, say: Say) -> TrialData:
+    """A data recipe's study: the data's shape from one load, at the space's first point."""
+    point = probe_points(setup.space)[0]
+    splits = load_splits(recipe, Params(point), setup.model.seed, _batch_size(setup, point))
+    shape = describe(splits)
+    say(
+        f"feature cache off: data.recipe {recipe.name!r} gives its own data, and each trial "
+        f"trains the whole model; {shape.shown()}"
+    )
+    return TrialData(None, "off", own=OwnSource(recipe, shape))
+
+
+def _batch_size(setup: TrialSetup, point: dict[str, Any]) -> int:
+    """The trial's batch size: ``batch_size`` from the space when it has one, else the spec's."""
+    return int(point.get("batch_size", setup.data.batch_size))
+
+
 def _train_split(setup: TrialSetup, data: TrialData, seed: int) -> tf.data.Dataset:
     """The training images, in an order drawn from ``seed`` alone.
 
@@ -129,6 +162,7 @@ def _train_split(setup: TrialSetup, data: TrialData, seed: int) -> tf.data.Datas
     runs with the same sampler seed could not be compared trial by trial.
     """
     size, batch = setup.data.image_size, setup.data.batch_size
+    assert data.scan is not None
     ds = load_split(data.scan, "train", size, batch, shuffle=True, seed=seed)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -140,15 +174,23 @@ def _fit(
     point: dict[str, Any],
     seed: int,
     callbacks: list[keras.callbacks.Callback],
+    say: Say = print,
 ) -> list[Any]:
     """Build the recipe at ``point``, train it, and return the variables the trial keeps."""
+
     epochs, params = setup.train.epochs, Params(point)
+    optimizer = point.get("optimizer", "adam")
+    if data.own is not None:
+        return _fit_own(setup, data.own, recipe, point, seed, callbacks, say)
     if data.features is not None:  # whole epochs in one compiled call, see tuner.training.headfit
         head = build_part(recipe, params, data.feature_dim, data.num_classes)
         trainer = data.trainer(setup.data.batch_size)
-        return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks)
+        return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks, optimizer)
     built = assemble(setup, recipe, params, data.num_classes, data.extractor)
-    compile_model(built.model, point["learning_rate"])
+    if built.part.compiled and built.part is not built.model:  # the recipe's own compile
+        built.model.compile_from_config(built.part.get_compile_config())
+    if (line := ensure_compiled(built.model, point, "onehot", recipe.name)) is not None:
+        _say_once(line, say)
     train = _train_split(setup, data, seed)
     built.model.fit(  # the dataset shuffles itself, from the trial's seed; Keras would only warn
         train,
@@ -159,6 +201,41 @@ def _fit(
         callbacks=callbacks,
     )
     return built.trained
+
+
+_SAID: set[str] = set()  # lines a worker says once, however many trials it runs
+
+
+def _say_once(line: str | None, say: Say) -> None:
+    if line is not None and line not in _SAID:
+        _SAID.add(line)
+        say(line)
+
+
+def _fit_own(
+    setup: TrialSetup,
+    own: OwnSource,
+    recipe: Recipe,
+    point: dict[str, Any],
+    seed: int,
+    callbacks: list[keras.callbacks.Callback],
+    say: Say,
+) -> list[Any]:
+    """A trial on a data recipe's data: load it, build and compile the model, fit."""
+    params = Params(point)
+    splits = load_splits(own.recipe, params, seed, _batch_size(setup, point))
+    keras.utils.set_random_seed(seed)
+    model = build_part(recipe, params, own.shape.input_shape, own.shape.outputs)
+    _say_once(ensure_compiled(model, point, own.shape.labels, recipe.name), say)
+    model.fit(  # a NumPy split shuffles itself from the trial's seed; a dataset is the user's
+        splits.train,
+        validation_data=splits.validation,
+        epochs=setup.train.epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return list(model.weights)
 
 
 def _upload(
@@ -230,8 +307,12 @@ def make_objective(
     artifact_store: ArtifactStore | None = None,
     say: Say = print,
     check: Callable[[], None] | None = None,
-) -> Callable[[optuna.Trial], float]:
-    """The objective: train the recipe at the trial's point, return final validation accuracy.
+) -> Callable[[optuna.Trial], float | list[float]]:
+    """The objective: train the recipe at the trial's point, return its value(s).
+
+    One objective's value is its metric at the last (or best) epoch; with two
+    (``objective.metrics``) the trial returns both, and is never pruned: Optuna
+    does not prune studies of several objectives.
 
     Args:
         setup: what the trial trains (see :class:`tuner.training.settings.TrialSetup`).
@@ -243,16 +324,17 @@ def make_objective(
 
     recipe = setup.recipe
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         point = suggest(trial, setup.space)
         seed = _begin(trial, setup, data)
-        metric = setup.objective.metric
-        recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space, metric=metric)
-        pruning = PruningBeforeLastEpoch(trial, metric, setup.train.epochs)
-        callbacks: list[keras.callbacks.Callback] = [recorder, pruning]
+        goal = setup.objective
+        recorder = EpochRecorder(trial, setup.train.epochs, say, space=setup.space, objective=goal)
+        callbacks: list[keras.callbacks.Callback] = [recorder]
+        if not goal.multi:
+            callbacks.append(PruningBeforeLastEpoch(trial, goal.metric, setup.train.epochs))
         callbacks += [StopCheck(check)] if check is not None else []
         try:
-            trained = _fit(setup, data, recipe, point, seed, callbacks)
+            trained = _fit(setup, data, recipe, point, seed, callbacks, say)
         except optuna.TrialPruned:
             recorder.flush()
             trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
@@ -266,9 +348,11 @@ def make_objective(
                 recorder.flush()
             raise
         recorder.flush()
-        value = trial_value(recorder.values, setup.objective)
-        if not math.isfinite(value):
-            raise optuna.TrialPruned(f"{metric} is not a number")
+        values = trial_values(recorder.logs, goal)
+        if bad := [n for n, v in zip(goal.names, values, strict=True) if not math.isfinite(v)]:
+            reason = f"{', '.join(bad)} is not a number"
+            trial.set_user_attr(attrs.PRUNE_REASON, reason)
+            raise optuna.TrialPruned(reason)
         _upload(
             artifact_store,
             trial,
@@ -277,9 +361,28 @@ def make_objective(
             lambda p: save_trained_weights(trained, p),
         )
         _upload_curve(artifact_store, trial, recorder, setup.train.epochs)
-        return value
+        return values if goal.multi else values[0]
 
     return objective
+
+
+def trial_values(logs: list[dict[str, float]], objective: ObjectiveSettings) -> list[float]:
+    """The trial's values, one per objective, from its logs per epoch.
+
+    They come from one epoch: the last, or (``reduce = "best"``) the epoch whose
+    first metric is best. ``gap`` is the first metric's gap at that epoch.
+    """
+    if not logs:
+        return [math.nan] * len(objective.names)
+    firsts = [epoch.get(objective.metric, math.nan) for epoch in logs]
+    chosen = logs[-1]
+    if objective.reduce == "best" and any(math.isfinite(v) for v in firsts):
+        pick = max if objective.direction == "maximize" else min
+        best = pick(v for v in firsts if math.isfinite(v))
+        chosen = logs[firsts.index(best)]
+    train = chosen.get(objective.train_metric(), math.nan)
+    gap = objective.gap(train, chosen.get(objective.metric, math.nan))
+    return [gap if name == GAP else chosen.get(name, math.nan) for name in objective.names]
 
 
 def trial_value(values: list[float], objective: ObjectiveSettings) -> float:

@@ -17,21 +17,24 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import RecipeError, one_line
+from tuner.errors import RecipeError, SpecError, one_line
 from tuner.recipes import (
     BASES,
     HEAD,
+    DataRecipe,
     Params,
     Recipe,
     building,
     unread_warning,
 )
 from tuner.space.params import Space, format_params
+from tuner.study.settings import metric_problem
+from tuner.training.settings import LOGGED_METRICS
 
 if TYPE_CHECKING:
     from tuner.training.settings import TrialSetup
 
-__all__ = ["CHECKED_RECIPE_ENV", "probe", "probe_points"]
+__all__ = ["CHECKED_RECIPE_ENV", "check_metrics", "probe", "probe_points"]
 
 # Set once a process has probed a recipe; a pool's children inherit it and skip the probe.
 CHECKED_RECIPE_ENV = "TUNER_CHECKED_RECIPE"
@@ -89,10 +92,17 @@ def probe(setup: TrialSetup, recipe: Recipe, num_classes: int) -> list[str]:
         RecipeError: naming what is wrong with the recipe and how to fix it.
     """
     space = setup.space
-    key = hashlib.sha256(f"{recipe.name} {num_classes} {space.to_json()}".encode()).hexdigest()
+    data = setup.data_recipe.name if setup.data_recipe else ""
+    text = f"{recipe.name} {data} {num_classes} {space.to_json()} {setup.objective}"
+    key = hashlib.sha256(text.encode()).hexdigest()
     if os.environ.get(CHECKED_RECIPE_ENV) == key:
         return []
+    if setup.data_recipe is not None:
+        warnings = _probe_own(setup, recipe, setup.data_recipe)
+        os.environ[CHECKED_RECIPE_ENV] = key
+        return warnings
     if recipe.reads is not None:  # a built-in: known without building it
+        check_metrics(setup, LOGGED_METRICS)
         warning = unread_warning(recipe, list(space), recipe.reads)
         os.environ[CHECKED_RECIPE_ENV] = key
         return [warning] if warning else []
@@ -100,8 +110,6 @@ def probe(setup: TrialSetup, recipe: Recipe, num_classes: int) -> list[str]:
 
     with quiet_tensorflow():
         import keras
-    from tuner.training.model import portability_problems
-
     h, w = setup.data.image_size
     shape = BASES[setup.model.base].feature_dim if recipe.kind == HEAD else (h, w, 3)
     warnings: list[str] = []
@@ -110,14 +118,101 @@ def probe(setup: TrialSetup, recipe: Recipe, num_classes: int) -> list[str]:
         model, names = _build(recipe, point, shape, num_classes)
         read |= names
         warnings += _check_output(recipe, model, shape, num_classes)
-        if problems := portability_problems(model):
-            warnings.append(
-                f"model.recipe {recipe.name!r} uses {', '.join(problems)}; training works, "
-                "but tuner export --model will refuse the best model, since plain Keras "
-                "cannot load that from a .keras file"
-            )
+        warnings += _portability(recipe, model)
+        if recipe.kind == HEAD or not model.compiled:
+            check_metrics(setup, LOGGED_METRICS)
+        else:  # the recipe's own compile: what it logs is known by training one batch
+            import numpy as np
+
+            x = np.zeros((2, *shape), np.float32)
+            y = np.eye(num_classes, dtype=np.float32)[[0, num_classes - 1]]
+            check_metrics(setup, _logged(recipe, None, model, (x, y), (x, y)))
     keras.backend.clear_session()
     if (warning := unread_warning(recipe, list(space), read)) is not None:
         warnings.append(warning)
     os.environ[CHECKED_RECIPE_ENV] = key
+    return list(dict.fromkeys(warnings))
+
+
+def _portability(recipe: Recipe, model: Any) -> list[str]:
+    from tuner.training.model import portability_problems
+
+    if problems := portability_problems(model):
+        return [
+            f"model.recipe {recipe.name!r} uses {', '.join(problems)}; training works, "
+            "but tuner export --model will refuse the best model, since plain Keras "
+            "cannot load that from a .keras file"
+        ]
+    return []
+
+
+def check_metrics(setup: TrialSetup, logged: Any) -> None:
+    """Raise when the study's objectives are not among the metrics the model logs."""
+    if (problem := metric_problem(setup.objective, list(logged))) is not None:
+        raise SpecError(problem)
+
+
+def _logged(
+    recipe: Recipe, data: DataRecipe | None, model: Any, train: tuple, val: tuple
+) -> list[str]:
+    """The names the compiled ``model`` logs, from training it on one batch."""
+    import keras
+
+    names: list[str] = []
+
+    class Logs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            names.extend(logs or {})
+
+    try:
+        model.fit(
+            *train, validation_data=val, epochs=1, verbose=0, shuffle=False, callbacks=[Logs()]
+        )
+    except Exception as e:
+        if data is None:
+            raise RecipeError(
+                f"model.recipe {recipe.name!r} built a model that cannot train on one batch "
+                f"({one_line(e, 300)}); fix its compile or its layers"
+            ) from None
+        raise RecipeError(
+            f"the data of data.recipe {data.name!r} does not fit the model of model.recipe "
+            f"{recipe.name!r} ({one_line(e, 300)}); build the model's inputs from input_shape "
+            "and its outputs from the third argument, or fix the data"
+        ) from None
+    return names
+
+
+def _probe_own(setup: TrialSetup, recipe: Recipe, data: DataRecipe) -> list[str]:
+    """A data recipe's study: its data loaded once, the model built at both edges of the
+    space, compiled as a trial compiles it and trained on one batch of it."""
+    from tuner.common.tfload import quiet_tensorflow
+
+    with quiet_tensorflow():
+        import keras
+    from tuner.training.model import ensure_compiled
+    from tuner.training.owndata import describe, first_batch, load_splits
+
+    if recipe.kind == HEAD:
+        raise SpecError(
+            f"model.recipe {recipe.name!r} builds a head on a frozen base's image features, "
+            "but data.recipe gives data of its own; write a build_model(params, input_shape, "
+            "num_outputs) recipe for it"
+        )
+    points = probe_points(setup.space)
+    params = Params(points[0])
+    batch = int(points[0].get("batch_size", setup.data.batch_size))
+    splits = load_splits(data, params, setup.model.seed, batch)
+    shape = describe(splits)
+    train, val = first_batch(splits.train), first_batch(splits.validation)
+    warnings: list[str] = []
+    read: set[str] = set(params.read)
+    for point in points:
+        model, names = _build(recipe, point, shape.input_shape, shape.outputs)
+        read |= names
+        ensure_compiled(model, point, shape.labels, recipe.name)
+        warnings += _portability(recipe, model)
+        check_metrics(setup, _logged(recipe, data, model, train, val))
+    keras.backend.clear_session()
+    if (warning := unread_warning(recipe, list(setup.space), read)) is not None:
+        warnings.append(warning)
     return list(dict.fromkeys(warnings))

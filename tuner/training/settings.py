@@ -10,6 +10,7 @@ from tuner.recipes.settings import ModelSettings
 from tuner.study.settings import ObjectiveSettings
 
 if TYPE_CHECKING:
+    from tuner.recipes.data import DataRecipe
     from tuner.recipes.protocol import Recipe
     from tuner.space.params import Space
 
@@ -45,3 +46,4 @@ class TrialSetup:
     train: TrainSettings = field(default_factory=TrainSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    data_recipe: DataRecipe | None = None  # data.recipe, resolved; None for image folders
