@@ -30,9 +30,8 @@ from tuner.space.params import format_params
 __all__ = ["write_model"]
 
 
-def _weights_artifact(study: optuna.Study, artifacts: Path) -> tuple[Any, str]:
+def _weights_artifact(study: optuna.Study, artifacts: Path, best: Any) -> tuple[Any, str]:
     """The best trial and the id of its weights, after checking both can be had."""
-    best = study.best_trial
     artifact = best.user_attrs.get(WEIGHTS_ARTIFACT)
     if artifact is None:
         raise StudyError(
@@ -77,6 +76,7 @@ def write_model(
     artifacts: Path,
     path: str | Path,
     say: Callable[[str], None] = print,
+    trial: Any = None,
 ) -> dict[str, Any]:
     """Save the best trial as a complete ``.keras`` model, without retraining.
 
@@ -84,20 +84,28 @@ def write_model(
     logits. Its class names go beside it in ``PATH.classes.json``. The model is
     checked on the validation split, and on ``test/`` when the dataset has one.
 
+    A ``data.recipe`` study's model takes what its data gives (see
+    :func:`_write_own`) and is checked on its validation data.
+
     Args:
         artifacts: the study's artifact folder (:func:`tuner.storages.storage.artifact_folder`).
+        trial: the trial to export, as chosen by :func:`tuner.results.export.best_result`;
+            the study's best trial by default.
 
     Returns:
         Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
         with a test split, ``test_accuracy``.
     """
-    check_base_weights(spec)  # before TensorFlow loads, and before Keras starts a download
+    if not spec.data.recipe:
+        check_base_weights(spec)  # before TensorFlow loads, and before Keras starts a download
+    trial = trial if trial is not None else study.best_trial
     path = Path(path)
     if path.suffix != ".keras":
         raise TunerError(f"--model {path} must end in .keras; write it like --model best.keras")
-    best, artifact = _weights_artifact(study, artifacts)
+    best, artifact = _weights_artifact(study, artifacts, trial)
+    if spec.data.recipe:
+        return _write_own(spec, best, artifact, artifacts, path, say)
     from tuner.assets.datasets import scan_dataset
-    from tuner.training.model import load_trained_weights
 
     root = Path(spec.data.dir)
     splits = (
@@ -105,6 +113,14 @@ def write_model(
     )
     scan = scan_dataset(root, splits, skip_bad_files=spec.data.skip_bad_files)
     built = _rebuild(spec, best, len(scan.class_names))
+    _load_weights(best, artifact, artifacts, built.trained)
+    return _save_and_check(built.model, path, scan, spec, splits, say)
+
+
+def _load_weights(best: Any, artifact: str, artifacts: Path, variables: list[Any]) -> None:
+    """Put the trial's kept weights into ``variables`` of the rebuilt model."""
+    from tuner.training.model import load_trained_weights
+
     with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         weights = Path(tmp) / "weights.npz"
         try:
@@ -120,8 +136,48 @@ def write_model(
                 "storage.artifacts at the folder they write to"
             ) from None
         what = f"the model rebuilt from trial {best.number}'s {format_params(best.params)}"
-        load_trained_weights(built.trained, weights, what)
-    return _save_and_check(built.model, path, scan, spec, splits, say)
+        load_trained_weights(variables, weights, what)
+
+
+def _write_own(
+    spec: StudySpec,
+    best: Any,
+    artifact: str,
+    artifacts: Path,
+    path: Path,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """A data recipe's study: the model rebuilt on the data's shape, checked on its validation
+    split with the metrics the trial logged."""
+    from tuner.training.model import build_part, ensure_compiled, portability_problems
+    from tuner.training.owndata import describe, load_splits
+
+    setup = trial_setup(spec)
+    recipe, data = setup.recipe, setup.data_recipe
+    assert data is not None
+    params = Params(best.params)
+    seed = spec.model.seed + best.number
+    batch = int(best.params.get("batch_size", spec.data.batch_size))
+    splits = load_splits(data, params, seed, batch)
+    shape = describe(splits)
+    with building(recipe, f"rebuild trial {best.number} ({format_params(best.params)})", "fix it"):
+        model = build_part(recipe, params, shape.input_shape, shape.outputs)
+    if problems := portability_problems(model):
+        raise RecipeError(
+            f"the best model of model.recipe {recipe.name!r} uses {', '.join(problems)}, which "
+            "plain Keras cannot load from a .keras file without that code; build the recipe "
+            "from keras.layers only (a string activation, no Lambda or custom layers) to export it"
+        )
+    ensure_compiled(model, best.params, shape.labels, recipe.name)
+    _load_weights(best, artifact, artifacts, list(model.weights))
+    with writing(path, "--model"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+    scores = model.evaluate(splits.validation, verbose=0, return_dict=True)
+    validation = {f"val_{k}": float(v) for k, v in scores.items()}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items())
+    say(f"exported model: on the validation data of data.recipe {data.name!r}: {shown}")
+    return {"model": str(path), "validation": validation}
 
 
 def _save_and_check(

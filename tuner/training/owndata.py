@@ -56,6 +56,7 @@ class Splits:
 
     train: Any
     validation: Any
+    batched: bool = False  # tuner batched NumPy arrays, at the trial's batch size
 
 
 def _plain(shape: Any) -> Any:
@@ -84,7 +85,8 @@ def load_splits(
         raise RecipeError(f"data.recipe {recipe.name!r} returned {got}; {DATA_ADVICE}")
     train = _ready(recipe, returned[0], "training", batch_size, seed)
     validation = _ready(recipe, returned[1], "validation", batch_size, None)
-    return Splits(train, validation)
+    arrays = not isinstance(returned[0], (tf.data.Dataset, keras.utils.PyDataset))
+    return Splits(train, validation, batched=arrays)
 
 
 def _ready(recipe: DataRecipe, part: Any, split: str, batch_size: int, seed: int | None) -> Any:

@@ -205,7 +205,7 @@ def _probe_own(setup: TrialSetup, recipe: Recipe, data: DataRecipe) -> list[str]
     shape = describe(splits)
     train, val = first_batch(splits.train), first_batch(splits.validation)
     warnings: list[str] = []
-    read: set[str] = set(params.read)
+    read: set[str] = set(params.read) | ({"batch_size"} if splits.batched else set())
     for point in points:
         model, names = _build(recipe, point, shape.input_shape, shape.outputs)
         read |= names

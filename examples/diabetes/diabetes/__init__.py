@@ -1,0 +1,1 @@
+"""A tabular regression tuned by tuner: scikit-learn's bundled diabetes data, no download."""
