@@ -13,6 +13,7 @@ __all__ = [
     "CACHE",
     "CURVE_ARTIFACT",
     "EPOCH_SECONDS",
+    "EPOCH_VALUES",
     "FAIL_REASON",
     "GAP",
     "METRIC_GAP",
@@ -23,6 +24,7 @@ __all__ = [
     "SPEC_ATTR",
     "STALE",
     "TRAIN_ACCURACY",
+    "TRAIN_VALUES",
     "VAL_LOSS",
     "WARM_START",
     "WEIGHTS_ARTIFACT",
@@ -37,6 +39,11 @@ GAP = "gap"
 # The objective's first metric, train minus validation (the other way for a loss or error):
 # what objective.max_gap bounds; the same as GAP for val_accuracy.
 METRIC_GAP = "metric_gap"
+# The objective's first metric per epoch, on validation and on training data (what the
+# curves plot when it is not accuracy, and what a study of two objectives, which reports
+# no intermediate values, has of its epochs).
+EPOCH_VALUES = "epoch_values"
+TRAIN_VALUES = "train_values"
 EPOCH_SECONDS = "epoch_seconds"
 # Where the trial ran: "hit", "miss" or "off" for the feature cache, and host:pid.
 CACHE = "cache"

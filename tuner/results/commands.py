@@ -21,7 +21,7 @@ from tuner.results.export import best_result, check_output, write_json, write_pl
 from tuner.results.status import render_status, summarize, workers_line
 from tuner.space.params import format_params
 from tuner.storages.storage import redact_url
-from tuner.study.opening import value_label
+from tuner.study.opening import value_labels
 
 __all__ = ["dashboard", "export_study", "show_status"]
 
@@ -34,7 +34,7 @@ def show_status(spec: StudySpec, url: str, console: Console, study_arg: str = ""
             tables are printed first when something is queued or running).
     """
     found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
-    summary = summarize(found)
+    summary = summarize(found, max_gap=stored_spec(found, spec, []).objective.max_gap)
     console.print(*render_status(summary))
     if not summary.top and summary.alive:  # the tables still show what is queued or running
         raise StudyError(
@@ -73,8 +73,8 @@ def export_study(
         if path is not None:
             check_output(path, option, folder=folder, mkdir=mkdir)
     found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
-    result = best_result(found)
     spec = stored_spec(found, spec, list(overrides))
+    result = best_result(found, spec.objective.max_gap)
     extra: dict[str, object] = {}
     if plots is not None:
         for path in write_plots(found, plots):
@@ -82,14 +82,28 @@ def export_study(
     if model is not None:
         from tuner.results.model_export import write_model  # loads TensorFlow
 
-        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say)
+        chosen = found.get_trials(deepcopy=False)[result.best_trial]
+        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say, trial=chosen)
         say(f"wrote {model}")
     if out is None:
         return result.to_json(spec, extra)
     write_json(result, spec, out, extra)
+    values = ", ".join(
+        f"{label} {v:.4f}"
+        for label, v in zip(value_labels(found), result.best_values, strict=False)
+    )
+    front = (
+        f" (of {len(result.best_trials)} on the Pareto front)"
+        if len(result.best_values) > 1
+        else ""
+    )
+    within = {
+        True: f", gap within {result.max_gap:g}",
+        False: f", but no trial has a gap within {result.max_gap:g}",
+    }
     say(
-        f"wrote {out}: best trial {result.best_trial}, "
-        f"{format_params(result.best_params)}, {value_label(found)} {result.best_value:.4f}"
+        f"wrote {out}: best trial {result.best_trial}{front}, "
+        f"{format_params(result.best_params)}, {values}{within.get(result.feasible, '')}"
     )
     return None
 

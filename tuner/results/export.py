@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.common.attrs import GAP, TRAIN_ACCURACY, WARM_START
+from tuner.common.attrs import GAP, METRIC_NAME, TRAIN_ACCURACY, TRAIN_VALUES, WARM_START
 from tuner.common.paths import nearest_existing, probe_writable
 from tuner.config.spec import StudySpec, spec_to_dict
 from tuner.errors import StudyError, TunerError
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
+from tuner.study.choice import choose, ranked
 
 __all__ = ["BestResult", "best_result", "check_output", "write_json", "write_plots"]
 
@@ -38,6 +40,12 @@ class BestResult:
     gap: float | None
     train_accuracy: float | None
     gave_up: tuple[dict[str, Any], ...] = ()  # trials whose retries ran out
+    metrics: tuple[str, ...] = ("val_accuracy",)  # the objectives' names
+    directions: tuple[str, ...] = ("maximize",)
+    best_values: tuple[float, ...] = ()  # the best trial's values, one per objective
+    best_trials: tuple[dict[str, Any], ...] = ()  # the Pareto front (the best, for one)
+    feasible: bool | None = None  # the best trial's gap is within objective.max_gap
+    max_gap: float = 0.0
 
     def to_json(self, spec: StudySpec | None = None, extra: dict[str, Any] | None = None) -> dict:
         data: dict[str, Any] = {
@@ -50,15 +58,23 @@ class BestResult:
             "gap": self.gap,
             "train_accuracy": self.train_accuracy,
             "gave_up": [dict(r) for r in self.gave_up],
+            "metrics": list(self.metrics),
+            "directions": list(self.directions),
+            "best_values": list(self.best_values),
+            "best_trials": [dict(t) for t in self.best_trials],
         }
+        if self.max_gap > 0:
+            data["max_gap"], data["feasible"] = self.max_gap, self.feasible
         data.update(extra or {})
         if spec is not None:
             data["spec"] = spec_to_dict(spec)
         return data
 
 
-def best_result(study: optuna.Study) -> BestResult:
-    """The study's best trial, as ``optuna best-trial`` reports it, and counts by state.
+def best_result(study: optuna.Study, max_gap: float = 0.0) -> BestResult:
+    """The study's best trial by :mod:`tuner.study.choice`'s rule, its front, counts by state.
+
+    ``max_gap`` is the study's ``objective.max_gap`` (0: none).
 
     Raises:
         StudyError: when the study has no complete trial yet.
@@ -67,25 +83,35 @@ def best_result(study: optuna.Study) -> BestResult:
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    try:
-        best = study.best_trial
-    except ValueError:
+    choice = choose(study, max_gap)
+    if choice is None:
         raise StudyError(
             f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials"
             f"{''.join(f', {n} {s}' for s, n in states.items())}); run "
             f"`tuner worker --study {study.study_name}` and try again"
-        ) from None
+        )
+    best = choice.best
     train = best.user_attrs.get(TRAIN_ACCURACY) or [None]
+    values = tuple(float(v) for v in best.values)
     return BestResult(
         study=study.study_name,
         best_trial=best.number,
-        best_value=float(best.value),  # type: ignore[arg-type]
+        best_value=values[0],
         best_params=dict(best.params),
         n_trials=len(trials),
         states=states,
         gap=best.user_attrs.get(GAP),
         train_accuracy=train[-1],
         gave_up=tuple(gave_up(study)),
+        metrics=tuple(study.metric_names or [METRIC_NAME] * len(study.directions)),
+        directions=tuple(d.name.lower() for d in study.directions),
+        best_values=values,
+        best_trials=tuple(
+            {"trial": t.number, "params": dict(t.params), "values": [float(v) for v in t.values]}
+            for t in choice.front
+        ),
+        feasible=choice.feasible,
+        max_gap=choice.max_gap,
     )
 
 
@@ -158,11 +184,15 @@ def _labels(trials: list[FrozenTrial]) -> dict[int, str]:
 
 
 def _curves(trials: list[FrozenTrial]) -> dict[str, tuple[list[float], list[float]]]:
+    """Each trial's first metric per epoch, on training and validation data."""
+    from tuner.results.plots import epoch_values
+
     labels = _labels(trials)
     curves = {}
     for t in sorted(trials, key=_sort_key):
-        val = [v for _, v in sorted(t.intermediate_values.items())]
-        curves[labels[t.number]] = (list(t.user_attrs.get(TRAIN_ACCURACY, [])), val)
+        val = [v for _, v in sorted(epoch_values(t).items())]
+        train = t.user_attrs.get(TRAIN_VALUES) or t.user_attrs.get(TRAIN_ACCURACY, [])
+        curves[labels[t.number]] = ([math.nan if v is None else v for v in train], val)
     return curves
 
 
@@ -180,19 +210,24 @@ def write_plots(study: optuna.Study, folder: str | Path, top_n: int = 3) -> list
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     warm = [t for t in finished if t.user_attrs.get(WARM_START)]
-    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-    name, maximize = plots.objective_of(study)
-    sign = -1.0 if maximize else 1.0
-    top = sorted(complete, key=lambda t: (sign * (t.value or 0.0), t.number))[:top_n]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.values is not None]
+    name, _ = plots.objective_of(study)
+    top = ranked(complete, study.directions)[:top_n]
     chosen = list({t.number: t for t in [*warm, *top]}.values())
+    metric = (study.metric_names or ["val_accuracy"])[0].removeprefix("val_")
+    shown = plots.METRIC_NAMES.get(metric, metric)
     figures = {
         "sweep.png": lambda: plots.learning_curve_figure(
-            _curves(chosen), "Train and validation accuracy: warm-start points and top trials"
+            _curves(chosen),
+            f"Train and validation {shown}: warm-start points and top trials",
+            shown,
         ),
         "accuracy_vs_learning_rate.png": lambda: plots.accuracy_vs_rate_figure(finished, name),
         "optimization_history.png": lambda: plots.history_figure(study),
         "intermediate_values.png": lambda: plots.intermediate_figure(study),
     }
+    if len(study.directions) > 1:
+        figures["pareto_front.png"] = lambda: plots.pareto_figure(study)
     if len({name for t in finished for name in t.params}) > 1:
         figures["param_importances.png"] = lambda: plots.importances_figure(study)
         figures["slice.png"] = lambda: plots.slice_figure(study)

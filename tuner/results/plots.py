@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -26,13 +27,17 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.common.attrs import EPOCH_VALUES
+
 __all__ = [
     "accuracy_vs_rate_figure",
+    "epoch_values",
     "history_figure",
     "importances_figure",
     "intermediate_figure",
     "learning_curve_figure",
     "objective_of",
+    "pareto_figure",
     "save_figure",
     "slice_figure",
 ]
@@ -44,8 +49,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 LEGEND_MAX = 12
 
 
-def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> Figure:
-    """Train and validation accuracy per epoch, one pair of lines per label, in order.
+def learning_curve_figure(
+    curves: Curves, title: str = "Accuracy per epoch", metric: str = "accuracy"
+) -> Figure:
+    """Train and validation accuracy (or ``metric``) per epoch, a pair of lines per label.
 
     A bare value as label gives ``train=0.001`` / ``val=0.001``, as in the manual
     sweep; ``size_inner=100 droprate=0.2`` gives ``train size_inner=100 droprate=0.2``.
@@ -62,7 +69,7 @@ def learning_curve_figure(curves: Curves, title: str = "Accuracy per epoch") -> 
     ax.set_title(title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
@@ -79,9 +86,18 @@ METRIC_NAMES = {
 
 
 def objective_of(study: optuna.Study) -> tuple[str, bool]:
-    """The study's metric as plots name it, and whether higher is better."""
+    """The study's (first) metric as plots name it, and whether higher is better."""
     metric = (study.metric_names or ["val_accuracy"])[0]
-    return METRIC_NAMES.get(metric, metric), study.direction == StudyDirection.MAXIMIZE
+    return METRIC_NAMES.get(metric, metric), study.directions[0] == StudyDirection.MAXIMIZE
+
+
+def epoch_values(trial: FrozenTrial) -> dict[int, float]:
+    """The trial's (first) metric per epoch: its reports, or, in a study of two objectives,
+    which reports none, its recorded values."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    recorded = trial.user_attrs.get(EPOCH_VALUES) or []
+    return {i: float(v) for i, v in enumerate(recorded) if v is not None}
 
 
 def accuracy_vs_rate_figure(
@@ -111,17 +127,21 @@ def accuracy_vs_rate_figure(
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
-    if trial.value is not None:
-        return trial.value
-    values = [v for _, v in sorted(trial.intermediate_values.items()) if math.isfinite(v)]
+    if trial.values is not None:
+        return trial.values[0]
+    values = [v for _, v in sorted(epoch_values(trial).items()) if math.isfinite(v)]
     return values[-1] if values else None
 
 
-def _optuna_figure(plot: str, study: optuna.Study, size: tuple[float, float] = (8, 5)) -> Figure:
+def _optuna_figure(
+    plot: str, study: optuna.Study, size: tuple[float, float] = (8, 5), **kwargs: Any
+) -> Figure:
+    if len(study.directions) > 1 and plot != "plot_pareto_front":  # the first objective's
+        kwargs |= {"target": lambda t: t.values[0], "target_name": objective_of(study)[0]}
     # Optuna switches matplotlib to its "ggplot" style; the context keeps that to its figure.
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = getattr(optuna.visualization.matplotlib, plot)(study)
+        axes = getattr(optuna.visualization.matplotlib, plot)(study, **kwargs)
     ax = axes.flat[0] if isinstance(axes, np.ndarray) else axes  # one per parameter
     fig = ax.figure
     fig.set_size_inches(*size)
@@ -186,7 +206,7 @@ def history_figure(study: optuna.Study) -> Figure:
         points = [(n, v) for n, v in points if v is not None]
         if points:
             ax.scatter(*zip(*points, strict=True), marker=marker, s=40, label=label, zorder=3)
-    complete = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
+    complete = [(t.number, _last_value(t)) for t in trials if t.state == TrialState.COMPLETE]
     complete = [(n, v) for n, v in complete if v is not None]
     if complete:
         numbers, values = zip(*complete, strict=True)
@@ -208,7 +228,8 @@ def intermediate_figure(study: optuna.Study) -> Figure:
     that coincide (every rate scores the majority class after epoch 1) stay
     visible; the legend names the trials, or the best of them when there are many.
     """
-    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    series = {t.number: epoch_values(t) for t in study.get_trials(deepcopy=False)}
+    trials = [t for t in study.get_trials(deepcopy=False) if series[t.number]]
     trials.sort(key=lambda t: t.number)
     name, maximize = objective_of(study)
     sign = -1.0 if maximize else 1.0
@@ -218,11 +239,11 @@ def intermediate_figure(study: optuna.Study) -> Figure:
     spread = min(0.3, 0.03 * len(trials))
     for i, t in enumerate(trials):
         offset = spread * (i / (len(trials) - 1) - 0.5) if len(trials) > 1 else 0.0
-        steps = sorted(t.intermediate_values)
+        steps = sorted(series[t.number])
         pruned = " (pruned)" if t.state == TrialState.PRUNED else ""
         ax.plot(
             [step + 1 + offset for step in steps],
-            [t.intermediate_values[step] for step in steps],
+            [series[t.number][step] for step in steps],
             marker=MARKERS[i % len(MARKERS)],
             markersize=4,
             alpha=0.8,
@@ -242,6 +263,14 @@ def intermediate_figure(study: optuna.Study) -> Figure:
             fontsize="small",
             title=f"best {LEGEND_MAX} of {len(trials)}" if more else None,
         )
+    return fig
+
+
+def pareto_figure(study: optuna.Study) -> Figure:
+    """Optuna's Pareto front of a study of two objectives, the front's trials highlighted."""
+    names = [METRIC_NAMES.get(m, m) for m in study.metric_names or []] or None
+    fig = _optuna_figure("plot_pareto_front", study, target_names=names)
+    fig.axes[0].set_title("Pareto front")
     return fig
 
 

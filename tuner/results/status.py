@@ -7,15 +7,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import RenderableType
 from rich.table import Table
 
-from tuner.common.attrs import CACHE, GAP, SPACE_ATTR, TRAIN_ACCURACY, WORKER
+from tuner.common.attrs import (
+    CACHE,
+    GAP,
+    METRIC_GAP,
+    SPACE_ATTR,
+    TRAIN_ACCURACY,
+    TRAIN_VALUES,
+    WORKER,
+)
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
-from tuner.study.opening import value_label
+from tuner.study.choice import Choice, choose, ranked
+from tuner.study.opening import value_labels
 from tuner.study.phases import WorkerPhase, read_phases
 
 __all__ = ["StudySummary", "render_status", "summarize", "workers_line"]
@@ -34,6 +42,8 @@ class StudySummary:
     gave_up: list[dict[str, Any]] = field(default_factory=list)
     workers: list[WorkerPhase] = field(default_factory=list)  # live ones first
     label: str = "val_acc"  # the trials' value: the study's metric
+    labels: list[str] = field(default_factory=list)  # one per objective; [label] for one
+    choice: Choice | None = None  # the best trial by tuner.study.choice's rule
 
     @property
     def alive(self) -> list[WorkerPhase]:
@@ -45,23 +55,27 @@ def _utc(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.timezone.utc)
 
 
-def summarize(study: optuna.Study, top_n: int = 5) -> StudySummary:
-    """Count trials by state and pick the top complete ones and the running ones."""
+def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> StudySummary:
+    """Count trials by state and pick the top complete ones and the running ones.
+
+    ``max_gap`` is the study's ``objective.max_gap``: the best trial is then the best
+    within it (see :mod:`tuner.study.choice`).
+    """
     trials = study.get_trials(deepcopy=False)
     stored = study.user_attrs.get(SPACE_ATTR) or {}
     params = list(dict.fromkeys([*stored, *(n for t in trials for n in t.params)]))
     states = {s.name: 0 for s in TrialState}
     for t in trials:
         states[t.state.name] += 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    top = sorted(complete, key=lambda t: (sign * (t.value or 0.0), t.number))[:top_n]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    top = ranked(complete, study.directions)[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     now = dt.datetime.now()
     workers = read_phases(study.user_attrs, _utc(now))
+    labels = value_labels(study)
     return StudySummary(
         study.study_name, states, top, running, now, params, gave_up(study), workers,
-        value_label(study),
+        labels[0], labels, choose(study, max_gap),
     )  # fmt: skip
 
 
@@ -73,6 +87,49 @@ def _values(trial: FrozenTrial, names: list[str]) -> list[str]:
     return [format_value(trial.params[n]) if n in trial.params else "-" for n in names]
 
 
+def _best_line(summary: StudySummary, choice: Choice) -> str:
+    best = choice.best
+    labels = summary.labels or [summary.label]
+    values = ", ".join(f"{n} {v:.4f}" for n, v in zip(labels, best.values or [], strict=False))
+    gap = best.user_attrs.get(METRIC_GAP, best.user_attrs.get(GAP))
+    line = f"Best: trial {best.number}, {format_params(best.params)}, {values}"
+    if len(labels) > 1:
+        line += f" (the front's best {labels[0]})"
+    else:
+        line += f", train/val gap {_fmt(gap)}"
+    if choice.feasible is True:
+        line += f" (the best within objective.max_gap {choice.max_gap:g})"
+    elif choice.feasible is False:
+        line += (
+            f"; no trial has a gap within objective.max_gap {choice.max_gap:g}, so this is "
+            "the best of all"
+        )
+    return line
+
+
+def _trials_table(summary: StudySummary, title: str, trials: list[FrozenTrial]) -> Table:
+    labels = summary.labels or [summary.label]
+    table = Table(title=title, title_justify="left")
+    # the first metric on the training data, and its gap (train_acc and gap for val_acc)
+    train_col = "train_" + labels[0].removeprefix("val_")
+    gap = [] if "gap" in labels else ["gap"]  # an objective of its own already
+    for col in ("trial", *summary.params, *labels, train_col, *gap, "cache"):
+        table.add_column(col, justify="right", min_width=len(col))
+    for t in trials:
+        train = t.user_attrs.get(TRAIN_VALUES) or t.user_attrs.get(TRAIN_ACCURACY) or [None]
+        values = list(t.values or [None] * len(labels))
+        extra = [_fmt(train[-1])]
+        extra += [_fmt(t.user_attrs.get(METRIC_GAP, t.user_attrs.get(GAP)))] if gap else []
+        table.add_row(
+            str(t.number),
+            *_values(t, summary.params),
+            *(_fmt(v) for v in values),
+            *extra,
+            str(t.user_attrs.get(CACHE, "-")),
+        )
+    return table
+
+
 def render_status(summary: StudySummary) -> list[RenderableType]:
     """Tables for the states, the best and top trials, and the running trials."""
     counts = Table(title=f"Study {summary.name}: trials by state", title_justify="left")
@@ -80,26 +137,13 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
         counts.add_column(state, justify="right")
     counts.add_row(*(str(n) for n in summary.states.values()))
     out: list[RenderableType] = [counts]
-    if summary.top:
-        best = summary.top[0]
-        out.append(
-            f"Best: trial {best.number}, {format_params(best.params)}, "
-            f"{summary.label} {best.value:.4f}, train/val gap {_fmt(best.user_attrs.get(GAP))}"
-        )
-        top = Table(title=f"Top {len(summary.top)} trials", title_justify="left")
-        for col in ("trial", *summary.params, summary.label, "train_acc", "gap", "cache"):
-            top.add_column(col, justify="right", min_width=len(col))
-        for t in summary.top:
-            train = t.user_attrs.get(TRAIN_ACCURACY) or [None]
-            top.add_row(
-                str(t.number),
-                *_values(t, summary.params),
-                _fmt(t.value),
-                _fmt(train[-1]),
-                _fmt(t.user_attrs.get(GAP)),
-                str(t.user_attrs.get(CACHE, "-")),
-            )
-        out.append(top)
+    choice = summary.choice
+    if summary.top and choice is not None:
+        out.append(_best_line(summary, choice))
+        if len(summary.labels) > 1:
+            title = f"Pareto front: {len(choice.front)} trials, best first"
+            out.append(_trials_table(summary, title, choice.front))
+        out.append(_trials_table(summary, f"Top {len(summary.top)} trials", summary.top))
     else:
         out.append("No complete trial yet.")
     if summary.running:

@@ -31,7 +31,8 @@ from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
 from tuner.storages.storage import BudgetLock, fatal_message, redact_url
-from tuner.study.opening import value_label
+from tuner.study.choice import feasible, ranked
+from tuner.study.opening import value_labels
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
 from tuner.study.pruners import pruner_name
 
@@ -77,10 +78,11 @@ class _Announcer:
     trains on cached features, and a query per line would be a few percent of it.
     """
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(self, study: optuna.Study, max_gap: float = 0.0) -> None:
         self.study = study
         self.space = _stored_space(study)
-        self.label = value_label(study)  # val_acc, val_loss, ...
+        self.labels = value_labels(study)  # val_acc, val_loss, gap, ...
+        self.max_gap = max_gap
         self.best: FrozenTrial | None = None
 
     def seen(self, trials: list[FrozenTrial]) -> None:
@@ -89,22 +91,29 @@ class _Announcer:
             self._consider(trial)
 
     def _consider(self, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.COMPLETE or trial.value is None:
+        """The best by tuner.study.choice's rule: by the first value, within max_gap."""
+        if trial.state != TrialState.COMPLETE or trial.values is None:
             return
-        better = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        if (
-            self.best is None
-            or (trial.value > self.best.value if better else trial.value < self.best.value)
-            or (trial.value == self.best.value and trial.number < self.best.number)
-        ):
+        if self.best is None:
             self.best = trial
+            return
+        pair = [self.best, trial]
+        if self.max_gap > 0:
+            within = [t for t in pair if feasible(t, self.max_gap)]
+            pair = within or pair
+        self.best = ranked(pair, self.study.directions)[0]
+
+    def _values(self, trial: FrozenTrial) -> str:
+        return " ".join(
+            f"{n}={v:.4f}" for n, v in zip(self.labels, trial.values or [], strict=False)
+        )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's trial callback: say how ``trial`` ended."""
         self._consider(trial)
         params = format_params(trial.params, self.space)
         if trial.state == TrialState.COMPLETE:
-            outcome = f"finished {self.label}={trial.value:.4f}"
+            outcome = f"finished {self._values(trial)}"
         elif trial.state == TrialState.PRUNED:
             reason = trial.user_attrs.get(attrs.PRUNE_REASON) or "pruned by " + pruner_name(
                 study.pruner
@@ -119,7 +128,7 @@ class _Announcer:
             best_text = "no finished trial yet"
         else:
             best_text = f"best so far: trial {best.number} {format_params(best.params)} "
-            best_text += f"{self.label}={best.value:.4f}"
+            best_text += self._values(best)
         say(f"trial {trial.number} {params} {outcome}; {best_text}")
 
 
@@ -395,7 +404,7 @@ def _trial_loop(
             raise
 
     ran: list[FrozenTrial] = []
-    announce = _Announcer(study)
+    announce = _Announcer(study, spec.objective.max_gap)
     waiting = _Waiting(is_heartbeat_enabled(storage), spec.storage.grace_period)
     failures = 0
     try:

@@ -132,5 +132,5 @@ def value_label(study: optuna.Study) -> str:
 def value_labels(study: optuna.Study) -> list[str]:
     """The names of a trial's values, one per objective (``val_acc``, ``gap``)."""
     n = len(study.directions)
-    names = study.metric_names or [METRIC_NAME] if n == 1 else [f"value {i}" for i in range(n)]
+    names = study.metric_names or ([METRIC_NAME] if n == 1 else [f"value {i}" for i in range(n)])
     return [metric_label(name) for name in names]

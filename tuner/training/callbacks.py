@@ -62,6 +62,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.values: list[float] = []  # the objective's (first) metric, per epoch
         self.logs: list[dict[str, float]] = []  # every logged metric, per epoch
         self.metric_gap: list[float] = []  # the first metric's train-validation gap, per epoch
+        self.train_values: list[float] = []  # the first metric on the training data, per epoch
         self._start = self._flushed = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -76,6 +77,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.values.append(float(logs.get(self.metric, math.nan)))
         self.logs.append({k: float(v) for k, v in logs.items()})
         train = float(logs.get(self.objective.train_metric(), math.nan))
+        self.train_values.append(train)
         self.metric_gap.append(self.objective.gap(train, self.values[-1]))
         self.say(f"{self.label} epoch {epoch + 1}/{self.epochs} {self._shown(logs)}")
         loss = float(logs.get("loss", math.nan))
@@ -108,6 +110,8 @@ class EpochRecorder(keras.callbacks.Callback):
             attrs.VAL_LOSS: [v if math.isfinite(v) else None for v in self.val_loss],
             attrs.GAP: gap if math.isfinite(gap) else None,
             attrs.METRIC_GAP: _finite(self.metric_gap[-1]),
+            attrs.EPOCH_VALUES: [_finite(v) for v in self.values],
+            attrs.TRAIN_VALUES: [_finite(v) for v in self.train_values],
             attrs.EPOCH_SECONDS: self.epoch_seconds,
         }
         for key, value in record.items():

@@ -396,11 +396,12 @@ def trial_value(values: list[float], objective: ObjectiveSettings) -> float:
 def _upload_curve(
     store: ArtifactStore | None, trial: optuna.Trial, rec: EpochRecorder, epochs: int
 ) -> None:
-    if store is None or not rec.val_accuracy:
+    if store is None or not rec.values:
         return
     title = f"Trial {trial.number}: {format_params(trial.params)}"
+    metric = rec.objective.train_metric()
 
     def write(path: Path) -> None:
-        write_learning_curve(path, rec.train_accuracy, rec.val_accuracy, epochs, title)
+        write_learning_curve(path, rec.train_values, rec.values, epochs, title, metric)
 
     _upload(store, trial, attrs.CURVE_ARTIFACT, "learning_curve.png", write)

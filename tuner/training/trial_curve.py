@@ -15,6 +15,7 @@ The look is :mod:`tuner.results.plots`': white axes, a light grid, epochs counte
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,12 @@ COMPRESS_LEVEL = 1
 class _Background:
     """The figure of one epoch count, its static parts drawn once and kept as pixels."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        ylabel: str = "accuracy",
+        ylim: tuple[float, float] = (-0.02, 1.02),  # the margin keeps markers at 0 and 1 whole
+    ) -> None:
         self.figure = Figure(figsize=SIZE, dpi=DPI, facecolor="white")
         self.canvas = FigureCanvasAgg(self.figure)
         ax = self.figure.add_axes((0.09, 0.12, 0.7, 0.78))
@@ -45,9 +51,9 @@ class _Background:
         self.title = ax.set_title("", fontsize="medium", animated=True)
         ax.set_xlim(0.5, epochs + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_ylim(-0.02, 1.02)  # accuracy; the margin keeps markers at 0 and 1 whole
+        ax.set_ylim(*ylim)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
         self.canvas.draw()
@@ -78,8 +84,12 @@ def write_learning_curve(
     val: Sequence[float],
     epochs: int,
     title: str,
+    metric: str = "accuracy",
 ) -> Path:
-    """Write the PNG of a trial's training and validation accuracy per epoch.
+    """Write the PNG of a trial's training and validation accuracy (or ``metric``) per epoch.
+
+    Accuracy has a fixed range, so its background is drawn once per epoch count;
+    another metric's range is the trial's own, and its figure is drawn afresh.
 
     Args:
         path: the PNG to write.
@@ -93,6 +103,12 @@ def write_learning_curve(
     """
     path = Path(path)
     epochs = max(epochs, len(train), len(val), 1)
+    if metric != "accuracy":
+        seen = [v for v in (*train, *val) if math.isfinite(v)] or [0.0, 1.0]
+        low, high = min(seen), max(seen)
+        margin = 0.05 * (high - low) or 0.05 * (abs(high) or 1.0)
+        _Background(epochs, metric, (low - margin, high + margin)).write(path, train, val, title)
+        return path
     with _made:
         background = _backgrounds.get(epochs)
         if background is None:
