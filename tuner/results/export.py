@@ -162,6 +162,9 @@ def check_output(path: Path, option: str, *, folder: bool = False, mkdir: bool =
         )
 
 
+LABEL_MAX = 48  # longer parameter labels give way to trial numbers on the sweep chart
+
+
 def _sort_key(trial: FrozenTrial) -> tuple[tuple[int, Any], ...]:
     return tuple(
         (0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in trial.params.values()
@@ -178,9 +181,12 @@ def _labels(trials: list[FrozenTrial]) -> dict[int, str]:
     varying = [n for n in names if len({repr(t.params.get(n)) for t in trials}) > 1] or names
     if varying == ["learning_rate"]:
         return {t.number: format_value(t.params.get("learning_rate")) for t in trials}
-    return {
+    labels = {
         t.number: format_params({n: t.params[n] for n in varying if n in t.params}) for t in trials
     }
+    if max(map(len, labels.values()), default=0) > LABEL_MAX:  # the legend would crowd out
+        return {t.number: f"trial={t.number}" for t in trials}  # the plot; status names them
+    return labels
 
 
 def _curves(trials: list[FrozenTrial]) -> dict[str, tuple[list[float], list[float]]]:

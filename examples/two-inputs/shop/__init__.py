@@ -1,0 +1,1 @@
+"""A model with two inputs: numbers and a category, tuned by tuner on generated data."""
