@@ -126,6 +126,11 @@ def _ready(recipe: DataRecipe, part: Any, split: str, batch_size: int, seed: int
         if seed is not None:
             ds = ds.shuffle(counts[0], seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if isinstance(part, np.ndarray):  # (x, y) returned where (train, validation) was due
+        raise RecipeError(
+            f"{where} as a bare {type(part).__name__}; return two splits, each an (x, y) "
+            "pair: ((x_train, y_train), (x_val, y_val))"
+        )
     raise RecipeError(
         f"{where} as a {type(part).__name__}; each split must be a tf.data.Dataset of (x, y) "
         "batches, an (x, y) tuple of NumPy arrays (dicts of them for several inputs or "
