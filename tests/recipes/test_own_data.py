@@ -216,14 +216,12 @@ def _front(trials: list[FrozenTrial]) -> set[int]:
     """The complete trials that no other complete trial dominates (both values minimized)."""
 
     def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+        pairs = list(zip(a, b, strict=True))
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return {
-        t.number
-        for t in done
-        if not any(dominates(o.values, t.values) for o in done if o is not t)
-    }
+    beaten = {t.number for t in done for o in done if dominates(o.values, t.values)}
+    return {t.number for t in done} - beaten
 
 
 def test_a_users_regression_on_two_workers(project: Path) -> None:
