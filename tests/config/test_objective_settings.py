@@ -33,7 +33,6 @@ def test_default_is_the_course_objective() -> None:
         ('objective.metrics=["accuracy", "gap"]', "'accuracy' is not a validation metric"),
         ('objective.metrics=["val_accuracy", "gap"]', None),
         ("objective.max_gap=-0.1", "objective.max_gap must be above 0"),
-        ('objective.metrics=["val_accuracy", "gap"]\nobjective.max_gap=0.1', None),
         ('search.optimizer.choices=["adam", "sgd"]', None),
         ("search.optimizer={low = 1, high = 2}", "search.optimizer must choose among Keras optimizers"),
         ("data.recipe=load", "data.recipe 'load' must name a function of yours"),
