@@ -141,7 +141,7 @@ def new_study(spec: StudySpec, worker_index: int = 0) -> opening.NewStudy:
     multi, epochs = spec.objective.multi, spec.train.epochs
     return opening.NewStudy(
         name=spec.study.name,
-        sampler=build_sampler(spec.sampler, worker_index, spec.objective.max_gap),
+        sampler=build_sampler(spec.sampler, worker_index),
         # Optuna prunes no study of several objectives (and trial.report refuses them).
         pruner=NopPruner() if multi else study_pruner(spec.pruner, epochs),
         space=spec.search.space.to_json(),

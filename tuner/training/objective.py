@@ -337,6 +337,7 @@ def make_objective(
             trained = _fit(setup, data, recipe, point, seed, callbacks, say)
         except optuna.TrialPruned:
             recorder.flush()
+            _constrain(trial, recorder, goal)
             trial.set_user_attr(attrs.PRUNED_AT_EPOCH, len(recorder.val_accuracy) - 1)
             _upload_curve(artifact_store, trial, recorder, setup.train.epochs)
             raise
@@ -348,6 +349,7 @@ def make_objective(
                 recorder.flush()
             raise
         recorder.flush()
+        _constrain(trial, recorder, goal)
         values = trial_values(recorder.logs, goal)
         if bad := [n for n, v in zip(goal.names, values, strict=True) if not math.isfinite(v)]:
             reason = f"{', '.join(bad)} is not a number"
@@ -364,6 +366,16 @@ def make_objective(
         return values if goal.multi else values[0]
 
     return objective
+
+
+def _constrain(trial: optuna.Trial, recorder: EpochRecorder, goal: ObjectiveSettings) -> None:
+    """``objective.max_gap``: the trial's gap against it, as Optuna's constraint.
+
+    TPE and GP prefer trials whose constraint is at most 0; the export's choice
+    reads the same gap (:data:`~tuner.common.attrs.METRIC_GAP`).
+    """
+    if goal.max_gap > 0 and recorder.metric_gap and math.isfinite(recorder.metric_gap[-1]):
+        trial.set_constraint("gap", recorder.metric_gap[-1] - goal.max_gap)
 
 
 def trial_values(logs: list[dict[str, float]], objective: ObjectiveSettings) -> list[float]:
