@@ -21,7 +21,5 @@ def build_model(params: Any, input_shape: dict[str, tuple], num_outputs: int) ->
     for _ in range(params["layers"]):
         x = keras.layers.Dense(params["units"], activation="relu")(x)
     model = keras.Model([numbers, store], keras.layers.Dense(num_outputs)(x))
-    model.compile(
-        optimizer=keras.optimizers.Adam(), loss=keras.losses.Huber(), metrics=["mae"]
-    )
+    model.compile(optimizer=keras.optimizers.Adam(), loss=keras.losses.Huber(), metrics=["mae"])
     return model
