@@ -87,6 +87,21 @@ def fails(params, seed):
 
 def one_argument(params):
     return arrays()
+
+
+def images(params, seed):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(48, 71, 71, 3)).astype("float32")
+    y = rng.integers(0, 3, size=48)
+    x[y == 1, :, :, 0] = 255.0  # a class the frozen features can tell apart
+    return (x[:32], y[:32]), (x[32:], y[32:])
+
+
+images.fingerprint = "random-images-v1"
+
+
+def unmarked_images(params, seed):
+    return images(params, seed)
 """
 
 MODELS = """
@@ -367,3 +382,38 @@ def test_broken_data_recipes_are_one_error_line(
     assert "Traceback" not in err
     db = project / f"{name}.db"  # nothing left behind: no study with these settings
     assert not db.exists() or optuna.get_all_study_names(f"sqlite:///{db}") == []
+
+
+HEAD = [
+    "--set=data.recipe=mydata.recipes:images", "--set=model.recipe=xception-head",
+    "--set=model.weights=none", "--set=objective.metric=val_accuracy",
+    "--set=objective.direction=maximize", "--set=search={n_trials = 2, warm_start = []}",
+]  # fmt: skip
+
+
+def test_a_head_on_a_data_recipes_images_uses_the_cache_by_its_fingerprint(
+    project: Path, tmp_path: Path
+) -> None:
+    cache = f"--set=cache.dir={tmp_path / 'cache'}"
+    first = _worker(
+        project, *HEAD, cache, "--set=study.name=head", "--set=study.storage=sqlite:///head.db"
+    )
+    assert "computing frozen-base features once" in first
+    again = _worker(
+        project, *HEAD, cache, "--n-trials=3", "--set=study.name=head",
+        "--set=study.storage=sqlite:///head.db",
+    )  # fmt: skip
+    assert "feature cache hit" in again
+    trials = _study(project, "head").trials
+    assert [t.user_attrs["cache"] for t in trials] == ["miss", "miss", "hit"]
+    result = _export(project, "head", "--model", str(project / "head.keras"))
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert result["best_trial"] == best.number
+    # the whole model (base and head, on images) scores what the head scored on the features
+    assert result["validation"]["val_accuracy"] == pytest.approx(best.value, abs=1e-6)
+    plain = _worker(
+        project, *HEAD, cache, "--set=data.recipe=mydata.recipes:unmarked_images",
+        "--set=study.name=unmarked", "--set=study.storage=sqlite:///unmarked.db",
+    )  # fmt: skip
+    assert "data.recipe 'mydata.recipes:unmarked_images' gives no fingerprint" in plain
+    assert {t.user_attrs["cache"] for t in _study(project, "unmarked").trials} == {"off"}

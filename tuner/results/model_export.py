@@ -8,6 +8,7 @@ in, shapes checked. The file holds Keras layers only, so plain
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from tuner.common.attrs import WEIGHTS_ARTIFACT
 from tuner.config.build import check_base_weights, trial_setup
 from tuner.config.spec import StudySpec
 from tuner.errors import RecipeError, StudyError, TunerError
-from tuner.recipes import Params, building
+from tuner.recipes import HEAD, Params, building
 from tuner.results.export import writing
 from tuner.space.params import format_params
 
@@ -96,8 +97,7 @@ def write_model(
         Extra export keys: ``model``, ``class_names``, ``validation_accuracy`` and,
         with a test split, ``test_accuracy``.
     """
-    if not spec.data.recipe:
-        check_base_weights(spec)  # before TensorFlow loads, and before Keras starts a download
+    check_base_weights(spec)  # before TensorFlow loads, and before Keras starts a download
     trial = trial if trial is not None else study.best_trial
     path = Path(path)
     if path.suffix != ".keras":
@@ -149,7 +149,7 @@ def _write_own(
 ) -> dict[str, Any]:
     """A data recipe's study: the model rebuilt on the data's shape, checked on its validation
     split with the metrics the trial logged."""
-    from tuner.training.model import build_part, ensure_compiled, portability_problems
+    from tuner.training.model import assemble, build_part, ensure_compiled, portability_problems
     from tuner.training.owndata import describe, load_splits
 
     setup = trial_setup(spec)
@@ -161,7 +161,16 @@ def _write_own(
     splits = load_splits(data, params, seed, batch)
     shape = describe(splits)
     with building(recipe, f"rebuild trial {best.number} ({format_params(best.params)})", "fix it"):
-        model = build_part(recipe, params, shape.input_shape, shape.outputs)
+        if recipe.kind == HEAD:  # a head on the frozen base, over the recipe's images
+            size = tuple(shape.input_shape[:2])
+            setup = dataclasses.replace(
+                setup, data=dataclasses.replace(setup.data, image_size=size)
+            )
+            built = assemble(setup, recipe, params, shape.outputs)
+            model, variables = built.model, built.trained
+        else:
+            model = build_part(recipe, params, shape.input_shape, shape.outputs)
+            variables = list(model.weights)
     if problems := portability_problems(model):
         raise RecipeError(
             f"the best model of model.recipe {recipe.name!r} uses {', '.join(problems)}, which "
@@ -169,7 +178,7 @@ def _write_own(
             "from keras.layers only (a string activation, no Lambda or custom layers) to export it"
         )
     ensure_compiled(model, best.params, shape.labels, recipe.name)
-    _load_weights(best, artifact, artifacts, list(model.weights))
+    _load_weights(best, artifact, artifacts, variables)
     with writing(path, "--model"):
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)

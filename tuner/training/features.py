@@ -20,9 +20,10 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from filelock import FileLock
@@ -41,9 +42,25 @@ from tuner.training.settings import TrialSetup
 # (split, images done, images in the split), called as the extraction goes
 Progress = Callable[[str, int, int], None]
 
+
+class ImageSource(Protocol):
+    """Images and their one-hot labels from somewhere other than class folders.
+
+    A data recipe's images (see :mod:`tuner.training.owndata`): ``fingerprint``
+    is the recipe's, which promises to change whenever the data does.
+    """
+
+    def fingerprint(self) -> str: ...
+
+    def count(self, split: str) -> int: ...
+
+    def batches(self, split: str) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
+
+
 __all__ = [
     "CACHE_VERSION",
     "FeatureSet",
+    "ImageSource",
     "cache_dir",
     "cache_key",
     "cache_reason",
@@ -83,6 +100,12 @@ def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
         return "cache.enabled is false"
     if (recipe or setup.recipe).kind != HEAD:
         return f"recipe {setup.model.recipe!r} trains its whole network"
+    data = setup.data_recipe
+    if data is not None and data.fingerprint is None:
+        return (
+            f"data.recipe {data.name!r} gives no fingerprint (set "
+            f"{data.name.partition(':')[2]}.fingerprint to a string that changes with the data)"
+        )
     if setup.model.trainable_base:
         return "model.trainable_base is true, so the base changes while training"
     if setup.data.augment:
@@ -110,7 +133,7 @@ def cache_key(setup: TrialSetup, dataset_fingerprint: str) -> str:
 
 def extract_features(
     extractor: keras.Model,
-    scan: DatasetScan,
+    scan: DatasetScan | ImageSource,
     split: str,
     setup: TrialSetup,
     progress: Progress | None = None,
@@ -125,12 +148,17 @@ def extract_features(
     """
     import tensorflow as tf
 
-    ds = load_split(scan, split, setup.data.image_size, setup.data.batch_size)
+    if isinstance(scan, DatasetScan):
+        batches: Iterable[tuple[Any, Any]] = load_split(
+            scan, split, setup.data.image_size, setup.data.batch_size
+        ).prefetch(tf.data.AUTOTUNE)
+    else:
+        batches = scan.batches(split)
     features, labels = [], []
     done, total = 0, scan.count(split)
-    for images, onehot in ds.prefetch(tf.data.AUTOTUNE):
+    for images, onehot in batches:
         features.append(extractor.predict_on_batch(images))
-        labels.append(onehot.numpy())
+        labels.append(np.asarray(onehot))
         done += len(labels[-1])
         if progress is not None:
             progress(split, done, total)
@@ -186,7 +214,7 @@ def _read_entry(
 
 def load_or_compute(
     setup: TrialSetup,
-    scan: DatasetScan,
+    scan: DatasetScan | ImageSource,
     splits: tuple[str, ...] = ("train", "validation"),
     *,
     on_compute: object = None,
@@ -196,7 +224,7 @@ def load_or_compute(
 
     Args:
         setup: supplies the base, weights, input size and cache folder.
-        scan: the validated dataset.
+        scan: the validated dataset, or a data recipe's images.
         splits: the splits to cache.
         on_compute: called with a message before a (slow) extraction starts.
         progress: called during the extraction, see :func:`extract_features`.

@@ -10,6 +10,7 @@ cached features, or the complete model) and trains it with Adam at its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from tuner.training.model import (
     ensure_compiled,
     save_trained_weights,
 )
-from tuner.training.owndata import DataShape, describe, load_splits
+from tuner.training.owndata import DataShape, OwnImages, describe, load_splits
 from tuner.training.probe import probe_points
 from tuner.training.settings import TrialSetup
 from tuner.training.trial_curve import write_learning_curve
@@ -66,10 +67,15 @@ Say = Callable[[str], None]
 
 @dataclass
 class OwnSource:
-    """A data recipe's data: loaded for each trial, its shape read once per worker."""
+    """A data recipe's data: loaded for each trial, its shape read once per worker.
+
+    ``setup`` is the worker's, its ``data.image_size`` that of the recipe's images
+    when a head on a frozen base trains on them.
+    """
 
     recipe: DataRecipe
     shape: DataShape
+    setup: TrialSetup
 
 
 @dataclass
@@ -86,6 +92,8 @@ class TrialData:
 
     @property
     def num_classes(self) -> int:
+        if self.own is not None:
+            return int(self.own.shape.outputs)
         assert self.scan is not None
         return len(self.scan.class_names)
 
@@ -115,7 +123,7 @@ def prepare_data(
     """
     recipe = setup.recipe
     if setup.data_recipe is not None:
-        return _prepare_own(setup, setup.data_recipe, say)
+        return _prepare_own(setup, setup.data_recipe, say, progress)
     assert scan is not None
     reason = feature_cache.cache_reason(setup, recipe)
     if reason is None:
@@ -136,16 +144,36 @@ def prepare_data(
     )
 
 
-def _prepare_own(setup: TrialSetup, recipe: DataRecipe, say: Say) -> TrialData:
-    """A data recipe's study: the data's shape from one load, at the space's first point."""
+def _prepare_own(
+    setup: TrialSetup, recipe: DataRecipe, say: Say, progress: feature_cache.Progress | None
+) -> TrialData:
+    """A data recipe's study: the data's shape from one load, at the space's first point.
+
+    A head on a frozen base trains on the recipe's images: on their cached features
+    when the recipe gives a fingerprint, else through the base every epoch.
+    """
     point = probe_points(setup.space)[0]
     splits = load_splits(recipe, Params(point), setup.model.seed, _batch_size(setup, point))
     shape = describe(splits)
-    say(
-        f"feature cache off: data.recipe {recipe.name!r} gives its own data, and each trial "
-        f"trains the whole model; {shape.shown()}"
-    )
-    return TrialData(None, "off", own=OwnSource(recipe, shape))
+    if setup.recipe.kind != HEAD:
+        say(
+            f"feature cache off: data.recipe {recipe.name!r} gives its own data, and each "
+            f"trial trains the whole model; {shape.shown()}"
+        )
+        return TrialData(None, "off", own=OwnSource(recipe, shape, setup))
+    size = tuple(shape.input_shape[:2])
+    setup = dataclasses.replace(setup, data=dataclasses.replace(setup.data, image_size=size))
+    own = OwnSource(recipe, shape, setup)
+    reason = feature_cache.cache_reason(setup)
+    if reason is None:
+        images = OwnImages(recipe, splits, shape)
+        fs = feature_cache.load_or_compute(setup, images, on_compute=say, progress=progress)
+        if fs.status == "hit":
+            say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
+        return TrialData(None, fs.status, features=fs, own=own)
+    say(f"feature cache off: {reason}; each trial runs the base over the images; {shape.shown()}")
+    extractor = None if setup.model.trainable_base else build_feature_extractor(setup)
+    return TrialData(None, "off", own=own, extractor=extractor)
 
 
 def _batch_size(setup: TrialSetup, point: dict[str, Any]) -> int:
@@ -180,12 +208,12 @@ def _fit(
 
     epochs, params = setup.train.epochs, Params(point)
     optimizer = point.get("optimizer", "adam")
-    if data.own is not None:
-        return _fit_own(setup, data.own, recipe, point, seed, callbacks, say)
     if data.features is not None:  # whole epochs in one compiled call, see tuner.training.headfit
         head = build_part(recipe, params, data.feature_dim, data.num_classes)
         trainer = data.trainer(setup.data.batch_size)
         return trainer.fit(head, point["learning_rate"], epochs, seed, callbacks, optimizer)
+    if data.own is not None:
+        return _fit_own(data.own, data.extractor, recipe, point, seed, callbacks, say)
     built = assemble(setup, recipe, params, data.num_classes, data.extractor)
     if built.part.compiled and built.part is not built.model:  # the recipe's own compile
         built.model.compile_from_config(built.part.get_compile_config())
@@ -213,8 +241,8 @@ def _say_once(line: str | None, say: Say) -> None:
 
 
 def _fit_own(
-    setup: TrialSetup,
     own: OwnSource,
+    extractor: keras.Model | None,
     recipe: Recipe,
     point: dict[str, Any],
     seed: int,
@@ -222,10 +250,15 @@ def _fit_own(
     say: Say,
 ) -> list[Any]:
     """A trial on a data recipe's data: load it, build and compile the model, fit."""
-    params = Params(point)
+    setup, params = own.setup, Params(point)
     splits = load_splits(own.recipe, params, seed, _batch_size(setup, point))
     keras.utils.set_random_seed(seed)
-    model = build_part(recipe, params, own.shape.input_shape, own.shape.outputs)
+    if recipe.kind == HEAD:  # the head on the frozen base, over the recipe's images
+        built = assemble(setup, recipe, params, own.shape.outputs, extractor)
+        model, trained = built.model, built.trained
+    else:
+        model = build_part(recipe, params, own.shape.input_shape, own.shape.outputs)
+        trained = list(model.weights)
     _say_once(ensure_compiled(model, point, own.shape.labels, recipe.name), say)
     model.fit(  # a NumPy split shuffles itself from the trial's seed; a dataset is the user's
         splits.train,
@@ -235,7 +268,7 @@ def _fit_own(
         verbose=0,
         callbacks=callbacks,
     )
-    return list(model.weights)
+    return trained
 
 
 def _upload(

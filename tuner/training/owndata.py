@@ -11,7 +11,7 @@ compiles the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +27,15 @@ from tuner.errors import RecipeError, one_line
 from tuner.recipes import DataRecipe, building
 from tuner.recipes.data import DATA_ADVICE
 
-__all__ = ["DataShape", "LabelKind", "Splits", "describe", "first_batch", "load_splits"]
+__all__ = [
+    "DataShape",
+    "LabelKind",
+    "OwnImages",
+    "Splits",
+    "describe",
+    "first_batch",
+    "load_splits",
+]
 
 LabelKind = Literal["classes", "onehot", "values", "several"]
 
@@ -244,3 +252,39 @@ def describe(splits: Splits) -> DataShape:
         width > 1 and y.ndim == 2 and np.isin(y, (0.0, 1.0)).all() and (y.sum(axis=1) == 1).all()
     )
     return DataShape(_plain(shape), width, "onehot" if onehot else "values")
+
+
+@dataclass
+class OwnImages:
+    """A data recipe's images as the feature cache reads them (a
+    :class:`~tuner.training.features.ImageSource`): labels one-hot, rows as given."""
+
+    recipe: DataRecipe
+    splits: Splits
+    shape: DataShape
+
+    def fingerprint(self) -> str:
+        return f"data.recipe {self.recipe.name} {self.recipe.fingerprint}"
+
+    def count(self, split: str) -> int:
+        part = self._part(split)
+        if isinstance(part, tf.data.Dataset) and self.splits.batched:
+            return int(sum(len(np.asarray(b[1])) for b in part))  # NumPy underneath: cheap
+        return 0  # not known before the pass
+
+    def batches(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        part = self._part(split)
+        if isinstance(part, keras.utils.PyDataset):
+            items: Any = (part[i] for i in range(part.num_batches or 0))
+        else:
+            items = part
+        for batch in items:
+            yield np.asarray(batch[0]), self.onehot(np.asarray(batch[1]))
+
+    def onehot(self, y: np.ndarray) -> np.ndarray:
+        if self.shape.labels == "classes":
+            return np.eye(self.shape.outputs, dtype=np.float32)[y.reshape(-1).astype(int)]
+        return y.astype(np.float32)
+
+    def _part(self, split: str) -> Any:
+        return self.splits.train if split == "train" else self.splits.validation

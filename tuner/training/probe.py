@@ -182,6 +182,25 @@ def _logged(
     return names
 
 
+def _check_images(recipe: Recipe, data: DataRecipe, shape: Any, base: str) -> None:
+    """A head on a frozen base needs images of classes: (height, width, 3) and class labels."""
+    dims = shape.input_shape
+    least = BASES[base].min_size
+    if isinstance(dims, dict) or len(dims) != 3 or dims[2] != 3 or min(dims[:2]) < least:
+        raise SpecError(
+            f"model.recipe {recipe.name!r} is a head on the frozen {base} base, which takes "
+            f"RGB images of at least {least}x{least}, but data.recipe {data.name!r} gives x of "
+            f"shape {dims}; give it images (height, width, 3), 0-255, or use a "
+            "build_model(params, input_shape, num_outputs) recipe"
+        )
+    if shape.labels not in ("classes", "onehot"):
+        raise SpecError(
+            f"model.recipe {recipe.name!r} is a head that classifies, but data.recipe "
+            f"{data.name!r} gives labels that are not classes ({shape.shown()}); give class "
+            "integers or one-hot rows, or use a build_model recipe"
+        )
+
+
 def _probe_own(setup: TrialSetup, recipe: Recipe, data: DataRecipe) -> list[str]:
     """A data recipe's study: its data loaded once, the model built at both edges of the
     space, compiled as a trial compiles it and trained on one batch of it."""
@@ -192,12 +211,6 @@ def _probe_own(setup: TrialSetup, recipe: Recipe, data: DataRecipe) -> list[str]
     from tuner.training.model import ensure_compiled
     from tuner.training.owndata import describe, first_batch, load_splits
 
-    if recipe.kind == HEAD:
-        raise SpecError(
-            f"model.recipe {recipe.name!r} builds a head on a frozen base's image features, "
-            "but data.recipe gives data of its own; write a build_model(params, input_shape, "
-            "num_outputs) recipe for it"
-        )
     points = probe_points(setup.space)
     params = Params(points[0])
     batch = int(points[0].get("batch_size", setup.data.batch_size))
@@ -206,6 +219,15 @@ def _probe_own(setup: TrialSetup, recipe: Recipe, data: DataRecipe) -> list[str]
     train, val = first_batch(splits.train), first_batch(splits.validation)
     warnings: list[str] = []
     read: set[str] = set(params.read) | ({"batch_size"} if splits.batched else set())
+    if recipe.kind == HEAD:
+        _check_images(recipe, data, shape, setup.model.base)
+        dim = BASES[setup.model.base].feature_dim
+        for point in points:
+            model, names = _build(recipe, point, dim, shape.outputs)
+            read |= names
+            warnings += _check_output(recipe, model, dim, shape.outputs)
+        check_metrics(setup, LOGGED_METRICS)
+        points = []  # what a head logs is known; the base is not built here
     for point in points:
         model, names = _build(recipe, point, shape.input_shape, shape.outputs)
         read |= names
