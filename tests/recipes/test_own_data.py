@@ -242,8 +242,10 @@ def _front(trials: list[FrozenTrial]) -> set[int]:
 def test_a_users_regression_on_two_workers(project: Path) -> None:
     log = _worker(project, "--workers", "2")
     assert "[w0]" in log and "[w1]" in log
-    assert "feature cache off: data.recipe 'mydata.recipes:load' gives its own data" in log
-    assert "input shape (5,), 1 target value" in log
+    assert (
+        "feature cache off: recipe 'mydata.models:build_model' trains its whole network; "
+        "data.recipe 'mydata.recipes:load' gives input shape (5,), 1 target value"
+    ) in log
     assert "finished val_mae=" in log
     study = _study(project, "regression")
     trials = study.trials
@@ -256,6 +258,7 @@ def test_a_users_regression_on_two_workers(project: Path) -> None:
             assert t.value == pytest.approx(t.user_attrs["epoch_values"][-1])
     status = run_tuner("status", "--study", "regression.toml", cwd=project, timeout=120)
     assert status.returncode == 0 and "val_mae" in status.stdout
+    assert "Feature cache off: recipe 'mydata.models:build_model' trains" in status.stdout
     result = _export(project, "regression", "--model", str(project / "best.keras"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: (t.value, t.number))

@@ -11,6 +11,7 @@ import socket
 
 __all__ = [
     "CACHE",
+    "CACHE_REASON",
     "CURVE_ARTIFACT",
     "EPOCH_SECONDS",
     "EPOCH_VALUES",
@@ -47,6 +48,7 @@ TRAIN_VALUES = "train_values"
 EPOCH_SECONDS = "epoch_seconds"
 # Where the trial ran: "hit", "miss" or "off" for the feature cache, and host:pid.
 CACHE = "cache"
+CACHE_REASON = "cache_reason"  # why the cache is "off"
 WORKER = "worker"
 # How it ended, where that applies.
 WARM_START = "warm_start"

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tuner.common.attrs import (
     CACHE,
+    CACHE_REASON,
     GAP,
     METRIC_GAP,
     SPACE_ATTR,
@@ -144,6 +145,8 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
             title = f"Pareto front: {len(choice.front)} trials, best first"
             out.append(_trials_table(summary, title, choice.front))
         out.append(_trials_table(summary, f"Top {len(summary.top)} trials", summary.top))
+        if reason := choice.best.user_attrs.get(CACHE_REASON):
+            out.append(f"Feature cache off: {reason}.")
     else:
         out.append("No complete trial yet.")
     if summary.running:

@@ -86,6 +86,7 @@ class TrialData:
     cache: str  # "hit", "miss" or "off"
     features: feature_cache.FeatureSet | None = None
     own: OwnSource | None = None
+    reason: str = ""  # why the feature cache is off, when it is
     val_ds: tf.data.Dataset | None = None
     extractor: keras.Model | None = field(default=None, repr=False)
     _trainer: HeadTrainer | None = field(default=None, repr=False)
@@ -139,6 +140,7 @@ def prepare_data(
     return TrialData(
         scan,
         "off",
+        reason=reason,
         val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
         extractor=extractor,
     )
@@ -156,11 +158,9 @@ def _prepare_own(
     splits = load_splits(recipe, Params(point), setup.model.seed, _batch_size(setup, point))
     shape = describe(splits)
     if setup.recipe.kind != HEAD:
-        say(
-            f"feature cache off: data.recipe {recipe.name!r} gives its own data, and each "
-            f"trial trains the whole model; {shape.shown()}"
-        )
-        return TrialData(None, "off", own=OwnSource(recipe, shape, setup))
+        why = f"recipe {setup.model.recipe!r} trains its whole network"
+        say(f"feature cache off: {why}; data.recipe {recipe.name!r} gives {shape.shown()}")
+        return TrialData(None, "off", own=OwnSource(recipe, shape, setup), reason=why)
     size = tuple(shape.input_shape[:2])
     setup = dataclasses.replace(setup, data=dataclasses.replace(setup.data, image_size=size))
     own = OwnSource(recipe, shape, setup)
@@ -173,7 +173,7 @@ def _prepare_own(
         return TrialData(None, fs.status, features=fs, own=own)
     say(f"feature cache off: {reason}; each trial runs the base over the images; {shape.shown()}")
     extractor = None if setup.model.trainable_base else build_feature_extractor(setup)
-    return TrialData(None, "off", own=own, extractor=extractor)
+    return TrialData(None, "off", own=own, extractor=extractor, reason=reason)
 
 
 def _batch_size(setup: TrialSetup, point: dict[str, Any]) -> int:
@@ -318,6 +318,8 @@ def _begin(trial: optuna.Trial, setup: TrialSetup, data: TrialData) -> int:
     for stale in attrs.STALE & trial.user_attrs.keys():
         trial.set_user_attr(stale, None)
     trial.set_user_attr(attrs.CACHE, data.cache)
+    if data.reason:
+        trial.set_user_attr(attrs.CACHE_REASON, data.reason)
     trial.set_user_attr(attrs.WORKER, attrs.worker_name())
     seed = setup.model.seed + trial.number
     if data.features is not None:
