@@ -164,8 +164,9 @@ def _arrays(value: Any, where: str, name: str) -> Any:
         raise RecipeError(f"{where} whose {name} is not an array ({one_line(e)})") from None
     if array.dtype == object or array.ndim == 0:
         raise RecipeError(
-            f"{where} whose {name} is a {type(value).__name__} that is not an array of numbers"
-            f"{' (a single value)' if array.ndim == 0 else ''}; give it one row per example"
+            f"{where} whose {name} is not an array of numbers (it is "
+            f"{'a single ' if array.ndim == 0 else ''}{type(value).__name__}); give it one row "
+            "of numbers per example"
         )
     return array.astype(np.float32) if array.dtype == np.float64 else array
 
