@@ -124,3 +124,31 @@ def test_the_order_depends_on_the_seed_and_epoch_only() -> None:
     assert not np.array_equal(epoch_order(7, 2, 50), epoch_order(7, 3, 50))
     assert not np.array_equal(epoch_order(7, 2, 50), epoch_order(8, 2, 50))
     assert sorted(epoch_order(7, 2, 50)) == list(range(50))
+
+
+def test_the_head_trains_with_the_optimizer_it_is_given() -> None:
+    import keras
+
+    from tuner.training.headfit import HeadTrainer
+
+    rng = np.random.default_rng(0)
+    features = {
+        s: rng.normal(size=(n, 8)).astype("float32")
+        for s, n in (("train", 40), ("validation", 10))
+    }
+    labels = {
+        s: np.eye(3, dtype="float32")[rng.integers(0, 3, len(v))] for s, v in features.items()
+    }
+    trainer = HeadTrainer(features, labels, 8)
+
+    def head() -> Any:
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+    def trained(optimizer: str) -> np.ndarray:
+        return np.asarray(trainer.fit(head(), 0.1, 2, 0, [], optimizer)[0])
+
+    sgd, adam = trained("sgd"), trained("adam")
+    assert np.allclose(trained("sgd"), sgd)  # the same optimizer gives the same head
+    assert not np.allclose(sgd, adam)
