@@ -326,7 +326,7 @@ def test_two_objectives_show_their_pareto_front(project: Path) -> None:
         "status", "--study", "regression.toml", f"--set=study.name={name}",
         f"--set=study.storage=sqlite:///{name}.db", cwd=project, timeout=120,
     )  # fmt: skip
-    assert f"Pareto front: {len(front)} trials" in status.stdout
+    assert f"Pareto front: {len(front)} trial" in status.stdout
 
 
 def test_the_constrained_form_prunes_and_exports_a_feasible_trial(project: Path) -> None:

@@ -142,7 +142,8 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
     if summary.top and choice is not None:
         out.append(_best_line(summary, choice))
         if len(summary.labels) > 1:
-            title = f"Pareto front: {len(choice.front)} trials, best first"
+            n = len(choice.front)
+            title = f"Pareto front: {n} trial{'s' if n != 1 else ''}, best first"
             out.append(_trials_table(summary, title, choice.front))
         out.append(_trials_table(summary, f"Top {len(summary.top)} trials", summary.top))
         if reason := choice.best.user_attrs.get(CACHE_REASON):
