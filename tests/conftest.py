@@ -172,7 +172,14 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     from tuner.cli import main
 
     def call(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
+        stamp = os.environ.get("TUNER_LOG_FORMAT")
+        try:
+            code = main(list(args))
+        finally:  # `tuner worker` sets it for its pool; another test's call starts afresh
+            if stamp is None:
+                os.environ.pop("TUNER_LOG_FORMAT", None)
+            else:
+                os.environ["TUNER_LOG_FORMAT"] = stamp
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -6,6 +6,7 @@ Every user error becomes one ``error: ...`` line on stderr and exit code 2;
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -81,6 +82,14 @@ SetOpt = Annotated[
         "Repeatable; values are TOML (numbers, true/false, [150, 150]) or plain strings.",
     ),
 ]
+class LogFormat(str, enum.Enum):
+    """How a worker stamps its progress lines (see tuner.common.console)."""
+
+    time = "time"
+    iso = "iso"
+    plain = "plain"
+
+
 DebugOpt = Annotated[
     bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
 ]
@@ -126,9 +135,20 @@ def worker(
             help="Continue an existing study although the spec's search space has changed.",
         ),
     ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="TUNER_LOG_FORMAT",
+            show_envvar=True,
+            help="How each progress line is stamped: time (13:45:02), iso "
+            "(2026-12-05T13:45:02+0000) or plain (no stamp).",
+        ),
+    ] = LogFormat.time,
     debug: DebugOpt = False,
 ) -> None:
     """Run trials of a study until it holds --n-trials finished trials. Ctrl-C stops cleanly."""
+    os.environ["TUNER_LOG_FORMAT"] = log_format.value  # the pool's children inherit it
     from tuner.runner.launch import launch
     from tuner.runner.pool import check_pool_size
     from tuner.runner.signals import Interrupted

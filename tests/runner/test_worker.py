@@ -202,11 +202,17 @@ def test_progress_lines_name_rate_epoch_accuracy_and_best(env: Env) -> None:
         *env.overrides(epochs=2), cwd=env.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # Every parameter by name, padded so that the columns of the log line up.
-    assert re.search(r"^trial 0 learning_rate=0\.0001 +epoch 1/2 ", done.stderr, re.M)
-    assert "val_acc=" in done.stderr
-    assert re.search(r"^trial 1 learning_rate=0\.001 +finished val_acc=", done.stderr, re.M)
-    assert "best so far: trial" in done.stderr
+    # The time, then every parameter by name, padded so that the columns of the log line up.
+    stamp = r"^\d\d:\d\d:\d\d "
+    assert re.search(stamp + r"trial 0 learning_rate=0\.0001 +epoch 1/2 ", done.stderr, re.M)
+    assert re.search(r"epoch 1/2 acc=\S+ val_acc=\S+ \(\d+(ms|\.\ds)\)$", done.stderr, re.M)
+    assert re.search(stamp + r"trial 1 learning_rate=0\.001 +finished val_acc=", done.stderr, re.M)
+    assert "new best: trial" in done.stderr or "best so far: trial" in done.stderr
+    plain = run_tuner(
+        "worker", "--study", "clothing", "--storage", env.url, "--n-trials", "3",
+        "--log-format", "plain", *env.overrides(epochs=1), cwd=env.root,
+    )  # fmt: skip
+    assert re.search(r"^trial 2 learning_rate=", plain.stderr, re.M), plain.stderr
 
 
 def test_worker_downloads_a_missing_dataset_first(env: Env, zip_server: str) -> None:
@@ -251,7 +257,7 @@ def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_
     announce = _Announcer(study)
     frozen = study.trials
     announce(study, frozen[0])  # before any read: only the trial itself is known
-    assert "best so far: trial 0" in capsys.readouterr().err
+    assert "finished val_acc=0.5000; new best: trial 0" in capsys.readouterr().err
     announce.seen(frozen)
     announce(study, frozen[2])
     assert "trial 2 x=0.25 finished val_acc=0.2500; best so far: trial 1 x=0.75" in (
@@ -259,4 +265,12 @@ def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_
     )
     pruned = optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.9})
     announce(study, pruned)
-    assert "best so far: trial 1" in capsys.readouterr().err
+    assert "best so far" not in capsys.readouterr().err  # said once, when it changed
+    tie = optuna.trial.create_trial(
+        params={"x": 0.75},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+        value=0.75,
+    )
+    tie.number = 9
+    announce(study, tie)
+    assert "best" not in capsys.readouterr().err  # a tie keeps the earlier trial

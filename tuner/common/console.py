@@ -19,6 +19,8 @@ from rich.progress import (
 )
 
 __all__ = [
+    "LOG_FORMATS",
+    "LOG_FORMAT_ENV",
     "PlainProgress",
     "count_progress",
     "download_progress",
@@ -33,14 +35,31 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 PLAIN_EVERY_S = 5.0
 
 
+# How progress lines are stamped: "time" (13:45:02), "iso" (the date, the time with its
+# zone: 2026-12-05T13:45:02+0000) or "plain" (none, the default outside `tuner worker`,
+# whose --log-format sets it, "time" unless told). Pool children inherit it.
+LOG_FORMAT_ENV = "TUNER_LOG_FORMAT"
+LOG_FORMATS = ("time", "iso", "plain")
+
+
+def _stamp() -> str:
+    kind = os.environ.get(LOG_FORMAT_ENV, "plain")
+    if kind == "plain":
+        return ""
+    if kind == "iso":
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z ")
+    return time.strftime("%H:%M:%S ")
+
+
 def _prefix() -> str:
     index = os.environ.get("TUNER_WORKER_INDEX")
     return f"[w{index}] " if index is not None else ""
 
 
 def say(message: str) -> None:
-    """One progress line, prefixed with the worker's index inside a pool."""
-    err_console.print(f"{_prefix()}{message}", markup=False)
+    """One progress line: the time (see :data:`LOG_FORMAT_ENV`), the worker's index inside
+    a pool, the message."""
+    err_console.print(f"{_stamp()}{_prefix()}{message}", markup=False)
 
 
 def warn(message: str) -> None:

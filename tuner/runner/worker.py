@@ -84,6 +84,7 @@ class _Announcer:
         self.labels = value_labels(study)  # val_acc, val_loss, gap, ...
         self.max_gap = max_gap
         self.best: FrozenTrial | None = None
+        self.said_best: int | None = None  # the best trial the last line named
 
     def seen(self, trials: list[FrozenTrial]) -> None:
         """The study's trials as just read; the best COMPLETE one is remembered."""
@@ -125,11 +126,16 @@ class _Announcer:
             outcome = f"failed ({trial.user_attrs.get(FAIL_REASON, 'see the log above')})"
         best = self.best
         if best is None:
-            best_text = "no finished trial yet"
+            best_text = "; no finished trial yet"
+        elif best.number != self.said_best:  # said when it changes, not on every line
+            self.said_best = best.number
+            new = "new best" if best.number == trial.number else "best so far"
+            best_text = f"; {new}: trial {best.number}"
+            if best.number != trial.number:
+                best_text += f" {format_params(best.params)} {self._values(best)}"
         else:
-            best_text = f"best so far: trial {best.number} {format_params(best.params)} "
-            best_text += self._values(best)
-        say(f"trial {trial.number} {params} {outcome}; {best_text}")
+            best_text = ""
+        say(f"trial {trial.number} {params} {outcome}{best_text}")
 
 
 class _Waiting:

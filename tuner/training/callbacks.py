@@ -98,7 +98,7 @@ class EpochRecorder(keras.callbacks.Callback):
         text = " ".join(f"{metric_label(n)}={_number(n, float(logs[n]))}" for n in names)
         if not names:  # a metric the model does not log: say so rather than nothing
             text = f"{metric_label(self.metric)}=nan"
-        return f"{text} ({self.epoch_seconds[-1]:.1f}s)"
+        return f"{text} ({_duration(self.epoch_seconds[-1])})"
 
     def flush(self) -> None:
         """Write the attributes recorded so far to the trial."""
@@ -117,6 +117,11 @@ class EpochRecorder(keras.callbacks.Callback):
         for key, value in record.items():
             self.trial.set_user_attr(key, value)
         self._flushed = time.perf_counter()
+
+
+def _duration(seconds: float) -> str:
+    """An epoch's time as it reads at its speed: ``43ms`` for a cached head, ``12.1s``."""
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
 def _number(name: str, value: float) -> str:
