@@ -82,6 +82,8 @@ SetOpt = Annotated[
         "Repeatable; values are TOML (numbers, true/false, [150, 150]) or plain strings.",
     ),
 ]
+
+
 class LogFormat(str, enum.Enum):
     """How a worker stamps its progress lines (see tuner.common.console)."""
 

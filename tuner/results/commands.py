@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tuner.common.console import warn
 from tuner.config.build import (
     artifact_dir,
     artifact_store,
@@ -21,6 +22,7 @@ from tuner.results.export import best_result, check_output, write_json, write_pl
 from tuner.results.status import render_status, summarize, workers_line
 from tuner.space.params import format_params
 from tuner.storages.storage import redact_url
+from tuner.study.choice import tie_line
 from tuner.study.opening import value_labels
 
 __all__ = ["dashboard", "export_study", "show_status"]
@@ -88,6 +90,9 @@ def export_study(
     if out is None:
         return result.to_json(spec, extra)
     write_json(result, spec, out, extra)
+    if result.tied:
+        complete = result.states.get("COMPLETE", 0)
+        warn(tie_line(complete, value_labels(found)[0], result.best_value))
     values = ", ".join(
         f"{label} {v:.4f}"
         for label, v in zip(value_labels(found), result.best_values, strict=False)

@@ -22,7 +22,7 @@ from tuner.config.spec import StudySpec, spec_to_dict
 from tuner.errors import StudyError, TunerError
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
-from tuner.study.choice import choose, ranked
+from tuner.study.choice import choose, ranked, tied_value
 
 __all__ = ["BestResult", "best_result", "check_output", "write_json", "write_plots"]
 
@@ -46,6 +46,7 @@ class BestResult:
     best_trials: tuple[dict[str, Any], ...] = ()  # the Pareto front (the best, for one)
     feasible: bool | None = None  # the best trial's gap is within objective.max_gap
     max_gap: float = 0.0
+    tied: bool = False  # every complete trial scored the same: the best is only the earliest
 
     def to_json(self, spec: StudySpec | None = None, extra: dict[str, Any] | None = None) -> dict:
         data: dict[str, Any] = {
@@ -65,6 +66,8 @@ class BestResult:
         }
         if self.max_gap > 0:
             data["max_gap"], data["feasible"] = self.max_gap, self.feasible
+        if self.tied:
+            data["tied"] = True
         data.update(extra or {})
         if spec is not None:
             data["spec"] = spec_to_dict(spec)
@@ -112,6 +115,7 @@ def best_result(study: optuna.Study, max_gap: float = 0.0) -> BestResult:
         ),
         feasible=choice.feasible,
         max_gap=choice.max_gap,
+        tied=tied_value(trials) is not None,
     )
 
 

@@ -164,7 +164,7 @@ def _note_figure(title: str, text: str) -> Figure:
 
 
 def importances_figure(study: optuna.Study) -> Figure:
-    """Optuna's hyperparameter importances (fANOVA over the complete trials)."""
+    """Optuna's hyperparameter importances (PED-ANOVA, its default, over the complete trials)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     try:
         fig = _optuna_figure("plot_param_importances", study)

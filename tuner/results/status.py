@@ -23,7 +23,7 @@ from tuner.common.attrs import (
 )
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
-from tuner.study.choice import Choice, choose, ranked
+from tuner.study.choice import Choice, choose, ranked, tie_line, tied_value
 from tuner.study.opening import value_labels
 from tuner.study.phases import WorkerPhase, read_phases
 
@@ -45,6 +45,7 @@ class StudySummary:
     label: str = "val_acc"  # the trials' value: the study's metric
     labels: list[str] = field(default_factory=list)  # one per objective; [label] for one
     choice: Choice | None = None  # the best trial by tuner.study.choice's rule
+    all_trials: list[FrozenTrial] = field(default_factory=list)
 
     @property
     def alive(self) -> list[WorkerPhase]:
@@ -76,7 +77,7 @@ def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> Stud
     labels = value_labels(study)
     return StudySummary(
         study.study_name, states, top, running, now, params, gave_up(study), workers,
-        labels[0], labels, choose(study, max_gap),
+        labels[0], labels, choose(study, max_gap), trials,
     )  # fmt: skip
 
 
@@ -146,6 +147,9 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
             title = f"Pareto front: {n} trial{'s' if n != 1 else ''}, best first"
             out.append(_trials_table(summary, title, choice.front))
         out.append(_trials_table(summary, f"Top {len(summary.top)} trials", summary.top))
+        complete = [t for t in summary.all_trials if t.state == TrialState.COMPLETE]
+        if (tied := tied_value(complete)) is not None:
+            out.append(f"Note: {tie_line(len(complete), summary.label, tied)}.")
         if reason := choice.best.user_attrs.get(CACHE_REASON):
             out.append(f"Feature cache off: {reason}.")
     else:

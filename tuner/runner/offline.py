@@ -48,7 +48,14 @@ def offline_advice(spec: StudySpec, *, data_ready: bool) -> str:
         command += f" --set model.weights={weights}"
     elif base is not None and weights == "imagenet" and not _cached(base):
         command += f" --set model.weights=PATH/{base.imagenet_file}"
-        needs.append(f"{base.weights_file} (or model.weights=none for a random base)")
+        needs.append(base.weights_file)
+        data = spec.data.dir if data_ready else f"PATH/{folder}"
+        scratch = f"tuner worker --study clothing-scratch --set data.dir={data}"
+        return (
+            f"run `{command}` with {' and '.join(needs)}; or, to learn without any download, "
+            f"run `{scratch}` (a small CNN trained from scratch; model.weights=none would give "
+            "this study a random base, whose features the head cannot learn from)"
+        )
     return f"run `{command}`" + (f" with {' and '.join(needs)}" if needs else "")
 
 

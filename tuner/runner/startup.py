@@ -19,6 +19,7 @@ from tuner.config.build import check_base_weights, open_study, resolve_checked, 
 from tuner.config.join import check_joinable
 from tuner.config.spec import StudySpec
 from tuner.errors import DataError
+from tuner.recipes import Recipe
 from tuner.runner.offline import offline_advice, spec_names_folder
 from tuner.runner.pool import CHECKED_DATA_ENV
 from tuner.training.probe import probe
@@ -117,6 +118,20 @@ def ensure_dataset(
     return scan
 
 
+def random_base_warning(spec: StudySpec, recipe: Recipe) -> str | None:
+    """A head on a base with random weights cannot learn: say so, with the ways out."""
+    base = recipe.base(spec.model.base)
+    if base is None or spec.model.weights != "none" or spec.model.trainable_base:
+        return None
+    return (
+        f"model.weights = none gives the frozen {base.display} base random weights, whose "
+        "features carry almost nothing to learn from: expect every trial near the majority "
+        f"class. For results that mean something offline, give the weights file "
+        f"(--set model.weights=PATH/{base.imagenet_file}), or run the study that learns "
+        "without downloads: tuner worker --study clothing-scratch"
+    )
+
+
 def preflight(
     spec: StudySpec,
     storage: BaseStorage,
@@ -155,6 +170,8 @@ def preflight(
         check()
         check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
         messages = probe(trial_setup(spec, recipe), recipe, len(scan.class_names))
+    if (line := random_base_warning(spec, recipe)) is not None:  # once all checks passed
+        messages.insert(0, line)
     for message in messages:
         warn(message)
     study = open_study(

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common import attrs
 from tuner.common.attrs import FAIL_REASON, SPACE_ATTR, worker_name
-from tuner.common.console import say
+from tuner.common.console import say, warn
 from tuner.config.build import artifact_store, note_for, open_study, sampler_budget, trial_setup
 from tuner.config.spec import StudySpec
 from tuner.errors import SpecError, TrialLost, TunerError
@@ -31,7 +31,7 @@ from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
 from tuner.storages.storage import BudgetLock, fatal_message, redact_url
-from tuner.study.choice import feasible, ranked
+from tuner.study.choice import feasible, ranked, tie_line, tied_value
 from tuner.study.opening import value_labels
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
 from tuner.study.pruners import pruner_name
@@ -85,6 +85,8 @@ class _Announcer:
         self.max_gap = max_gap
         self.best: FrozenTrial | None = None
         self.said_best: int | None = None  # the best trial the last line named
+        self.finished: dict[int, FrozenTrial] = {}  # complete trials, to notice a tie
+        self.said_tie = False
 
     def seen(self, trials: list[FrozenTrial]) -> None:
         """The study's trials as just read; the best COMPLETE one is remembered."""
@@ -136,6 +138,10 @@ class _Announcer:
         else:
             best_text = ""
         say(f"trial {trial.number} {params} {outcome}{best_text}")
+        tied = tied_value(list(self.finished.values()))
+        if tied is not None and not self.said_tie:
+            self.said_tie = True
+            warn(tie_line(len(self.finished), self.labels[0], tied))
 
 
 class _Waiting:

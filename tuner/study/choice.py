@@ -22,7 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common.attrs import METRIC_GAP
 
-__all__ = ["Choice", "choose", "ranked"]
+__all__ = ["TIE_AT", "Choice", "choose", "ranked", "tie_line", "tied_value"]
+
+TIE_AT = 3  # complete trials that must all score the same before it is said
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,21 @@ def choose(study: optuna.Study, max_gap: float = 0.0) -> Choice | None:
     within = [t for t in order if feasible(t, max_gap)]
     best = within[0] if within else order[0]
     return Choice(best, [best], feasible=bool(within), max_gap=max_gap)
+
+
+def tied_value(trials: Sequence[FrozenTrial]) -> float | None:
+    """The value every complete trial shares, once there are :data:`TIE_AT`; else None."""
+    values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if len(values) < TIE_AT or max(values) - min(values) > 1e-9:
+        return None
+    return values[0]
+
+
+def tie_line(count: int, label: str, value: float) -> str:
+    """What a tie means, said once by the worker, and by status and export."""
+    return (
+        f"all {count} finished trials score {label}={value:.4f}: the search cannot tell their "
+        "hyperparameters apart, and the best trial is only the earliest; the model learns "
+        "nothing yet (a base with random weights, too few epochs, or a range of rates that "
+        "all fail)"
+    )
