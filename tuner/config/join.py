@@ -7,6 +7,7 @@ are only comparable within one search space.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from optuna.storages import BaseStorage
 
 from tuner.common.attrs import SPACE_ATTR, SPEC_ATTR
 from tuner.common.console import warn
-from tuner.config.spec import StudySpec, spec_from_dict
+from tuner.config.spec import StudySpec, spec_from_dict, spec_to_dict
 from tuner.errors import SpecError, StudyError
 from tuner.space.tables import parse_param
 
@@ -24,6 +25,7 @@ __all__ = [
     "budget_difference",
     "check_fit",
     "check_joinable",
+    "joined_spec",
     "stored_study_spec",
     "training_budget",
     "training_setup",
@@ -166,3 +168,53 @@ def budget_difference(study: optuna.Study, spec: StudySpec) -> str | None:
         f"study {spec.study.name!r} was created with {diff[0]}, this worker has {diff[1]}; "
         "its trials are compared with the others as equals"
     )
+
+
+# Sections a joining worker takes from the study; [search] stays the spec file's, so that an
+# edited space is still noticed (and refused, or accepted with --accept-space-change).
+JOINED_SECTIONS = ("data", "model", "train", "sampler", "pruner", "objective", "cache", "storage")
+
+
+def joined_spec(
+    spec: StudySpec, storage: BaseStorage, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[StudySpec, dict[str, Any]]:
+    """A worker joining an existing study takes the study's stored settings, its ``--set``
+    options on top; returns the spec and the settings taken that the spec file had otherwise.
+
+    So a second worker needs none of the first one's ``--set`` options. A setting given
+    with ``--set`` that differs from the study's is still refused by :func:`check_joinable`.
+
+    A stored ``data.dir`` that does not exist on this machine is not taken: the
+    worker's own folder is used (and downloaded into, as for a new study).
+    """
+    if spec.study.name not in optuna.study.get_all_study_names(storage):
+        return spec, {}
+    study = optuna.load_study(study_name=spec.study.name, storage=storage)
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return spec, {}
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        return spec, {}
+    mine = spec_to_dict(spec)
+    merged = {**mine, **{k: data[k] for k in JOINED_SECTIONS if k in data}}
+    try:
+        joined = spec_from_dict(merged, overrides, where=f"study {spec.study.name!r}")
+    except SpecError:  # stored by another version of tuner: keep the worker's own
+        return spec, {}
+    joined = dataclasses.replace(joined, study=spec.study, spec_file=spec.spec_file)
+    taken = {
+        f"{section}.{key}": value
+        for section in JOINED_SECTIONS
+        for key, value in spec_to_dict(joined).get(section, {}).items()
+        if mine.get(section, {}).get(key) != value
+    }
+    if "data.dir" in taken and not Path(joined.data.dir).exists():
+        # The folder is the creating machine's; here the worker's own (the spec file's, which
+        # it may download into, or its --set) is the one that can work.
+        joined = dataclasses.replace(
+            joined, data=dataclasses.replace(joined.data, dir=spec.data.dir)
+        )
+        del taken["data.dir"]
+    return joined, taken

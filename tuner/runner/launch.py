@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from tuner.common.attrs import worker_name
 from tuner.common.console import say
 from tuner.config.build import open_spec_storage
+from tuner.config.join import joined_spec
 from tuner.config.spec import StudySpec
 from tuner.runner.pool import check_pool_size, pool_argv, run_pool
 from tuner.runner.signals import StopSignals
@@ -52,6 +53,13 @@ def launch(
     check_pool_size(workers)
     with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
         opened = open_spec_storage(url, spec)
+        spec, taken = joined_spec(spec, opened, overrides)
+        if taken and "TUNER_WORKER_INDEX" not in os.environ:  # a pool's parent said it
+            shown = ", ".join(f"{k}={v}" for k, v in taken.items())
+            say(
+                f"joining study {spec.study.name!r} with its stored settings: {shown} "
+                "(--set KEY=VALUE gives this worker its own, if the study allows it)"
+            )
         if workers > 1:
             with PhaseBoard(opened, spec.study.name, worker_name()) as board:
                 # Check and download once, here; the children then find the data ready.
