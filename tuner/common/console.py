@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -64,7 +65,7 @@ def say(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning line."""
-    err_console.print(f"{_prefix()}[yellow]warning:[/yellow] ", end="")
+    err_console.print(f"{escape(_stamp() + _prefix())}[yellow]warning:[/yellow] ", end="")
     err_console.print(message, markup=False)
 
 

@@ -40,7 +40,10 @@ def configure_threads(threads: int | None) -> None:
     inter = max(1, min(2, threads))
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = str(inter)
-    import tensorflow as tf
+    from tuner.common.tfload import quiet_tensorflow
+
+    with quiet_tensorflow():  # TensorFlow's start-up lines (absl, oneDNN) stay out of the log
+        import tensorflow as tf
 
     with contextlib.suppress(RuntimeError):  # already initialised: keep its setting
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -170,8 +173,9 @@ def preflight(
         check()
         check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
         messages = probe(trial_setup(spec, recipe), recipe, len(scan.class_names))
-    if (line := random_base_warning(spec, recipe)) is not None:  # once all checks passed
-        messages.insert(0, line)
+    first = os.environ.get(CHECKED_DATA_ENV) is None  # not a pool's child: its parent said it
+    if first and (line := random_base_warning(spec, recipe)) is not None:
+        messages.insert(0, line)  # once all checks passed
     for message in messages:
         warn(message)
     study = open_study(
