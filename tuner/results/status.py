@@ -53,6 +53,9 @@ class StudySummary:
         return [w for w in self.workers if w.alive(_utc(self.now))]
 
 
+RECENT_S = 300.0  # workers that ended longer ago fold into one row of the Workers table
+
+
 def _utc(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.timezone.utc)
 
@@ -152,8 +155,8 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
             out.append(f"Note: {tie_line(len(complete), summary.label, tied)}.")
         if reason := choice.best.user_attrs.get(CACHE_REASON):
             out.append(f"Feature cache off: {reason}.")
-    else:
-        out.append("No complete trial yet.")
+    elif summary.alive:
+        out.append(f"No complete trial yet; {workers_line(summary)}.")
     if summary.running:
         running = Table(title="Running trials", title_justify="left")
         for col in ("trial", *summary.params, "epochs done", "worker", "elapsed"):
@@ -204,8 +207,16 @@ def _workers_table(summary: StudySummary) -> Table:
     for col in ("worker", "phase", "progress", "last seen"):
         table.add_column(col, justify="left" if col != "last seen" else "right")
     now = _utc(summary.now)
-    for w in summary.workers:
+    shown, folded = [], []
+    for w in summary.workers:  # those that ended a while ago fold into one row
+        ended = not w.alive(now) and w.age(now) > RECENT_S
+        (folded if ended else shown).append(w)
+    for w in shown:
         age = w.age(now)
         gone = "" if w.phase == "exited" or w.alive(now) else " (silent: dead?)"
         table.add_row(w.worker, w.phase, w.progress or "-", f"{age:.0f} s ago{gone}")
+    if folded:
+        last = min(w.age(now) for w in folded)
+        what = f"{len(folded)} earlier worker{'s' if len(folded) > 1 else ''}"
+        table.add_row(what, "ended", "-", f"{last:.0f} s ago and before")
     return table
