@@ -215,6 +215,16 @@ def export(
         bool,
         typer.Option("--mkdir", help="Create the folders of --out, --model and --plots."),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite outputs that exist (refused otherwise)."),
+    ] = False,
+    no_test: Annotated[
+        bool,
+        typer.Option(
+            "--no-test", help="Check the exported model on the validation split only, not test/."
+        ),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Export the best hyperparameters (JSON), the plots and the best model."""
@@ -222,7 +232,7 @@ def export(
 
     spec, url = _load(study, storage, set_)
     result = export_study(spec, url, overrides=set_ or [], out=out, model=model, plots=plots,
-                          mkdir=mkdir, say=say)  # fmt: skip
+                          mkdir=mkdir, force=force, test=not no_test, say=say)  # fmt: skip
     if result is not None:
         typer.echo(json.dumps(result, indent=2))
 

@@ -52,6 +52,8 @@ def export_study(
     model: Path | None = None,
     plots: Path | None = None,
     mkdir: bool = False,
+    force: bool = False,
+    test: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Export the best trial: JSON to ``out``, PNGs to ``plots``, the model to ``model``.
@@ -68,7 +70,7 @@ def export_study(
     for path, option, folder in ((out, "--out", False), (model, "--model", False),
                                  (plots, "--plots", True)):  # fmt: skip
         if path is not None:
-            check_output(path, option, folder=folder, mkdir=mkdir)
+            check_output(path, option, folder=folder, mkdir=mkdir, force=force)
     found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
     spec = stored_spec(found, spec, list(overrides))
     result = best_result(found, spec.objective.max_gap)
@@ -80,7 +82,8 @@ def export_study(
         from tuner.results.model_export import write_model  # loads TensorFlow
 
         chosen = found.get_trials(deepcopy=False)[result.best_trial]
-        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say, trial=chosen)
+        extra = write_model(found, spec, artifact_dir(url, spec), model, say=say, trial=chosen,
+                            test=test)  # fmt: skip
         say(f"wrote {model}")
     if out is None:
         return result.to_json(spec, extra)

@@ -142,7 +142,9 @@ def writing(path: Path, option: str) -> Iterator[None]:
         ) from None
 
 
-def check_output(path: Path, option: str, *, folder: bool = False, mkdir: bool = False) -> None:
+def check_output(
+    path: Path, option: str, *, folder: bool = False, mkdir: bool = False, force: bool = False
+) -> None:
     """Fail before any work when ``path`` cannot be written: a file in the way, no rights.
 
     Export checks every output first, so a bad ``--out`` does not surface only after
@@ -159,6 +161,13 @@ def check_output(path: Path, option: str, *, folder: bool = False, mkdir: bool =
             raise NotADirectoryError(20, f"{existing} is a file, not a folder")
         if existing is not None:
             probe_writable(existing)
+    taken = [path] if not folder else sorted(path.glob("*.png")) if path.is_dir() else []
+    if taken and taken[0].exists() and not force:
+        what = f"{path} exists" if not folder else f"{path} holds plots already ({taken[0].name})"
+        raise TunerError(
+            f"{what}; add --force to overwrite, or give {option} another path (such as one "
+            "named after the study)"
+        )
     if not mkdir and not path.parent.is_dir():
         raise TunerError(
             f"cannot write {path}: its folder {path.parent.absolute()} does not exist; create "

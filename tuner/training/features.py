@@ -64,6 +64,7 @@ __all__ = [
     "cache_dir",
     "cache_key",
     "cache_reason",
+    "cached_features",
     "extract_features",
     "load_or_compute",
 ]
@@ -210,6 +211,19 @@ def _read_entry(
             log.warning("feature cache entry %s is unreadable; recomputing it", entry)
         return None
     return FeatureSet(features, labels, "hit", key)
+
+
+def cached_features(
+    setup: TrialSetup, scan: DatasetScan, splits: tuple[str, ...] = ("train", "validation")
+) -> FeatureSet | None:
+    """The cache's features for the spec and dataset when the workers left them; never computes.
+
+    ``scan`` must hold exactly the splits the workers scanned (its fingerprint is the key's).
+    """
+    if cache_reason(setup) is not None:
+        return None
+    key = cache_key(setup, scan.fingerprint())
+    return _read_entry(cache_dir(setup) / "features" / key, splits, key, quiet=True)
 
 
 def load_or_compute(
