@@ -98,6 +98,28 @@ def test_model_loads_plainly_and_reproduces_validation_accuracy(exported: tuple)
         total += len(labels)
     assert abs(right / total - result["best_value"]) <= 1 / total + 1e-6
     assert 0.0 <= result["test_accuracy"] <= 1.0
+    # scored on the workers' cached features: the same accuracy as the model on the images
+    assert result["validation_accuracy"] == pytest.approx(right / total, abs=1e-6)
+
+
+def test_export_refuses_to_overwrite_without_force(exported: tuple, cli: Cli) -> None:
+    env, _, out = exported
+    before = (out / "best.json").read_text()
+    for option, path in (("--out", out / "best.json"), ("--model", out / "best.keras"),
+                         ("--plots", out / "plots")):  # fmt: skip
+        code, _, err = cli("export", "--storage", env.url, option, str(path))
+        assert code == 2, err
+        assert f"{path}" in err and "add --force to overwrite" in err
+        assert len(err.strip().splitlines()) == 1
+    assert (out / "best.json").read_text() == before
+    code, _, err = cli(
+        "export", "--storage", env.url, "--out", str(out / "best.json"), "--force",
+        "--model", str(out / "again.keras"), "--no-test",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "validation accuracy" in err and "its cached features" in err
+    assert "test accuracy" not in err
+    assert "test_accuracy" not in json.loads((out / "best.json").read_text())
 
 
 def test_each_finished_trial_keeps_its_learning_curve(exported: tuple) -> None:
