@@ -366,7 +366,7 @@ def test_the_constrained_form_prunes_and_exports_a_feasible_trial(project: Path)
         (["data.recipe=load.csv"], "must name a function of yours as module:function"),
         (["model.recipe=mydata.models:build_fixed"], "does not fit the model of model.recipe"),
         (["objective.metric=val_r2"], "is not a metric the model logs (it logs loss, mae"),
-        (["model.recipe=xception-head"], "builds a head on a frozen base's image features"),
+        (["model.recipe=xception-head"], "is a head on the frozen xception base, which takes"),
         (['search.optimizer.choices=["adam", "fast"]'], "search.optimizer must choose among"),
     ],
 )

@@ -39,13 +39,17 @@ def offline_advice(spec: StudySpec, *, data_ready: bool) -> str:
     """
     source = DATASETS.get(spec.data.source)
     folder = source.folder.removesuffix("-master") if source else "DATASET"
-    command = f"{worker_command(spec)} --set data.dir="
-    command += spec.data.dir if data_ready else f"PATH/{folder}"
+    command = worker_command(spec)
+    if not spec.data.recipe:  # a data recipe's study has no data folder
+        command += " --set data.dir=" + (spec.data.dir if data_ready else f"PATH/{folder}")
     needs: list[str] = [] if data_ready else ["a copy of the dataset's train/ and validation/"]
     base = recipe_for(spec).base(spec.model.base)
     weights = spec.model.weights
     if base is not None and weights not in ("imagenet", "none"):
         command += f" --set model.weights={weights}"
+    elif base is not None and weights == "imagenet" and not _cached(base) and spec.data.recipe:
+        command += f" --set model.weights=PATH/{base.imagenet_file}"
+        needs.append(base.weights_file)
     elif base is not None and weights == "imagenet" and not _cached(base):
         command += f" --set model.weights=PATH/{base.imagenet_file}"
         needs.append(base.weights_file)

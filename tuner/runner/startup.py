@@ -166,8 +166,8 @@ def preflight(
     publish("checking data")
     scan = None
     if spec.data.recipe:  # the user's own data: loaded, and checked to fit, by the probe
-        check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
         messages = probe(trial_setup(spec, recipe), recipe, 0)
+        check_base_weights(spec, offline=offline_advice(spec, data_ready=True))
     else:
         scan = ensure_dataset(spec, check, publish)
         check()
