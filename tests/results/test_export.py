@@ -212,7 +212,7 @@ def test_sweep_curves_are_labelled_by_the_parameters_that_vary() -> None:
     from tuner.results.export import _labels
 
     rates = [_frozen(0, {"learning_rate": 1e-3}), _frozen(1, {"learning_rate": 1e-2})]
-    assert sorted(_labels(rates).values()) == ["0.001", "0.01"]  # as in the manual sweep
+    assert sorted(_labels(rates).values()) == ["learning_rate=0.001", "learning_rate=0.01"]
     points = [
         _frozen(0, {"learning_rate": 1e-3, "size_inner": 10, "droprate": 0.2}),
         _frozen(1, {"learning_rate": 1e-3, "size_inner": 100, "droprate": 0.2}),

@@ -20,7 +20,7 @@ from tuner.common.attrs import GAP, METRIC_NAME, TRAIN_ACCURACY, TRAIN_VALUES, W
 from tuner.common.paths import nearest_existing, probe_writable
 from tuner.config.spec import StudySpec, spec_to_dict
 from tuner.errors import StudyError, TunerError
-from tuner.space.params import format_params, format_value
+from tuner.space.params import format_params
 from tuner.storages.retries import gave_up
 from tuner.study.choice import choose, ranked, tied_value
 
@@ -187,13 +187,11 @@ def _sort_key(trial: FrozenTrial) -> tuple[tuple[int, Any], ...]:
 def _labels(trials: list[FrozenTrial]) -> dict[int, str]:
     """Each trial's label on the sweep chart: the parameters that vary among ``trials``.
 
-    When only the learning rate varies, the label is the bare rate, as in the
-    manual sweep's ``train=0.001``.
+    The parameters are named (``learning_rate=0.001``); when the labels would crowd
+    the chart, trials are named by number instead.
     """
     names = list(dict.fromkeys(n for t in trials for n in t.params))
     varying = [n for n in names if len({repr(t.params.get(n)) for t in trials}) > 1] or names
-    if varying == ["learning_rate"]:
-        return {t.number: format_value(t.params.get("learning_rate")) for t in trials}
     labels = {
         t.number: format_params({n: t.params[n] for n in varying if n in t.params}) for t in trials
     }

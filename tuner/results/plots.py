@@ -28,6 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common.attrs import EPOCH_VALUES
+from tuner.study.choice import tied_value
 
 __all__ = [
     "accuracy_vs_rate_figure",
@@ -166,6 +167,12 @@ def _note_figure(title: str, text: str) -> Figure:
 def importances_figure(study: optuna.Study) -> Figure:
     """Optuna's hyperparameter importances (PED-ANOVA, its default, over the complete trials)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if (tied := tied_value(complete)) is not None:
+        return _note_figure(
+            "Hyperparameter importances",
+            f"Not available: all {len(complete)} complete trials scored {tied:.4f}, so no "
+            "hyperparameter can be ranked above another",
+        )
     try:
         fig = _optuna_figure("plot_param_importances", study)
     except (ValueError, RuntimeError) as e:  # too few trials, or none that vary
@@ -237,18 +244,29 @@ def intermediate_figure(study: optuna.Study) -> Figure:
     named = {t.number for t in ranked[:LEGEND_MAX]}
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     spread = min(0.3, 0.03 * len(trials))
+    tab20 = plt.get_cmap("tab20").colors  # its greys (14, 15) are kept for the unnamed trials
+    colors = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
+    shown = 0
     for i, t in enumerate(trials):
         offset = spread * (i / (len(trials) - 1) - 0.5) if len(trials) > 1 else 0.0
         steps = sorted(series[t.number])
         pruned = " (pruned)" if t.state == TrialState.PRUNED else ""
+        style: dict[str, object] = {"color": "#b0b0b0", "alpha": 0.6, "zorder": 1}
+        if t.number in named:  # its own colour and marker, never one another trial has
+            style = {
+                "color": colors[shown % len(colors)],
+                "marker": MARKERS[shown % len(MARKERS)],
+                "markersize": 4,
+                "alpha": 0.9,
+                "zorder": 2,
+            }
+            shown += 1
         ax.plot(
             [step + 1 + offset for step in steps],
             [series[t.number][step] for step in steps],
-            marker=MARKERS[i % len(MARKERS)],
-            markersize=4,
-            alpha=0.8,
             linestyle=":" if pruned else "-",
             label=f"trial {t.number}{pruned}" if t.number in named else "_nolegend_",
+            **style,  # type: ignore[arg-type]
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{name.capitalize()} per epoch")
@@ -261,7 +279,7 @@ def intermediate_figure(study: optuna.Study) -> Figure:
             loc="center left",
             bbox_to_anchor=(1.01, 0.5),
             fontsize="small",
-            title=f"best {LEGEND_MAX} of {len(trials)}" if more else None,
+            title=f"best {LEGEND_MAX} of {len(trials)};\nthe others in grey" if more else None,
         )
     return fig
 
