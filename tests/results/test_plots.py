@@ -52,7 +52,7 @@ def test_a_long_legend_names_the_best_trials_only() -> None:
     fig = plots.intermediate_figure(_study(30))
     legend = fig.axes[0].get_legend()
     assert len(legend.get_texts()) == plots.LEGEND_MAX
-    assert legend.get_title().get_text() == f"best {plots.LEGEND_MAX} of 30"
+    assert legend.get_title().get_text() == f"best {plots.LEGEND_MAX} of 30;\nthe others in grey"
     plt.close(fig)
 
 
