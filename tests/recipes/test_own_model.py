@@ -12,6 +12,7 @@ user's package) and give the best trial's validation accuracy.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -215,6 +216,10 @@ def test_a_users_head_recipe_on_two_workers(project: Path, tiny_data: Path) -> N
     names = {"learning_rate", "units", "activation", "droprate"}
     log = _worker(project, "head", "--workers", "2", "--n-trials", "6")
     assert "[w0]" in log and "[w1]" in log
+    assert log.count("computing frozen-base features once") == 1  # the other one waits
+    if "waiting for the frozen-base features" in log:  # it names the worker it waits for
+        assert re.search(r"features that worker [^ ]+:\d+ computes", log)
+    assert "absl" not in log and "oneDNN" not in log  # TensorFlow's start-up lines
     assert "learning_rate=" in log and "units=" in log and "activation=" in log
     _check_study(project, "head", names, warm=3)
     first = _trials(project, "head")

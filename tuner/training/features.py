@@ -13,6 +13,7 @@ written last, so an entry without it is incomplete and is recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from tuner.common.tfload import quiet_tensorflow
 
@@ -34,6 +35,7 @@ with quiet_tensorflow():
     import keras
 
 from tuner.assets.datasets import DatasetScan, load_split
+from tuner.common.attrs import worker_name
 from tuner.errors import CacheError
 from tuner.recipes import BASES, HEAD, Recipe
 from tuner.training.model import build_feature_extractor, weights_identity
@@ -257,10 +259,24 @@ def load_or_compute(
         ) from None
     if (found := _read_entry(entry, splits, key, quiet=True)) is not None:
         return found
-    with FileLock(str(entry) + ".lock"):
+    lock = FileLock(str(entry) + ".lock")
+    holder = Path(str(entry) + ".holder")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another worker computes them: say so once, then wait for it
+        if callable(on_compute):
+            who = _read_holder(holder)
+            on_compute(
+                f"waiting for the frozen-base features that {who} computes into {entry}; "
+                "each trial then trains only the head"
+            )
+        lock.acquire()
+    try:
         # Another worker may have finished the entry while this one waited.
         if (found := _read_entry(entry, splits, key)) is not None:
             return found
+        with contextlib.suppress(OSError):  # who computes, for the workers that wait
+            holder.write_text(worker_name())
         _discard_partial(entry)
         if callable(on_compute):
             on_compute(f"computing frozen-base features once into {entry}")
@@ -283,4 +299,14 @@ def load_or_compute(
             ) from None
         del extractor
         keras.backend.clear_session()
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
     return FeatureSet(features, labels, "miss", key)
+
+
+def _read_holder(holder: Path) -> str:
+    try:
+        return f"worker {holder.read_text().strip()}"
+    except OSError:
+        return "another worker"
