@@ -58,5 +58,5 @@ def study_note(spec: StudySpec, now: str = "") -> str:
 
 Export the result with:
 
-    tuner export --study {spec.study.name} --out best.json --plots plots --model best.keras
+    tuner export --study {spec.study.name} --out {spec.study.name}.json --plots {spec.study.name}-plots --model {spec.study.name}.keras
 """
