@@ -40,7 +40,7 @@ def study_note(spec: StudySpec, now: str = "") -> str:
     )
     now = f"> **Now:** {now}\n\n" if now else ""
     sampler = SAMPLER_NAMES.get(spec.sampler.kind, spec.sampler.kind)
-    o = spec.objective
+    o, n = spec.objective, spec.study.name
     epoch = "the last epoch's" if o.reduce == "last" else "the best epoch's"
     objective = ", ".join(f"{d} `{m}`" for m, d in zip(o.names, o.ways, strict=False))
     objective += f", {epoch}" + (f", within a gap of {o.max_gap:g}" if o.max_gap else "")
@@ -58,5 +58,5 @@ def study_note(spec: StudySpec, now: str = "") -> str:
 
 Export the result with:
 
-    tuner export --study {spec.study.name} --out {spec.study.name}.json --plots {spec.study.name}-plots --model {spec.study.name}.keras
+    tuner export --study {n} --out {n}.json --plots {n}-plots --model {n}.keras
 """
