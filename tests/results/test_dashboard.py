@@ -239,7 +239,7 @@ def test_api_shows_study_attributes_intermediate_values_and_note(
     ):
         assert line in note, note
     assert "3 epochs per trial" in note
-    assert f"tuner export --study {spec.study.name} --out best.json" in note
+    assert f"tuner export --study {spec.study.name} --out {spec.study.name}.json" in note
 
 
 @pytest.mark.parametrize(

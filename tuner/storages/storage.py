@@ -166,6 +166,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+def real_path(path: Path) -> Path:
+    """The file's one real name, symlinks resolved: every name of one database file shares
+    its budget lock and its artifact folder."""
+    return path.resolve()
+
+
 def journal_path(url: str) -> Path | None:
     """The log file of a ``journal://`` URL, or None for other storages."""
     return Path(url[len(JOURNAL_PREFIX) :]) if url.startswith(JOURNAL_PREFIX) else None
@@ -371,6 +377,7 @@ def artifact_folder(url: str, study_name: str, artifacts: str = "") -> Path:
     if artifacts:
         return Path(artifacts)
     if (path := sqlite_path(url) or journal_path(url)) is not None:
+        path = real_path(path)
         return path.with_name(path.stem + "-artifacts")
     return Path(f"{study_name}-artifacts")
 
@@ -398,7 +405,8 @@ class BudgetLock:
     def __init__(
         self, storage: BaseStorage, url: str, study_name: str, watch: StorageWatch | None = None
     ) -> None:
-        self._path = sqlite_path(url) or journal_path(url)
+        path = sqlite_path(url) or journal_path(url)
+        self._path = real_path(path) if path is not None else None
         self._engine = storage.engine if isinstance(storage, RDBStorage) else None
         digest = hashlib.blake2b(study_name.encode(), digest_size=8).digest()
         self._key = int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
