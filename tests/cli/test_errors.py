@@ -378,7 +378,7 @@ def test_malformed_dataset_folders(case: str, tmp_path: Path, existing: str, cli
     elif case == "empty-class":
         shutil.rmtree(data / "train" / "b")
         (data / "train" / "b").mkdir()
-        needles = [str(data / "train" / "b"), "empty"]
+        needles = [str(data / "train" / "b"), "holds no images"]
     else:
         for split in ("train", "validation"):
             shutil.rmtree(data / split)
@@ -395,7 +395,7 @@ def _bad_files(data: Path) -> dict[str, tuple[Path, bytes]]:
     return {
         "corrupt": (data / "train" / "a" / "corrupt.jpg", b"\xff\xd8\xff\xe0 not a JPEG"),
         "truncated": (data / "train" / "b" / "truncated.jpg", good[: len(good) // 2]),
-        "text": (data / "validation" / "b" / "notes.txt", b"not an image\n"),
+        "text": (data / "validation" / "b" / "notes.jpg", b"not an image\n"),  # .txt: skipped
     }
 
 

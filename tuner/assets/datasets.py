@@ -5,6 +5,7 @@ Scanning and downloading need no TensorFlow; only :func:`load_split` imports it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -63,6 +64,9 @@ class DatasetScan:
     class_names: tuple[str, ...]
     files: dict[str, tuple[Path, ...]]  # split -> good image files, sorted
     bad_files: tuple[Path, ...] = field(default=())
+    # Files Keras would read that the scan leaves out (hidden ones, ``._x.jpg`` AppleDouble):
+    # training then reads a view of the scanned files only, as the cache key counts them.
+    ignored: tuple[Path, ...] = field(default=())
 
     def count(self, split: str) -> int:
         return len(self.files[split])
@@ -81,23 +85,52 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _is_bad_image(path: Path) -> bool:
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return True
+def _is_bad_image(path: Path) -> str | None:
+    """Why ``path`` is not a readable image, or None when it is one."""
     try:
         with Image.open(path) as image:
             # Decode every byte (a truncated JPEG passes verify()), at 1/8 scale for speed.
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+    except PermissionError:
+        return "permission denied"
     except (
         UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
         Image.DecompressionBombError,
-    ):
-        return True
-    return False
+    ) as e:
+        return type(e).__name__ if isinstance(e, UnidentifiedImageError) else str(e) or "bad data"
+    return None
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A class folder's image files, and those Keras would read that are left out (hidden).
+
+    Files that are not images by name (``Thumbs.db``, ``notes.txt``) are skipped, as Keras
+    skips them. A link that leads nowhere (or to itself) is an error naming it.
+    """
+    images, hidden = [], []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.is_symlink() and not path.exists():
+            try:
+                path.stat()
+                cause = "it leads nowhere"
+            except OSError as e:
+                cause = e.strerror or str(e)
+            raise DataError(
+                f"{path} is a symbolic link that cannot be followed ({cause}); remove it or "
+                "point it at an image"
+            )
+        if not path.is_file():
+            continue
+        (
+            hidden if any(p.startswith(".") for p in path.relative_to(folder).parts) else images
+        ).append(path)
+    return images, hidden
 
 
 def scan_dataset(
@@ -144,31 +177,51 @@ def scan_dataset(
                 "make both splits hold the same classes"
             )
     files: dict[str, tuple[Path, ...]] = {}
-    bad: list[Path] = []
+    bad: list[tuple[Path, str]] = []
+    ignored: list[Path] = []
     for split in splits:
         good: list[Path] = []
         for name in reference:
             folder = root / split / name
-            entries = sorted(
-                p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
+            entries, hidden = _entries(folder)
+            ignored += hidden
             if not entries:
-                raise DataError(f"class folder {folder} is empty; add images or remove the folder")
+                raise DataError(
+                    f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add "
+                    "images or remove the folder"
+                )
             for path in entries:
-                (bad if decode and _is_bad_image(path) else good).append(path)
+                reason = _is_bad_image(path) if decode else None
+                if reason is None:
+                    good.append(path)
+                else:
+                    bad.append((path, reason))
         files[split] = tuple(good)
     if bad and not skip_bad_files:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(
-            f"{bad[0]} is not a readable image{more}; remove or fix it, or set "
-            "data.skip_bad_files=true to skip bad files with a warning"
+            f"{bad[0][0]} is not a readable image ({bad[0][1]}){more}; remove or fix it, or "
+            "set data.skip_bad_files=true to skip bad files with a warning"
         )
-    return DatasetScan(root, tuple(reference), files, tuple(bad))
+    return DatasetScan(root, tuple(reference), files, tuple(p for p, _ in bad), tuple(ignored))
+
+
+_VIEWS: list[Path] = []  # removed when the process exits
+
+
+@atexit.register
+def _remove_views() -> None:
+    for view in _VIEWS:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 def _clean_view(scan: DatasetScan, split: str) -> Path:
-    """A folder of links to the good images of one split, for when bad files are skipped."""
+    """A folder of links to the good images of one split, for when files are left out.
+
+    It lives in the system's temporary folder until the process exits.
+    """
     view = Path(tempfile.mkdtemp(prefix=f"tuner-{split}-"))
+    _VIEWS.append(view)
     for path in scan.files[split]:
         target = view / path.relative_to(scan.root / split)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +242,7 @@ def load_split(
     import keras
 
     directory = scan.root / split
-    if scan.bad_files:
+    if scan.bad_files or scan.ignored:
         directory = _clean_view(scan, split)
     return keras.utils.image_dataset_from_directory(
         directory,
