@@ -136,3 +136,33 @@ def test_a_trial_is_claimed_and_sampled_on_one_read_and_trains_on_fresh_ones() -
     # loop's read alone
     assert [b - m - 1 for m, b in zip(marks[:-1], before_report[1:], strict=True)] == [1] * (n - 1)
     assert len(storage.get_all_trials(0)) == n
+
+
+def test_a_trial_failed_elsewhere_at_its_tell_is_lost_and_the_worker_goes_on(
+    tmp_path: object, capsys: object
+) -> None:
+    """A false stale between the trial's last write and Optuna's tell: no crash."""
+    from pathlib import Path
+
+    from tuner.storages.storage import open_storage
+
+    spec = load_spec("clothing-scratch", ["study.name=tell", "search.warm_start=[]"])
+    url = f"sqlite:///{Path(str(tmp_path)) / 'tell.db'}"
+    storage = open_storage(url, spec.storage)
+    other = optuna.storages.RDBStorage(url)  # another worker's connection: the reaper
+
+    def objective_for(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+            if trial.number == 0:  # failed as stale by another worker, just before tell
+                other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            return 0.5
+
+        return objective
+
+    report = run_objective(spec, storage, url, objective_for, n_trials=2)
+    assert report.exit_code == 0
+    states = [t.state for t in optuna.load_study(study_name="tell", storage=url).trials]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 2
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert "trial 0 was failed by another worker" in err and "Traceback" not in err

@@ -485,7 +485,11 @@ def _run_one(
         if watch.dead is not None:  # Optuna's own clean-up failed on the storage too
             raise watch.dead from None
         if run.fate not in (Fate.LOSE, Fate.STOP):
-            raise
+            if not _failed_elsewhere(study, run.trial_id):
+                raise
+            # Another worker failed it as stale after its last write, and Optuna's tell
+            # refused the result ("Cannot tell a FAIL trial"): the trial is lost, not broken.
+            run.fate = Fate.LOSE
     # What the objective's exception means was decided by fate_of; here it is done.
     if run.fate is Fate.LOSE:
         # Another worker failed this trial as stale while it trained here (its heartbeat
@@ -500,6 +504,17 @@ def _run_one(
         assert run.number is not None
         _requeue(study, run.number)
         raise run.error
+
+
+def _failed_elsewhere(study: optuna.Study, trial_id: int | None) -> bool:
+    """Whether the trial is FAIL in the storage now, as another worker's reaper leaves it."""
+    if trial_id is None:
+        return False
+    getattr(study._storage, "read_afresh", lambda: None)()
+    try:
+        return study._storage.get_trial(trial_id).state == TrialState.FAIL
+    except Exception:  # the storage cannot say: the original error stands
+        return False
 
 
 def _interrupted_behind(error: BaseException) -> Interrupted | None:
