@@ -12,9 +12,9 @@ on the study, where ``tuner status`` and ``tuner export`` list it.
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,16 +76,25 @@ def _dead_here(trial: FrozenTrial, me: dict[str, Any]) -> bool:
     return same_machine and owner.get("pid") != me["pid"] and _process_gone(int(owner["pid"]))
 
 
+# When this process first saw each running trial that has no owner record: a trial is judged
+# never started by how long this process has watched it, on its own monotonic clock, so a
+# worker whose wall clock is off cannot fail another's trial that has just been claimed.
+_FIRST_SEEN: dict[int, float] = {}
+_clock = time.monotonic
+
+
 def _never_started(trial: FrozenTrial, grace: float) -> bool:
     """A trial claimed by a worker that died before its first heartbeat or attribute.
 
     Optuna's heartbeat only ever fails trials with a heartbeat on record, so such
-    a trial would block the study's budget for ever.
+    a trial would block the study's budget for ever. It counts as dead once this
+    process has seen it without an owner record for longer than ``grace``.
     """
-    if OWNER_ATTR in trial.system_attrs or trial.datetime_start is None:
+    if OWNER_ATTR in trial.system_attrs:
+        _FIRST_SEEN.pop(trial._trial_id, None)
         return False
-    age = datetime.datetime.now() - trial.datetime_start
-    return age > datetime.timedelta(seconds=grace)
+    first = _FIRST_SEEN.setdefault(trial._trial_id, _clock())
+    return _clock() - first > grace
 
 
 def _stale_ids(storage: BaseStorage, study: optuna.Study) -> set[int]:
