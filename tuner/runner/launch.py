@@ -54,9 +54,10 @@ def launch(
     with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
         opened = open_spec_storage(url, spec)
         spec, taken = joined_spec(spec, opened, overrides)
-        if taken and "TUNER_WORKER_INDEX" not in os.environ:  # a pool's parent said it
+        joined = ""  # said once the checks passed: a failed start prints its error line only
+        if taken and "TUNER_WORKER_INDEX" not in os.environ:  # a pool's parent says it
             shown = ", ".join(f"{k}={v}" for k, v in taken.items())
-            say(
+            joined = (
                 f"joining study {spec.study.name!r} with its stored settings: {shown} "
                 "(--set KEY=VALUE gives this worker its own, if the study allows it)"
             )
@@ -67,6 +68,8 @@ def launch(
                     spec, opened, accept_space_change=accept_space_change, check=signals.check,
                     publish=board.set,
                 )  # fmt: skip
+                if joined:
+                    say(joined)
                 board.set(f"running {workers} workers")
                 # The children read the storage from here; a password never goes in argv.
                 os.environ["TUNER_STORAGE"] = url
@@ -84,6 +87,7 @@ def launch(
             worker_index=int(os.environ.get("TUNER_WORKER_INDEX", os.getpid())),
             accept_space_change=accept_space_change,
             signals=signals,
+            joined=joined,
         )
         say(
             f"worker done: {report.ran} trials ({report.complete} complete, {report.pruned} "

@@ -256,6 +256,7 @@ def run_worker(
     worker_index: int = 0,
     accept_space_change: bool = False,
     signals: StopSignals | None = None,
+    joined: str = "",
 ) -> WorkerReport:
     """Join the spec's study and run trials until it holds the budget of finished trials.
 
@@ -270,6 +271,8 @@ def run_worker(
         worker_index: this worker's index in a pool; offsets the sampler seed.
         accept_space_change: continue a study whose stored space differs from the spec.
         signals: the installed SIGINT/SIGTERM flag; one is installed here if not given.
+        joined: a line about the study's stored settings this worker took, said after
+            the checks.
 
     Returns:
         A report; its ``exit_code`` is 128 + the signal number after SIGINT or SIGTERM.
@@ -290,6 +293,8 @@ def run_worker(
             if _done(study, target, board, before_start=True):
                 return _report([], None)
             say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
+            if joined:  # the study's stored settings it took, now that every check passed
+                say(joined)
             board.set("loading TensorFlow")
             from tuner.training.objective import make_objective, prepare_data  # loads TensorFlow
 
