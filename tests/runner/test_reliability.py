@@ -179,8 +179,9 @@ def test_an_outage_beyond_the_tolerance_stops_with_one_line_and_loses_nothing(
 ) -> None:
     with own_postgres() as server:
         url = server.password_url
-        args = ["--n-trials", "6", *env.overrides(epochs=40), *FAST_HEARTBEAT,
-                "--set=storage.outage_tolerance=4"]  # fmt: skip
+        # trials long enough (300 cached epochs, no pruning) that the outage comes mid-study
+        args = ["--n-trials", "6", *env.overrides(epochs=300), *FAST_HEARTBEAT,
+                "--set=pruner.kind=none", "--set=storage.outage_tolerance=4"]  # fmt: skip
         worker = start_worker(env, url, *args)
         wait_until("a finished trial", lambda: count(url, FINISHED) >= 1)
         before = {t.number: t.value for t in trials(url) if t.state in FINISHED}
