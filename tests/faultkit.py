@@ -107,6 +107,9 @@ def assert_invariants(url: str, target: int, logs: list[str], name: str = "cloth
         if t.state != TrialState.FAIL:
             continue
         assert t.user_attrs.get("fail_reason"), f"trial {t.number} failed without a reason"
+        if t.user_attrs["fail_reason"].endswith("not run"):  # claimed past the budget
+            assert t.params, f"surplus trial {t.number} has no parameters"
+            continue
         root = t.system_attrs.get("failed_trial", t.number)
         chain = [u for u in all_trials if u.system_attrs.get("failed_trial") == root]
         assert root in given_up or any(u.state in FINISHED for u in chain), (

@@ -61,6 +61,14 @@ class TrialLost(TunerError):
     """This worker's running trial was failed by another worker, which took it as stale."""
 
 
+class OverBudget(TrialLost):
+    """A trial claimed without the budget lock's guarantee came after the study's budget.
+
+    It is failed without running (a queued retry is queued again), and counts
+    towards nothing; see :mod:`tuner.storages.budgetlock`.
+    """
+
+
 class SpecError(UserError):
     """A study spec file or a ``--set`` override is invalid."""
 

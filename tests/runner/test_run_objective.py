@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import optuna
+import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
@@ -166,3 +167,53 @@ def test_a_trial_failed_elsewhere_at_its_tell_is_lost_and_the_worker_goes_on(
     assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 2
     err = capsys.readouterr().err  # type: ignore[attr-defined]
     assert "trial 0 was failed by another worker" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_claim_past_the_budget_is_failed_with_its_point_and_not_run(
+    tmp_path: object, capsys: object, monkeypatch: object, warm_start: bool
+) -> None:
+    """A claim the lock did not vouch for, found after the trials that fill the budget.
+
+    A queued point (here the warm start's second) is queued again, not lost."""
+    from pathlib import Path
+
+    from tuner.storages import budgetlock
+    from tuner.storages.storage import open_storage
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    sets = ["study.name=surplus", *([] if warm_start else ["search.warm_start=[]"])]
+    spec = load_spec("clothing-scratch", sets)
+    url = f"sqlite:///{Path(str(tmp_path)) / 'surplus.db'}"
+    storage = open_storage(url, spec.storage)
+    clock = iter(range(0, 10**9, 10**6))  # every hold of the lock outlasts the lease
+    monkeypatch.setattr(budgetlock, "_now", lambda: float(next(clock)))
+    asked: list[int] = []
+
+    def over_budget(study: optuna.Study, trial_id: int, target: int) -> bool:
+        asked.append(trial_id)
+        return len(asked) == 2  # the second claim came after the budget was filled
+
+    monkeypatch.setattr("tuner.runner.worker.over_budget", over_budget)
+    ran: list[int] = []
+
+    def objective_for(check: Callable[[], None]) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            ran.append(trial.number)
+            trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+            return 0.5
+
+        return objective
+
+    report = run_objective(spec, storage, url, objective_for, n_trials=2)
+    assert report.exit_code == 0
+    trials = optuna.load_study(study_name="surplus", storage=url).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert [t.number for t in complete] == [0, ran[1]] and len(ran) == 2
+    assert trials[1].state == TrialState.FAIL and 1 not in ran
+    assert trials[1].params, "a trial claimed past the budget keeps its point"
+    assert trials[1].user_attrs["fail_reason"].endswith("not run")
+    assert (complete[1].params == trials[1].params) is warm_start  # a queued point queues again
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert "trial 1 was claimed after the trials that fill the study's budget" in err
+    assert "Traceback" not in err and "failed by another worker" not in err

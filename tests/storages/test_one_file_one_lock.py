@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from tuner.storages.storage import BudgetLock, artifact_folder
+from tuner.storages.storage import artifact_folder, budget_lock
 
 
 def test_every_name_of_a_database_file_shares_its_lock_and_artifacts(tmp_path: Path) -> None:
@@ -19,5 +19,5 @@ def test_every_name_of_a_database_file_shares_its_lock_and_artifacts(tmp_path: P
     folders = {artifact_folder(url, "s") for url in urls}
     assert folders == {tmp_path / "study-artifacts"}
     storage = optuna.storages.RDBStorage(urls[0])
-    locks = {BudgetLock(storage, url, "s")._file_lock.lock_file for url in urls}  # type: ignore[union-attr]
+    locks = {budget_lock(storage, url, "s")._file_lock.lock_file for url in urls}  # type: ignore[union-attr]
     assert locks == {f"{real}.budget.lock"}

@@ -31,7 +31,7 @@ from tuner.config.build import open_study
 from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import StorageError
 from tuner.space.params import suggest
-from tuner.storages.storage import BudgetLock, open_storage, redact_url
+from tuner.storages.storage import budget_lock, open_storage, redact_url
 
 SPAWN = mp.get_context("spawn")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -113,7 +113,7 @@ def _budgeted(spec: StudySpec, url: str, target: int) -> dict[str, Any]:
     """The worker loop's claim protocol: count and start a trial under the budget lock."""
     storage = open_storage(url, spec.storage)
     study = open_study(spec, storage)
-    lock = BudgetLock(storage, url, study.study_name)
+    lock = budget_lock(storage, url, study.study_name)
     inner = _objective(spec, pause=0.05)
     ran = 0
 

@@ -22,15 +22,16 @@ from tuner.common.attrs import FAIL_REASON, SPACE_ATTR, worker_name
 from tuner.common.console import say, warn
 from tuner.config.build import artifact_store, note_for, open_study, sampler_budget, trial_setup
 from tuner.config.spec import StudySpec
-from tuner.errors import SpecError, TrialLost, TunerError
+from tuner.errors import OverBudget, SpecError, TrialLost, TunerError
 from tuner.runner.fate import Fate, fail_reason, fate_of
 from tuner.runner.signals import Interrupted, StopSignals
 from tuner.runner.startup import preflight
-from tuner.space.params import Space, format_params
+from tuner.space.params import Space, format_params, suggest
+from tuner.storages.budgetlock import over_budget
 from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
-from tuner.storages.storage import BudgetLock, fatal_message, redact_url
+from tuner.storages.storage import budget_lock, fatal_message, redact_url
 from tuner.study.choice import feasible, ranked, tie_line, tied_value
 from tuner.study.opening import value_labels
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
@@ -402,7 +403,14 @@ def _trial_loop(
 ) -> WorkerReport:
     """Run trials until the study holds ``target`` finished ones, ``until`` says so, or a stop."""
     spec, run, storage, signals = s.spec, s.run, s.storage, s.signals
-    lock = BudgetLock(s.raw, s.url, study.study_name, s.watch)
+    lock = budget_lock(
+        s.raw,
+        s.url,
+        study.study_name,
+        s.watch,
+        lease=float(spec.storage.grace_period),
+        check=signals.check,
+    )
 
     def claimed_then_run(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING now, so it counts towards the budget
@@ -411,6 +419,8 @@ def _trial_loop(
         epochs = epoch_progress(s.raw, trial._trial_id, spec.train.epochs)
         s.board.set(f"training trial {trial.number}", epochs)
         try:
+            if not lock.vouched and over_budget(study, trial._trial_id, target):
+                _give_way(study, trial)
             storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
             return objective(trial)
         except BaseException as e:
@@ -443,7 +453,9 @@ def _trial_loop(
                     # ask and the sampler share the read just made, until the first report
                     with storage.reads_from(study._study_id, trials):
                         _run_one(study, claimed_then_run, ran, run, s.watch, announce)
-                    failures = failures + 1 if ran and ran[-1].state == TrialState.FAIL else 0
+                    lost = run.fate is Fate.LOSE
+                    failed = ran and ran[-1].state == TrialState.FAIL and not lost
+                    failures = failures + 1 if failed else 0
                     run.number = run.trial_id = None
                     if failures >= MAX_CONSECUTIVE_FAILURES:
                         reason = ran[-1].user_attrs.get(FAIL_REASON, "see the lines above")
@@ -496,7 +508,12 @@ def _run_one(
             # refused the result ("Cannot tell a FAIL trial"): the trial is lost, not broken.
             run.fate = Fate.LOSE
     # What the objective's exception means was decided by fate_of; here it is done.
-    if run.fate is Fate.LOSE:
+    if isinstance(run.error, OverBudget):
+        say(
+            f"trial {run.number} was claimed after the trials that fill the study's budget "
+            "(a frozen worker held the budget lock); not run; going on"
+        )
+    elif run.fate is Fate.LOSE:
         # Another worker failed this trial as stale while it trained here (its heartbeat
         # could not be written in time), and queued its retry.
         say(
@@ -509,6 +526,22 @@ def _run_one(
         assert run.number is not None
         _requeue(study, run.number)
         raise run.error
+
+
+def _give_way(study: optuna.Study, trial: optuna.Trial) -> None:
+    """End a trial claimed past the budget without running it; a queued retry queues again."""
+    reason = (
+        "claimed while another worker held the study's budget lock past its lease, after "
+        "the trials that fill the budget; not run"
+    )
+    if (space := _stored_space(study)) is not None:  # a FAIL trial always has its point
+        suggest(trial, space)
+    study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    queued = study._storage.get_trial_system_attrs(trial._trial_id)
+    if "fixed_params" in queued:  # a retry or an enqueued point: keep it queued
+        _requeue(study, trial.number)
+    raise OverBudget(f"trial {trial.number} came after the study's budget; not run")
 
 
 def _failed_elsewhere(study: optuna.Study, trial_id: int | None) -> bool:

@@ -17,7 +17,7 @@ from tuner.storages.storage import journal_path, sqlite_path
 
 __all__ = ["removed_on_failure", "storage_files"]
 
-_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal", ".lock", ".budget.lock")
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal", ".lock", ".budget.lock", ".budget.owner")
 
 
 def storage_files(url: str) -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import importlib.util
 import os
 import re
@@ -28,13 +27,15 @@ import sqlalchemy
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
+from tuner.common.attrs import worker_name
 from tuner.common.paths import nearest_existing, probe_writable
-from tuner.errors import StorageConfigError, StorageLostError
+from tuner.errors import StorageConfigError
+from tuner.storages.budgetlock import BudgetLock
 from tuner.storages.faults import Fault, StorageWatch, classify
 from tuner.storages.rdbcore import CoreRDBStorage
 from tuner.storages.retries import RetryOrGiveUp
@@ -45,6 +46,7 @@ __all__ = [
     "BudgetLock",
     "artifact_folder",
     "artifact_store_for",
+    "budget_lock",
     "fatal_message",
     "open_storage",
     "redact_url",
@@ -262,6 +264,8 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
     else:
         # Fail fast on an unreachable server instead of hanging on TCP retries.
         engine_kwargs["connect_args"] = {"connect_timeout": int(settings.connect_timeout)}
+        if parsed.get_backend_name() == "postgresql":  # names the worker in pg_stat_activity
+            engine_kwargs["connect_args"]["application_name"] = f"tuner {worker_name()}"[:63]
     with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         options: dict[str, Any] = {
@@ -392,75 +396,17 @@ def artifact_store_for(
     return FileSystemArtifactStore(str(folder))
 
 
-class BudgetLock:
-    """A lock shared by every worker of one study, held while a trial is being claimed.
+def budget_lock(
+    storage: BaseStorage,
+    url: str,
+    study_name: str,
+    watch: StorageWatch | None = None,
+    **options: Any,
+) -> BudgetLock:
+    """The study's budget lock for the storage behind ``url`` (see :mod:`.budgetlock`).
 
-    It makes the study-wide trial budget exact: counting the trials and starting
-    a new one happen as one step. File storages use a lock file beside the file;
-    PostgreSQL and MySQL use the server's advisory locks, so workers on other
-    machines take the same lock. An in-memory storage lives in one process, whose
-    single trial loop needs no lock. ``release`` may be called early and more than once.
+    A file storage's lock lies beside the database's real path, so every name of one
+    file shares it. ``options`` go to :class:`BudgetLock` (``lease``, ``say``, ``check``).
     """
-
-    def __init__(
-        self, storage: BaseStorage, url: str, study_name: str, watch: StorageWatch | None = None
-    ) -> None:
-        path = sqlite_path(url) or journal_path(url)
-        self._path = real_path(path) if path is not None else None
-        self._engine = storage.engine if isinstance(storage, RDBStorage) else None
-        digest = hashlib.blake2b(study_name.encode(), digest_size=8).digest()
-        self._key = int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
-        self._file_lock = FileLock(f"{self._path}.budget.lock") if self._path else None
-        self._conn: sqlalchemy.engine.Connection | None = None
-        self._watch = watch
-
-    def acquire(self) -> None:
-        if self._file_lock is not None:
-            self._file_lock.acquire()
-        elif self._engine is None:
-            return  # in memory: one process
-        elif self._watch is not None:
-            self._watch.call(self._acquire_server_lock)
-        else:
-            self._acquire_server_lock()
-
-    def _acquire_server_lock(self) -> None:
-        assert self._engine is not None
-        self.release()  # a connection a fault broke mid-acquire
-        self._conn = self._engine.connect()
-        if self._engine.dialect.name == "postgresql":
-            self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
-            return
-        # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
-        # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
-        query = f"SELECT GET_LOCK('tuner{self._key}', 60)"
-        while (got := self._conn.exec_driver_sql(query).scalar()) != 1:
-            if got is None:
-                self.release()
-                raise StorageLostError(
-                    "the database refused the study's budget lock (GET_LOCK); "
-                    "check the server's log"
-                )
-
-    def release(self) -> None:
-        if self._file_lock is not None and self._file_lock.is_locked:
-            self._file_lock.release()
-        elif self._conn is not None:
-            conn, self._conn = self._conn, None
-            assert self._engine is not None
-            unlock = (
-                f"SELECT pg_advisory_unlock({self._key})"
-                if self._engine.dialect.name == "postgresql"
-                else f"SELECT RELEASE_LOCK('tuner{self._key}')"
-            )
-            with contextlib.suppress(sa_exc.SQLAlchemyError):  # a restarted server holds none
-                conn.exec_driver_sql(unlock)
-            with contextlib.suppress(sa_exc.SQLAlchemyError):
-                conn.close()
-
-    def __enter__(self) -> BudgetLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    path = sqlite_path(url) or journal_path(url)
+    return BudgetLock(storage, real_path(path) if path else None, study_name, watch, **options)
