@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import sys
 import traceback
@@ -290,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     # Optuna logs each failed trial with a traceback; tuner prints its own reason line.
     optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # SQLAlchemy's pool logs a traceback when it cannot roll back a connection that an
+    # outage broke; tuner's storage watch says what happened in one line instead.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     try:
         code = typer.main.get_command(app).main(
             args=args, prog_name="tuner", standalone_mode=False

@@ -94,6 +94,10 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             f"got {spec.storage.outage_tolerance:g}",
         ),
         (
+            spec.storage.call_timeout > 0,
+            f"storage.call_timeout must be > 0 seconds, got {spec.storage.call_timeout:g}",
+        ),
+        (
             spec.data.dir != "" or bool(spec.data.recipe),
             "data.dir is empty; set it to the dataset folder",
         ),

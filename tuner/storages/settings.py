@@ -15,4 +15,5 @@ class StorageSettings:
     busy_timeout: float = 60.0
     connect_timeout: float = 10.0
     outage_tolerance: float = 120.0
+    call_timeout: float = 30.0
     artifacts: str = ""

@@ -41,6 +41,7 @@ from tuner.storages.rdbcore import CoreRDBStorage
 from tuner.storages.retries import RetryOrGiveUp
 from tuner.storages.settings import StorageSettings
 from tuner.storages.sqlite import SQLiteStorage
+from tuner.storages.stalls import bound_postgres_calls, mysql_call_args
 
 __all__ = [
     "BudgetLock",
@@ -263,9 +264,13 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         engine_kwargs["connect_args"] = {"timeout": settings.busy_timeout}
     else:
         # Fail fast on an unreachable server instead of hanging on TCP retries.
-        engine_kwargs["connect_args"] = {"connect_timeout": int(settings.connect_timeout)}
-        if parsed.get_backend_name() == "postgresql":  # names the worker in pg_stat_activity
-            engine_kwargs["connect_args"]["application_name"] = f"tuner {worker_name()}"[:63]
+        args: dict[str, Any] = {"connect_timeout": int(settings.connect_timeout)}
+        if parsed.get_backend_name() == "postgresql":
+            args["application_name"] = f"tuner {worker_name()}"[:63]  # in pg_stat_activity
+            bound_postgres_calls(settings.call_timeout)
+        else:
+            args.update(mysql_call_args(settings.call_timeout))
+        engine_kwargs["connect_args"] = args
     with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         options: dict[str, Any] = {
