@@ -285,3 +285,20 @@ class StallProxy:
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def skewed_clock(seconds: int, where: Path) -> tuple[str, ...]:
+    """A command prefix that runs a process with its wall clock ``seconds`` off
+    (``tests/shims/skewclock.c``, compiled here and loaded with LD_PRELOAD)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the skewed-clock shim")
+    shim = where / "skewclock.so"
+    source = Path(__file__).parent / "shims" / "skewclock.c"
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if built.returncode != 0:
+        pytest.skip(f"cannot build the skewed-clock shim: {built.stderr.strip()[-300:]}")
+    return ("env", f"LD_PRELOAD={shim}", f"TUNER_TEST_SKEW={seconds}")

@@ -77,3 +77,30 @@ def test_opening_a_storage_prints_no_experimental_warning(tmp_path: Path) -> Non
         warnings.simplefilter("always")
         _open(tmp_path / "s.db")
     assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+
+
+def test_skewed_heartbeat_clocks_never_make_a_live_trial_stale(tmp_path: Path) -> None:
+    """Each worker's beat carries its own clock; staleness is judged by watching it move."""
+    url = f"sqlite:///{tmp_path / 'skew.db'}"
+    spec = load_spec("clothing", ["storage.heartbeat_interval=1", "storage.grace_period=2"])
+    storage = open_storage(url, spec.storage)
+    assert isinstance(storage, SQLiteStorage)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "skew")
+    live, dead = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
+    beat = "UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = ?"
+    for trial_id in (live, dead):
+        storage.record_heartbeat(trial_id)
+
+    def skewed(trial_id: int, offset: str) -> None:  # a worker whose clock is off
+        with sqlite3.connect(tmp_path / "skew.db") as conn:
+            conn.execute(beat, (offset, trial_id))
+
+    skewed(live, "-10 minutes")  # the live trial's worker runs 10 minutes behind
+    skewed(dead, "+10 minutes")  # the dead one's ran 10 minutes ahead, then stopped
+    assert storage._get_stale_trial_ids(study_id) == []
+    for step in range(3):
+        time.sleep(1.1)
+        skewed(live, f"-{10 + step} minutes")  # it beats on, with its own clock
+        stale = storage._get_stale_trial_ids(study_id)
+        assert live not in stale
+    assert stale == [dead]

@@ -40,7 +40,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-__all__ = ["CoreRDBStorage"]
+__all__ = ["RUNNING_BEATS", "CoreRDBStorage"]
 
 _TRIALS = models.TrialModel.__table__
 _STUDIES = models.StudyModel.__table__
@@ -55,7 +55,8 @@ _CHILDREN = (_PARAMS, _VALUES, _STEPS, _USER, _SYSTEM)
 # The second query's columns after (tag, trial_id, pk), shared by the five tables.
 _CHILD_COLUMNS = ("key", "number", "value", "kind", "text")
 
-_BEATING = (
+# The study's running trials and their heartbeats (a join, so a trial without one is left out).
+RUNNING_BEATS = (
     sa.select(_TRIALS.c.trial_id, _BEATS.c.heartbeat)
     .join(_BEATS, _BEATS.c.trial_id == _TRIALS.c.trial_id)
     .where(_TRIALS.c.state == TrialState.RUNNING, _TRIALS.c.study_id == sa.bindparam("study_id"))
@@ -172,7 +173,7 @@ class CoreRDBStorage(RDBStorage):
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         with self.engine.begin() as conn:
             now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-            beats = conn.execute(_BEATING, {"study_id": study_id}).all()
+            beats = conn.execute(RUNNING_BEATS, {"study_id": study_id}).all()
         late = datetime.timedelta(seconds=grace)
         return [trial_id for trial_id, beat in beats if now - beat > late]
 

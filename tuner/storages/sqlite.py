@@ -10,18 +10,29 @@ and a concurrent writer waits for the busy timeout instead of failing on a
 stale snapshot. Reads start a plain deferred transaction and never take the
 write lock, so a reader (the dashboard, ``tuner status``, a second connection
 of the same thread) never blocks the workers.
+
+SQLite has no server, so its ``CURRENT_TIMESTAMP`` is the clock of whichever
+worker writes a heartbeat, and two workers' clocks may disagree (a machine
+with a skewed clock sharing the file over a network filesystem). A trial is
+therefore judged stale by watching, never by comparing clocks: this process
+notes when it first saw each running trial's heartbeat value, on its own
+monotonic clock, and counts the trial stale once the value has not changed for
+``grace_period`` seconds. Skew between workers cannot make a live trial look
+dead, and a dead worker's trial is found after ``grace_period`` of watching,
+whatever its clock said.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
 
-from tuner.storages.rdbcore import CoreRDBStorage
+from tuner.storages.rdbcore import RUNNING_BEATS, CoreRDBStorage
 
 __all__ = ["SQLiteStorage"]
 
@@ -76,19 +87,45 @@ class SQLiteStorage(CoreRDBStorage):
     def __init__(self, url: str, busy_timeout: float, **kwargs: Any) -> None:
         self.busy_timeout = busy_timeout
         self._intent = threading.local()
+        # study id -> trial id -> (the heartbeat last read, when this process first read it)
+        self._beats_seen: dict[int, dict[int, tuple[Any, float]]] = {}
+        self._beats_lock = threading.Lock()
         super().__init__(url, **kwargs)
         self._harden()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        del state["_intent"]
+        del state["_intent"], state["_beats_lock"]
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # A restored storage (a spawned process, joblib) gets a new engine: harden it too.
         self._intent = threading.local()
+        self._beats_lock = threading.Lock()
         super().__setstate__(state)
         self._harden()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials whose heartbeat this process has watched stand still for the grace
+        period (see the module docstring): no comparison between two workers' clocks."""
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        with self.engine.begin() as conn:
+            beats = conn.execute(RUNNING_BEATS, {"study_id": study_id}).all()
+        now = time.monotonic()
+        stale = []
+        with self._beats_lock:
+            before = self._beats_seen.get(study_id, {})
+            watched = {}  # only the study's running trials stay watched
+            for trial_id, beat in beats:
+                seen = before.get(trial_id)
+                if seen is None or seen[0] != beat:
+                    seen = (beat, now)
+                elif now - seen[1] > grace:
+                    stale.append(trial_id)
+                watched[trial_id] = seen
+            self._beats_seen[study_id] = watched
+        return stale
 
     def _harden(self) -> None:
         ms = int(self.busy_timeout * 1000)
@@ -115,4 +152,4 @@ class SQLiteStorage(CoreRDBStorage):
 
 for _names, _write in ((_WRITES, True), (_READS, False)):
     for _name in _names:
-        setattr(SQLiteStorage, _name, _with_intent(getattr(CoreRDBStorage, _name), _write))
+        setattr(SQLiteStorage, _name, _with_intent(getattr(SQLiteStorage, _name), _write))
