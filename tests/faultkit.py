@@ -203,6 +203,74 @@ def own_postgres() -> Iterator[OwnPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass
+class OwnMariaDB:
+    """A MariaDB server of the test's own, on a free port, that the test may stop."""
+
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}/tuner_faults"
+
+    def start(self) -> None:
+        server = shutil.which("mariadbd") or shutil.which("mysqld") or "mariadbd"
+        with (self.root / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [server, "--no-defaults", f"--datadir={self.root / 'data'}",
+                 f"--port={self.port}", "--bind-address=127.0.0.1",
+                 f"--socket={self.root / 'sock'}", "--user=root", "--skip-log-bin"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"MariaDB did not start:\n{(self.root / 'server.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # a clean shutdown, as an administrator's restart
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def own_mariadb() -> Iterator[OwnMariaDB]:
+    """Start a MariaDB server in a fresh folder on a free port; stop and remove it after."""
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if install is None or not (shutil.which("mariadbd") or shutil.which("mysqld")):
+        pytest.skip("no MariaDB server binaries (mariadb-install-db, mariadbd) are installed")
+    root = Path(tempfile.mkdtemp(prefix="tuner-maria-"))
+    init = subprocess.run(
+        [install, "--no-defaults", f"--datadir={root / 'data'}", "--user=root",
+         "--auth-root-authentication-method=normal", "--skip-test-db"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if init.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"mariadb-install-db failed: {init.stderr.strip()[-300:]}")
+    server = OwnMariaDB(root, free_port())
+    server.start()
+    try:
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(f"mysql+pymysql://root@127.0.0.1:{server.port}/")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("CREATE DATABASE tuner_faults")
+        admin.dispose()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            server.stop()
+        if server.proc is not None:
+            server.proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def small_filesystem(where: Path, size: str = "4m") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``where``; skips the test where mounting is refused."""

@@ -27,6 +27,7 @@ from tests.faultkit import (
     count,
     fill,
     load,
+    own_mariadb,
     own_postgres,
     running_with_epoch,
     small_filesystem,
@@ -172,6 +173,32 @@ def test_workers_ride_out_a_database_restart(env: Env) -> None:
         for log in logs:
             assert "unreachable" in log and "storage is back after" in log, log
             assert "s3cret-pw" not in log
+
+
+def test_workers_ride_out_mariadb_stopped_twice_without_a_traceback(env: Env) -> None:
+    # A trial another worker failed as stale during the outage, between its owner's last
+    # write and Optuna's tell, once crashed its owner ("Should not reach"); SQLAlchemy's
+    # pool printed a traceback when it could not reset a connection the restart broke.
+    with own_mariadb() as server:
+        url = server.url
+        hb = ["--set=storage.heartbeat_interval=1", "--set=storage.grace_period=4"]
+        args = ["--n-trials", "12", *env.overrides(epochs=60), *hb,
+                "--set=pruner.kind=none", "--set=storage.outage_tolerance=60"]  # fmt: skip
+        workers = [start_worker(env, url, *args) for _ in range(2)]
+        for finished in (2, 6):
+            enough = lambda n=finished: count(url, FINISHED) >= n  # noqa: E731
+            wait_until(f"{finished} finished trials", enough)
+            server.stop()
+            time.sleep(10)
+            server.start()
+        logs = []
+        for w in workers:
+            assert w.wait(300) == 0, w.output
+            logs.append(w.output)
+        assert_invariants(url, 12, logs)
+        text = "\n".join(logs)
+        assert "unreachable" in text and "storage is back after" in text, text
+        assert "Exception during reset" not in text and "Should not reach" not in text
 
 
 def test_an_outage_beyond_the_tolerance_stops_with_one_line_and_loses_nothing(
