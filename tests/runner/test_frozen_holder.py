@@ -66,7 +66,11 @@ class _ServerLock:
         self.engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+# The servers' variants run with the soak tests, which CI runs after the default suite.
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.soak),
+            pytest.param("mysql", marks=pytest.mark.soak)]
+)  # fmt: skip
 def backend(request: pytest.FixtureRequest, env: Env) -> tuple[str, str]:
     if request.param == "sqlite":
         return env.url, "clothing"

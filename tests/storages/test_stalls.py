@@ -28,7 +28,8 @@ from tests.faultkit import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["postgresql", "mysql"])
+# MariaDB's variants run with the soak tests, which CI runs after the default suite.
+@pytest.fixture(params=["postgresql", pytest.param("mysql", marks=pytest.mark.soak)])
 def proxied(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, StallProxy]]:
     """(direct URL, URL through the proxy, the proxy) for a server of the machine's own."""
     url = PG_URL if request.param == "postgresql" else MYSQL_URL
