@@ -43,6 +43,7 @@ from tuner.config.build import open_study, trial_setup
 from tuner.config.spec import load_spec
 from tuner.space.params import suggest
 from tuner.storages.storage import open_storage
+from tuner.study.opening import study_attr
 
 SECRET = "s3cr3t-pw"
 
@@ -112,7 +113,7 @@ def snapshot(url: str, name: str = "clothing") -> dict[str, Any]:
         )
         for t in study.get_trials(deepcopy=True)
     ]
-    return {"trials": trials, "space": study.user_attrs.get(SPACE_ATTR)}
+    return {"trials": trials, "space": study_attr(study, SPACE_ATTR)}
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from tuner.errors import SpecError, StudyError
 from tuner.space.params import Space, format_params, suggest
 from tuner.space.tables import parse_param, parse_warm_start
 from tuner.storages.storage import open_storage
+from tuner.study.opening import study_attr
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -263,4 +264,4 @@ def test_a_changed_space_is_refused_naming_what_changed(tmp_path: Path) -> None:
         open_storage(url, spec.storage),
         accept_space_change=True,
     )
-    assert study.user_attrs["tuner:search_space"]["droprate"]["high"] == 0.5
+    assert study_attr(study, "tuner:search_space")["droprate"]["high"] == 0.5

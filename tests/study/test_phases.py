@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from tests.conftest import Env
 from tuner.results.status import render_status, summarize
-from tuner.study.phases import EXITED, PHASE_PREFIX, PhaseBoard, read_phases
+from tuner.study.phases import EXITED, PHASE_PREFIX, PhaseBoard, phase_attrs, read_phases
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -32,11 +32,11 @@ def test_board_writes_once_the_study_exists_and_marks_its_exit() -> None:
     study = optuna.create_study(study_name="s", storage=storage)
     board.set("computing features", lambda: "train 10/20")
     assert board.write()
-    assert study.user_attrs[PHASE_PREFIX + "host:1"] == {
+    assert phase_attrs(study)[PHASE_PREFIX + "host:1"] == {
         "phase": "computing features", "progress": "train 10/20", "time": T0.isoformat()
     }  # fmt: skip
     board.close("done")
-    assert study.user_attrs[PHASE_PREFIX + "host:1"]["phase"] == EXITED
+    assert phase_attrs(study)[PHASE_PREFIX + "host:1"]["phase"] == EXITED
 
 
 class _CountingStorage(optuna.storages.InMemoryStorage):
@@ -44,9 +44,9 @@ class _CountingStorage(optuna.storages.InMemoryStorage):
         super().__init__()
         self.writes = 0
 
-    def set_study_user_attr(self, study_id: int, key: str, value: object) -> None:
+    def set_study_system_attr(self, study_id: int, key: str, value: object) -> None:
         self.writes += 1
-        super().set_study_user_attr(study_id, key, value)
+        super().set_study_system_attr(study_id, key, value)
 
 
 def test_board_writes_at_most_once_per_gap_however_often_the_phase_changes() -> None:
@@ -62,7 +62,7 @@ def test_board_writes_at_most_once_per_gap_however_often_the_phase_changes() -> 
             time.sleep(0.02)
         elapsed = time.monotonic() - start
         time.sleep(0.7)  # the last change is written at the end of its gap
-        assert study.user_attrs[PHASE_PREFIX + "host:4"]["phase"] == "training trial 59"
+        assert phase_attrs(study)[PHASE_PREFIX + "host:4"]["phase"] == "training trial 59"
     writes = storage.writes - base
     assert 2 <= writes <= 2 + elapsed / 0.5 + 1, writes  # not one per change
 
@@ -73,12 +73,12 @@ def test_board_thread_writes_a_new_phase_within_its_gap() -> None:
     with PhaseBoard(storage, "s", "host:2", every=3600) as board:
         board.set("training trial 3", "epoch 2/10")
         for _ in range(200):
-            shown = study.user_attrs.get(PHASE_PREFIX + "host:2", {})
+            shown = phase_attrs(study).get(PHASE_PREFIX + "host:2", {})
             if shown.get("phase") == "training trial 3":
                 break
             time.sleep(0.01)
         assert shown == {**shown, "phase": "training trial 3", "progress": "epoch 2/10"}
-    assert study.user_attrs[PHASE_PREFIX + "host:2"]["phase"] == EXITED
+    assert phase_attrs(study)[PHASE_PREFIX + "host:2"]["phase"] == EXITED
 
 
 def test_read_phases_tells_live_silent_exited_and_forgotten_workers() -> None:
@@ -161,7 +161,7 @@ def test_a_worker_of_a_full_study_says_so_before_loading_tensorflow(
     code, _, err = cli("worker", "--storage", env.url, "--n-trials", "1", *env.overrides())  # type: ignore[operator]
     assert code == 0, err
     assert "already holds 1 of 1 finished trials; nothing to do" in err
-    shown = optuna.load_study(study_name="clothing", storage=env.url).user_attrs
+    shown = phase_attrs(optuna.load_study(study_name="clothing", storage=env.url))
     [phase] = [v for k, v in shown.items() if k.startswith(PHASE_PREFIX)]
     assert phase["phase"] == EXITED
 
@@ -199,6 +199,6 @@ def test_features_progress_publishes_the_count_and_notes_it_while_it_runs() -> N
         progress("train", 5, 10)
         assert "> **Now:** worker" in note() and "computing the frozen-base features" in note()
         board.write()
-        shown = study.user_attrs[PHASE_PREFIX + "h:3"]
+        shown = phase_attrs(study)[PHASE_PREFIX + "h:3"]
         assert (shown["phase"], shown["progress"]) == ("computing features", "train 5/10")
     assert "**Now:**" not in note()

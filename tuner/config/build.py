@@ -186,7 +186,7 @@ def stored_spec(study: optuna.Study, fallback: StudySpec, overrides: list[str]) 
     when the export command is given fewer ``--set`` options than the workers.
     It keeps the given spec's file, whose folder is where a recipe module is found.
     """
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = opening.study_attr(study, SPEC_ATTR)
     if stored is None:
         return fallback
     spec = spec_from_dict(json.loads(stored), overrides, where=f"study {study.study_name!r}")

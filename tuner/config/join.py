@@ -20,6 +20,7 @@ from tuner.common.console import warn
 from tuner.config.spec import StudySpec, spec_from_dict, spec_to_dict
 from tuner.errors import SpecError, StudyError
 from tuner.space.tables import parse_param
+from tuner.study.opening import study_attr
 
 __all__ = [
     "budget_difference",
@@ -60,7 +61,7 @@ def check_fit(study: optuna.Study, spec: StudySpec, accept_space_change: bool) -
     """
     _check_same_training(study, spec)
     name, space = spec.study.name, spec.search.space.to_json()
-    stored = study.user_attrs.get(SPACE_ATTR)
+    stored = study_attr(study, SPACE_ATTR)
     if stored is None or stored == space:
         return False
     if not accept_space_change:
@@ -137,7 +138,7 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str
 
 def stored_study_spec(study: optuna.Study) -> StudySpec | None:
     """The spec the study was created with, or None when none is stored or it cannot be read."""
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = study_attr(study, SPEC_ATTR)
     if stored is None:
         return None
     try:
@@ -190,7 +191,7 @@ def joined_spec(
     if spec.study.name not in optuna.study.get_all_study_names(storage):
         return spec, {}
     study = optuna.load_study(study_name=spec.study.name, storage=storage)
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = study_attr(study, SPEC_ATTR)
     if stored is None:
         return spec, {}
     try:

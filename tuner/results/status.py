@@ -24,8 +24,8 @@ from tuner.common.attrs import (
 from tuner.space.params import format_params, format_value
 from tuner.storages.retries import gave_up
 from tuner.study.choice import Choice, choose, ranked, tie_line, tied_value
-from tuner.study.opening import value_labels
-from tuner.study.phases import WorkerPhase, read_phases
+from tuner.study.opening import study_attr, value_labels
+from tuner.study.phases import WorkerPhase, phase_attrs, read_phases
 
 __all__ = ["StudySummary", "render_status", "summarize", "workers_line"]
 
@@ -67,7 +67,7 @@ def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> Stud
     within it (see :mod:`tuner.study.choice`).
     """
     trials = study.get_trials(deepcopy=False)
-    stored = study.user_attrs.get(SPACE_ATTR) or {}
+    stored = study_attr(study, SPACE_ATTR) or {}
     params = list(dict.fromkeys([*stored, *(n for t in trials for n in t.params)]))
     states = {s.name: 0 for s in TrialState}
     for t in trials:
@@ -76,7 +76,7 @@ def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> Stud
     top = ranked(complete, study.directions)[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     now = dt.datetime.now()
-    workers = read_phases(study.user_attrs, _utc(now))
+    workers = read_phases(phase_attrs(study), _utc(now))
     labels = value_labels(study)
     return StudySummary(
         study.study_name, states, top, running, now, params, gave_up(study), workers,

@@ -33,7 +33,7 @@ from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
 from tuner.storages.storage import budget_lock, fatal_message, redact_url
 from tuner.study.choice import feasible, ranked, tie_line, tied_value
-from tuner.study.opening import value_labels
+from tuner.study.opening import study_attr, value_labels
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
 from tuner.study.pruners import pruner_name
 
@@ -65,7 +65,7 @@ class WorkerReport:
 def _stored_space(study: optuna.Study) -> Space | None:
     """The study's space, to line up the parameters of the trial lines."""
     try:
-        return Space.from_json(study.user_attrs.get(SPACE_ATTR) or {})
+        return Space.from_json(study_attr(study, SPACE_ATTR) or {})
     except (SpecError, TypeError, ValueError):  # stored by another version of tuner
         return None
 

@@ -26,7 +26,30 @@ from tuner.storages.storage import retry_transient
 from tuner.study.note import write_note
 from tuner.study.settings import metric_label
 
-__all__ = ["NewStudy", "load_existing_study", "open_study", "value_label", "value_labels"]
+__all__ = [
+    "NewStudy",
+    "load_existing_study",
+    "open_study",
+    "set_study_attr",
+    "study_attr",
+    "value_label",
+    "value_labels",
+]
+
+
+def study_attr(study: optuna.Study, key: str) -> Any:
+    """One of the study attributes tuner keeps for itself (the spec, the space), or None.
+
+    They are system attributes, out of the dashboard's table of the study's own
+    attributes; a study written by an earlier version of tuner has them as user attributes.
+    """
+    system = study._storage.get_study_system_attrs(study._study_id)
+    return system[key] if key in system else study.user_attrs.get(key)
+
+
+def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
+    """Store one of tuner's own study attributes (see :func:`study_attr`)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
 
 
 @dataclass(frozen=True)
@@ -92,15 +115,15 @@ def open_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(new.metrics))
     if created:
-        study.set_user_attr(SPACE_ATTR, new.space)
-        study.set_user_attr(SPEC_ATTR, json.dumps(new.settings))
+        set_study_attr(study, SPACE_ATTR, new.space)
+        set_study_attr(study, SPEC_ATTR, json.dumps(new.settings))
         for point in new.warm_start:
             study.enqueue_trial(dict(point), user_attrs={WARM_START: True})
         if new.note:
             write_note(study, new.note)
         return study
     if fits(study):
-        study.set_user_attr(SPACE_ATTR, new.space)
+        set_study_attr(study, SPACE_ATTR, new.space)
     return study
 
 

@@ -1,8 +1,9 @@
 """What each worker is doing, published in the study for ``tuner status`` and the dashboard.
 
 A worker's phase (starting, downloading, computing features, training trial k,
-waiting, exited) is a study user attribute ``tuner:worker:HOST:PID``, so every
-reader of the study sees it, optuna-dashboard included, whatever the storage.
+waiting, exited) is a study system attribute ``tuner:worker:HOST:PID``, so every
+reader of the study sees it whatever the storage, and optuna-dashboard's table of
+the study's own attributes is not flooded with one row per worker that ever ran.
 A daemon thread writes it on every change of phase and every few seconds, so
 "last seen" tells a live worker from a dead one. Optuna cannot delete a study
 attribute; a worker that exits writes the phase ``exited``. While the frozen-base
@@ -33,6 +34,7 @@ __all__ = [
     "WorkerPhase",
     "epoch_progress",
     "features_progress",
+    "phase_attrs",
     "read_phases",
     "worker_name",
 ]
@@ -65,6 +67,11 @@ class WorkerPhase:
 
     def alive(self, now: dt.datetime) -> bool:
         return self.phase != EXITED and self.age(now) < STALE_AFTER_S
+
+
+def phase_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's attributes that hold worker phases (user ones: earlier versions of tuner)."""
+    return {**study.user_attrs, **study._storage.get_study_system_attrs(study._study_id)}
 
 
 def read_phases(user_attrs: dict[str, Any], now: dt.datetime) -> list[WorkerPhase]:
@@ -137,7 +144,7 @@ class PhaseBoard:
             shown = progress() if callable(progress) else progress
             study_id = self.storage.get_study_id_from_name(self.study_name)
             value = {"phase": phase, "progress": shown, "time": self.clock().isoformat()}
-            self.storage.set_study_user_attr(study_id, self.key, value)
+            self.storage.set_study_system_attr(study_id, self.key, value)
         except Exception:  # best effort: the study may not exist yet, or be unreachable
             return False
         return True
