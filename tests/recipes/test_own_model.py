@@ -12,6 +12,7 @@ user's package) and give the best trial's validation accuracy.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -217,6 +218,10 @@ def test_a_users_head_recipe_on_two_workers(project: Path, tiny_data: Path) -> N
     log = _worker(project, "head", "--workers", "2", "--n-trials", "6")
     assert "[w0]" in log and "[w1]" in log
     assert log.count("computing frozen-base features once") == 1  # the other one waits
+    if len(os.sched_getaffinity(0)) >= 2:  # a pool's extraction gets every core, not a share
+        cores = len(os.sched_getaffinity(0))
+        assert "features once into" in log and f"with all {cores} CPU threads" in log, log
+        assert "extracting here" not in log, log  # the extraction process did not fail
     if "waiting for the frozen-base features" in log:  # it names the worker it waits for
         assert re.search(r"features that worker [^ ]+:\d+ computes", log)
     assert "absl" not in log and "oneDNN" not in log  # TensorFlow's start-up lines

@@ -425,3 +425,28 @@ def test_second_worker_run_hits_the_cache_for_every_trial(env: Env) -> None:
     assert {t.user_attrs["worker"] for t in first}.isdisjoint(
         t.user_attrs["worker"] for t in second
     )
+
+
+@pytest.mark.slow  # TensorFlow, and an extraction process
+def test_a_pool_workers_extraction_runs_with_every_core_and_falls_back_here(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with a share of the cores extracts in a process with all of them; if that
+    process fails, the worker extracts itself, and the entry is the same."""
+    spec = _spec(env)
+    scan = scan_dataset(spec.data.dir)
+    monkeypatch.setattr(features, "_spare_threads", lambda: 2)
+    seen: list[tuple[str, int, int]] = []
+    fs = features.load_or_compute(trial_setup(spec), scan, progress=lambda *a: seen.append(a))
+    assert fs.status == "miss" and seen[-1] == ("validation", 20, 20)  # the child's progress
+    child = fs.features["train"]
+    shutil.rmtree(_entry(spec))
+    failing = ([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
+               dict(os.environ))  # fmt: skip
+    monkeypatch.setattr(features, "extraction_process", lambda job, threads: failing)
+    here = features.load_or_compute(trial_setup(spec), scan)
+    assert here.status == "miss"
+    np.testing.assert_allclose(here.features["train"], child, rtol=1e-4, atol=1e-5)
+    assert not list(_entry(spec).parent.glob(".*job-*")) and not list(
+        _entry(spec).parent.glob(".*stderr-*")
+    )

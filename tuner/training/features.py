@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 import time
 import zipfile
@@ -68,6 +69,8 @@ __all__ = [
     "cache_reason",
     "cached_features",
     "extract_features",
+    "extraction_child",
+    "extraction_process",
     "load_or_compute",
 ]
 
@@ -278,31 +281,144 @@ def load_or_compute(
         with contextlib.suppress(OSError):  # who computes, for the workers that wait
             holder.write_text(worker_name())
         _discard_partial(entry)
+        threads = _spare_threads() if isinstance(scan, DatasetScan) else 0
         if callable(on_compute):
-            on_compute(f"computing frozen-base features once into {entry}")
-        start = time.perf_counter()
-        extractor = build_feature_extractor(setup)
-        features, labels, counts = {}, {}, {}
-        try:
-            for split in splits:
-                x, y = extract_features(extractor, scan, split, setup, progress)
-                features[split], labels[split], counts[split] = x, y, len(x)
-                _write_atomic(
-                    entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)
-                )
-            meta = {"key": key, "counts": counts, "seconds": time.perf_counter() - start}
-            _write_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-        except OSError as e:
-            raise CacheError(
-                f"cannot write the feature cache in {entry} ({e.strerror}); free disk space, "
-                "set cache.dir to another folder, or --set cache.enabled=false"
-            ) from None
-        del extractor
+            using = f" with all {threads} CPU threads" if threads else ""
+            on_compute(f"computing frozen-base features once into {entry}{using}")
+        delegated = isinstance(scan, DatasetScan) and bool(threads)
+        if delegated and not _compute_in_child(setup, scan, splits, entry, key, threads, progress):
+            delegated = False  # extract here after all
+        if delegated and (found := _read_entry(entry, splits, key)) is not None:
+            return FeatureSet(found.features, found.labels, "miss", key)
+        features, labels = _compute_entry(setup, scan, splits, entry, key, progress)
         keras.backend.clear_session()
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
     return FeatureSet(features, labels, "miss", key)
+
+
+def _compute_entry(
+    setup: TrialSetup,
+    scan: DatasetScan | ImageSource,
+    splits: tuple[str, ...],
+    entry: Path,
+    key: str,
+    progress: Progress | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Extract every split's features and write the entry, ``meta.json`` last."""
+    start = time.perf_counter()
+    extractor = build_feature_extractor(setup)
+    features, labels, counts = {}, {}, {}
+    try:
+        for split in splits:
+            x, y = extract_features(extractor, scan, split, setup, progress)
+            features[split], labels[split], counts[split] = x, y, len(x)
+            _write_atomic(
+                entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)
+            )
+        meta = {"key": key, "counts": counts, "seconds": time.perf_counter() - start}
+        _write_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    except OSError as e:
+        raise CacheError(
+            f"cannot write the feature cache in {entry} ({e.strerror}); free disk space, "
+            "set cache.dir to another folder, or --set cache.enabled=false"
+        ) from None
+    return features, labels
+
+
+def _spare_threads() -> int:
+    """The machine's CPU threads when this process was given fewer (a worker of a pool), else 0.
+
+    A pool splits the cores among its workers for training; while one worker
+    extracts the features, the others only wait for them, so the extraction gets
+    every core, in a process of its own (TensorFlow's thread count is fixed once set).
+    """
+    import tensorflow as tf
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mine = tf.config.threading.get_intra_op_parallelism_threads()
+    return int(cores or 0) if 0 < mine < int(cores or 0) else 0
+
+
+def _compute_in_child(
+    setup: TrialSetup,
+    scan: DatasetScan,
+    splits: tuple[str, ...],
+    entry: Path,
+    key: str,
+    threads: int,
+    progress: Progress | None,
+) -> bool:
+    """Compute the entry in a process with ``threads`` CPU threads; False if it failed.
+
+    The child reports each batch on its standard output, which goes to ``progress``;
+    its other output is kept in a file and shown only if it fails. A signal that
+    stops this worker (raised by ``progress``) stops the child too.
+    """
+    import subprocess
+
+    job = entry.parent / f".{entry.name}.job-{os.getpid()}"
+    errors = entry.parent / f".{entry.name}.stderr-{os.getpid()}"
+    job.write_bytes(pickle.dumps((setup, scan, splits, entry, key)))
+    command, env = extraction_process(job, threads)
+    try:
+        with errors.open("w") as err:
+            child = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=err, env=env, text=True
+            )
+            try:
+                assert child.stdout is not None
+                for line in child.stdout:
+                    split, done, total = line.split()
+                    if progress is not None:
+                        progress(split, int(done), int(total))
+                ok = child.wait() == 0
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        if not ok:
+            tail = errors.read_text(errors="replace").strip().splitlines()[-3:]
+            log.warning("the extraction process failed (%s); extracting here", " / ".join(tail))
+        return ok
+    finally:
+        job.unlink(missing_ok=True)
+        errors.unlink(missing_ok=True)
+
+
+def extraction_process(job: Path, threads: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of an extraction process with ``threads`` CPU threads.
+
+    ``job`` holds the pickled ``(setup, scan, splits, entry, key)`` it computes.
+    """
+    import sys
+
+    env = {
+        **os.environ,
+        "TUNER_THREADS": str(threads),
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": str(min(2, threads)),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    code = "import sys; from tuner.training.features import extraction_child as c; c(sys.argv[1])"
+    return [sys.executable, "-c", code, str(job)], env
+
+
+def extraction_child(job: str) -> None:
+    """The extraction process of :func:`_compute_in_child`: one line per batch on stdout."""
+    import tensorflow as tf
+
+    threads = int(os.environ["TUNER_THREADS"])
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    setup, scan, splits, entry, key = pickle.loads(Path(job).read_bytes())
+
+    def report(split: str, done: int, total: int) -> None:
+        print(split, done, total, flush=True)
+
+    _compute_entry(setup, scan, splits, entry, key, report)
 
 
 def _read_holder(holder: Path) -> str:
