@@ -13,8 +13,8 @@ RUN python -m pip install --no-cache-dir "hatchling>=1.25"
 # installs them in a layer of its own, which stays cached while only the code changes.
 COPY pyproject.toml ./
 RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["postgres"] \
-+ p["optional-dependencies"]["mysql"]))' > requirements.txt
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["cpu"] \
++ p["optional-dependencies"]["postgres"] + p["optional-dependencies"]["mysql"]))' > requirements.txt
 COPY README.md ./
 COPY tuner ./tuner
 COPY studies ./studies

@@ -24,6 +24,7 @@ __all__ = [
     "CacheError",
     "DataError",
     "FatalError",
+    "InstallError",
     "RecipeError",
     "SpecError",
     "StorageConfigError",
@@ -87,6 +88,10 @@ class StudyError(UserError):
 
 class CacheError(UserError):
     """The feature cache cannot be used (for example, its folder is not writable)."""
+
+
+class InstallError(UserError):
+    """A package this work needs is missing (TensorFlow: the ``cpu`` or ``gpu`` extra)."""
 
 
 class RecipeError(UserError):

@@ -113,8 +113,13 @@ def test_requirements_file_is_the_dependencies_with_the_installed_extras() -> No
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     project = PYPROJECT["project"]
-    extras = project["optional-dependencies"]  # the drivers of both server storages
-    assert out.splitlines() == [*project["dependencies"], *extras["postgres"], *extras["mysql"]]
+    extras = project["optional-dependencies"]  # TensorFlow for the CPU, both servers' drivers
+    assert out.splitlines() == [
+        *project["dependencies"],
+        *extras["cpu"],
+        *extras["postgres"],
+        *extras["mysql"],
+    ]
 
 
 def _all_instructions() -> list[tuple[str, str]]:

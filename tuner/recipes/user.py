@@ -127,8 +127,9 @@ def import_function(name: str, paths: Sequence[Path], key: str, advice: str) -> 
 
 
 def _import(module_name: str, what: str, paths: Sequence[Path]) -> Any:
-    from tuner.common.tfload import quiet_tensorflow
+    from tuner.common.tfload import quiet_tensorflow, require_tensorflow
 
+    require_tensorflow()  # a recipe module's imports fail on it with a less helpful line
     try:
         with quiet_tensorflow():  # the module likely imports keras: keep TF's start-up log out
             return importlib.import_module(module_name)

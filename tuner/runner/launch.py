@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tuner.common.attrs import worker_name
 from tuner.common.console import say
+from tuner.common.tfload import require_tensorflow
 from tuner.config.build import open_spec_storage
 from tuner.config.join import joined_spec
 from tuner.config.spec import StudySpec
@@ -50,6 +51,7 @@ def launch(
         0, or 128 + the signal number after SIGINT or SIGTERM (a pool: its children's worst).
     """
     signals = signals or StopSignals()
+    require_tensorflow()  # before anything is created: a worker without it cannot train
     check_pool_size(workers)
     with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
         opened = open_spec_storage(url, spec)

@@ -297,7 +297,10 @@ def run_worker(
             if joined:  # the study's stored settings it took, now that every check passed
                 say(joined)
             board.set("loading TensorFlow")
-            from tuner.training.objective import make_objective, prepare_data  # loads TensorFlow
+            from tuner.training.devices import device_line  # loads TensorFlow
+            from tuner.training.objective import make_objective, prepare_data
+
+            say(device_line())
 
             s.signals.check()
             board.set("loading data")
