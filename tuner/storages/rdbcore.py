@@ -27,7 +27,7 @@ import datetime
 import functools
 import json
 import sqlite3
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +52,8 @@ _SYSTEM = models.TrialSystemAttributeModel.__table__
 _BEATS = models.TrialHeartbeatModel.__table__
 # A trial's rows in other tables, in the order of the tags of a read's second query.
 _CHILDREN = (_PARAMS, _VALUES, _STEPS, _USER, _SYSTEM)
+# More trial ids than this to read again are read as a range (Optuna's fix for issue 1457).
+_MANY_IDS = 500
 # The second query's columns after (tag, trial_id, pk), shared by the five tables.
 _CHILD_COLUMNS = ("key", "number", "value", "kind", "text")
 
@@ -200,10 +202,20 @@ class CoreRDBStorage(RDBStorage):
         if states is not None:
             assert isinstance(states, Iterable)
             params["states"] = list(states)
+        keep: Callable[[FrozenTrial], bool] | None = None  # filters a range read
         if trial_id_greater_than > -1:
             params["newer"] = trial_id_greater_than
             again = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)
-            if again:
+            if len(again) > _MANY_IDS:
+                # Each id would be a bound variable in both queries (SQLite allows 32,766
+                # in all): read the range from the oldest instead, and keep the asked ones.
+                params["newer"] = again[0] - 1
+                asked = set(again)
+
+                def keep(t: FrozenTrial) -> bool:
+                    return t._trial_id > trial_id_greater_than or t._trial_id in asked
+
+            elif again:
                 params["again"] = again
         trials, children = _study_reads(frozenset(params))
         with self.engine.begin() as conn:
@@ -212,7 +224,7 @@ class CoreRDBStorage(RDBStorage):
                 exists = sa.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study_id)
                 if conn.execute(exists).first() is None:
                     raise KeyError(models.NOT_FOUND_MSG)
-            return found
+            return found if keep is None else [t for t in found if keep(t)]
 
 
 def _reads(where: sa.ColumnElement[bool]) -> tuple[sa.Select, sa.CompoundSelect]:
