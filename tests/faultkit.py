@@ -148,8 +148,12 @@ class OwnPostgres:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
 
+    settings: tuple[str, ...] = ()  # "-c NAME=VALUE" server settings, such as max_connections
+
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}"
+        options = " ".join(
+            [f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}", *self.settings]
+        )
         self._ctl("-o", options, "-l", str(self.log), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -172,7 +176,7 @@ def _as_postgres(*cmd: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def own_postgres() -> Iterator[OwnPostgres]:
+def own_postgres(*settings: str) -> Iterator[OwnPostgres]:
     """Start a PostgreSQL server in a fresh folder (outside pytest's private tmp folders,
     which the postgres user cannot enter), on a free port; stop and remove it after."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -192,7 +196,7 @@ def own_postgres() -> Iterator[OwnPostgres]:
     )  # fmt: skip
     if init.returncode != 0:
         pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
-    server = OwnPostgres(bindir, data, free_port(), root / "postgres.log")
+    server = OwnPostgres(bindir, data, free_port(), root / "postgres.log", settings)
     server.start()
     try:
         server.reset_database()

@@ -137,3 +137,41 @@ def test_the_main_threads_check_can_stop_the_wait() -> None:
                          clock=clock, sleep=clock.sleep)  # fmt: skip
     with pytest.raises(Stop):
         watch.call(_failing(5, sqlite3.OperationalError("database is locked")))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "psycopg2:connection to server failed: FATAL:  sorry, too many clients already",
+        "psycopg2:FATAL:  remaining connection slots are reserved for roles with SUPERUSER",
+        "psycopg2:ERROR:  no more connections allowed (max_client_conn)",  # PgBouncer's
+        "pymysql:1040",
+    ],
+)
+def test_a_server_with_no_connection_left_is_a_crowded_outage(error: str) -> None:
+    import psycopg2
+    import pymysql
+
+    module, text = error.split(":", 1)
+    if module == "pymysql":
+        driver: Exception = pymysql.err.OperationalError(1040, "Too many connections")
+    else:
+        driver = psycopg2.OperationalError(text)
+    wrapped = sqlalchemy.exc.OperationalError("connect", {}, driver)
+    fault = classify(StorageInternalError("An exception is raised during the commit."))
+    assert fault is None  # nothing behind it: not a storage fault
+    fault = classify(wrapped)
+    assert fault is not None and fault.kind == "transient" and fault.crowded, fault
+    said: list[str] = []
+    watch = StorageWatch(60, "db", said.append, lambda f: f.reason, sleep=lambda s: None)
+    calls = iter([wrapped, "ok"])
+
+    def call() -> str:
+        answer = next(calls)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert watch.call(call) == "ok"
+    assert len(said) == 2 and "has no connection left for this worker" in said[0], said
+    assert "max_connections" in said[0] and "PgBouncer" in said[0], said

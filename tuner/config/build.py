@@ -63,9 +63,17 @@ def storage_url(spec: StudySpec, cli_url: str | None = None) -> str:
     return resolve_url(spec.study.name, spec.study.storage, cli_url)
 
 
-def open_spec_storage(url: str, spec: StudySpec, *, must_exist: bool = False) -> BaseStorage:
+def _go_on() -> None:
+    pass
+
+
+def open_spec_storage(
+    url: str, spec: StudySpec, *, must_exist: bool = False, check: Callable[[], None] = _go_on
+) -> BaseStorage:
     """:func:`~tuner.storages.storage.open_storage` with the spec's ``[storage]`` settings."""
-    return open_storage(url, spec.storage, must_exist=must_exist, first=worker_command(spec))
+    return open_storage(
+        url, spec.storage, must_exist=must_exist, first=worker_command(spec), check=check
+    )
 
 
 def artifact_dir(url: str, spec: StudySpec) -> Path:

@@ -167,18 +167,19 @@ class BudgetLock:
         assert self._conn is not None and self._engine is not None
         if self._engine.dialect.name == "postgresql":
             try:
-                # lock_timeout bounds the wait for an advisory lock too (SQLSTATE 55P03);
-                # SET LOCAL ends with this transaction, the session's lock stays.
+                # lock_timeout bounds the wait for an advisory lock too (SQLSTATE 55P03).
+                # The lock is the transaction's, held until release ends it: a pooler in
+                # transaction mode (PgBouncer) keeps one server connection for a
+                # transaction, so the lock and its holder stay together there too.
                 self._conn.exec_driver_sql(
                     f"SET LOCAL lock_timeout = '{int(self._slice() * 1000)}ms'"
                 )
-                self._conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
+                self._conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self._key})")
             except sa_exc.OperationalError as e:
                 if getattr(e.orig, "pgcode", None) != "55P03":  # not lock_timeout: a fault
                     raise
                 self._conn.rollback()
                 return False
-            self._conn.commit()  # the lock is the session's; leave no transaction open
             return True
         # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
         # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
@@ -264,14 +265,11 @@ class BudgetLock:
         if conn is None:
             return
         assert self._engine is not None
-        if unlock:
-            query = (
-                f"SELECT pg_advisory_unlock({self._key})"
-                if self._engine.dialect.name == "postgresql"
-                else f"SELECT RELEASE_LOCK('tuner{self._key}')"
-            )
-            with contextlib.suppress(sa_exc.SQLAlchemyError):  # a restarted server holds none
-                conn.exec_driver_sql(query)
+        with contextlib.suppress(sa_exc.SQLAlchemyError):  # a restarted server holds none
+            if self._engine.dialect.name == "postgresql":
+                conn.rollback()  # ends the transaction that holds the lock
+            elif unlock:
+                conn.exec_driver_sql(f"SELECT RELEASE_LOCK('tuner{self._key}')")
         with contextlib.suppress(sa_exc.SQLAlchemyError):
             conn.close()
 

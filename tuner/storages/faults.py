@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from tuner.errors import StorageLostError
 
-__all__ = ["Fault", "StorageWatch", "classify"]
+__all__ = ["Fault", "StorageWatch", "classify", "crowded_advice", "give_up_line", "outage_line"]
 
 _T = TypeVar("_T")
 
@@ -34,6 +34,25 @@ _PG_FULL = ("53100",)
 # progress, lock wait timeout, deadlock, killed, idle disconnect.
 _MYSQL_TRANSIENT = {0, 1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 _MYSQL_FULL = {1021, 1114}
+# A server (or a pooler in front of it) with no connection left for one more client:
+# PostgreSQL's too_many_connections (at connect time psycopg2 gives no SQLSTATE, only the
+# text), PgBouncer's client limit, MySQL's ER_CON_COUNT_ERROR and ER_TOO_MANY_USER_CONNECTIONS.
+_PG_CROWDED = "53300"
+_CROWDED_TEXT = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "no more connections allowed",
+    "too many connections",
+)
+_MYSQL_CROWDED = {1040, 1203}
+
+
+def crowded_advice() -> str:
+    """What a user does about a server that has no connection left."""
+    return (
+        "the server's max_connections is too small for all its clients: raise it, or let "
+        "the workers share connections through PgBouncer (README: many workers)"
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class Fault:
 
     kind: str
     reason: str
+    crowded: bool = False  # transient: the server has no connection left for this client
 
     @property
     def fatal(self) -> bool:
@@ -92,6 +112,8 @@ def _server_fault(e: BaseException) -> Fault | None:
         code = getattr(e, "pgcode", None)
         if code in _PG_FULL:
             return Fault("full", reason)
+        if code == _PG_CROWDED or any(t in reason.lower() for t in _CROWDED_TEXT):
+            return Fault("transient", reason, crowded=True)
         if code is None and type(e).__name__ in ("OperationalError", "InterfaceError"):
             return Fault("transient", reason)  # refused, closed, or reset connections
         if code and code.startswith(_PG_TRANSIENT_CLASSES):
@@ -99,6 +121,8 @@ def _server_fault(e: BaseException) -> Fault | None:
     if module == "pymysql" and e.args and isinstance(e.args[0], int):
         if e.args[0] in _MYSQL_FULL:
             return Fault("full", reason)
+        if e.args[0] in _MYSQL_CROWDED:
+            return Fault("transient", reason, crowded=True)
         if e.args[0] in _MYSQL_TRANSIENT:
             return Fault("transient", reason)
     return None
@@ -124,6 +148,30 @@ def classify(exc: BaseException) -> Fault | None:
         if fault is not None:
             return fault
     return None
+
+
+def outage_line(describe: str, fault: Fault, tolerance: float) -> str:
+    """The one line said when a transient fault starts an outage."""
+    wait = f"retrying for up to {tolerance:g} s (storage.outage_tolerance)"
+    if fault.crowded:
+        return (
+            f"storage {describe} has no connection left for this worker ({fault.reason}); "
+            f"{wait}; {crowded_advice()}"
+        )
+    return f"storage {describe} unreachable ({fault.reason}); {wait}"
+
+
+def give_up_line(describe: str, fault: Fault, tolerance: float) -> str:
+    """The error once an outage has outlasted ``storage.outage_tolerance``."""
+    if fault.crowded:
+        return (
+            f"storage {describe} had no connection left for this worker for over "
+            f"{tolerance:g} s ({fault.reason}); {crowded_advice()}"
+        )
+    return (
+        f"storage {describe} unreachable for over {tolerance:g} s ({fault.reason}); check the "
+        "database server, or raise storage.outage_tolerance"
+    )
 
 
 class StorageWatch:
@@ -207,16 +255,9 @@ class StorageWatch:
             if self._since is None:
                 self._since = now
                 self.outages += 1
-                self.say(
-                    f"storage {self.describe} unreachable ({fault.reason}); retrying for up "
-                    f"to {self.tolerance:g} s (storage.outage_tolerance)"
-                )
+                self.say(outage_line(self.describe, fault, self.tolerance))
             elif now - self._since > self.tolerance:
-                self.dead = StorageLostError(
-                    f"storage {self.describe} unreachable for over {self.tolerance:g} s "
-                    f"({fault.reason}); check the database server, or raise "
-                    "storage.outage_tolerance"
-                )
+                self.dead = StorageLostError(give_up_line(self.describe, fault, self.tolerance))
                 raise self.dead from None
 
     def _recovered(self) -> None:

@@ -11,6 +11,7 @@ lock taken at the start of the transaction, the read-check-write in Optuna's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import importlib.util
 import os
@@ -33,10 +34,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from tuner.common.attrs import worker_name
+from tuner.common.console import say
 from tuner.common.paths import nearest_existing, probe_writable
 from tuner.errors import StorageConfigError
 from tuner.storages.budgetlock import BudgetLock
-from tuner.storages.faults import Fault, StorageWatch, classify
+from tuner.storages.faults import Fault, StorageWatch, classify, give_up_line, outage_line
 from tuner.storages.rdbcore import CoreRDBStorage
 from tuner.storages.retries import RetryOrGiveUp
 from tuner.storages.settings import StorageSettings
@@ -284,12 +286,51 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         return CoreRDBStorage(url, **options)
 
 
+def _open_server(
+    server_url: str, url: str, settings: StorageSettings, check: Callable[[], None]
+) -> CoreRDBStorage:
+    """Open a server's storage, waiting while the server has no connection left.
+
+    A server that is down fails at once (a mistyped host should not wait two
+    minutes). A server that is full is an outage: more workers than its
+    ``max_connections`` allows, which ends as soon as one of them stops, so the
+    worker waits for up to ``storage.outage_tolerance``, saying so once.
+    """
+    since: float | None = None
+    delay = 0.5
+    while True:
+        try:
+            _probe_server(server_url, settings.connect_timeout)
+            storage = retry_transient(lambda: _rdb_storage(server_url, settings))
+        except (sa_exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            fault = classify(e)
+            if fault is None or not fault.crowded:
+                raise
+            fault = dataclasses.replace(fault, reason=_scrub(fault.reason, url))
+            now = time.monotonic()
+            if since is None:
+                since = now
+                say(outage_line(redact_url(url), fault, settings.outage_tolerance))
+            elif now - since > settings.outage_tolerance:
+                raise StorageConfigError(
+                    give_up_line(redact_url(url), fault, settings.outage_tolerance)
+                ) from None
+            check()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        if since is not None:
+            say(f"storage is back after {time.monotonic() - since:.1f} s")
+        return storage
+
+
 def open_storage(
     url: str,
     settings: StorageSettings | None = None,
     *,
     must_exist: bool = False,
     first: str = "a worker",
+    check: Callable[[], None] = lambda: None,
 ) -> BaseStorage:
     """Open the storage behind ``url`` with tuner's guarantees for shared use.
 
@@ -300,6 +341,7 @@ def open_storage(
         must_exist: for commands that only read: a storage file that does not exist
             is an error, rather than created empty behind a mistyped path.
         first: what the user runs first to create it, for that error.
+        check: called while waiting for a full server; may raise to stop (a signal).
 
     Returns:
         An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
@@ -342,8 +384,7 @@ def open_storage(
     try:
         if db_file is None:
             server_url = _with_installed_driver(url)  # messages show the URL as given
-            _probe_server(server_url, settings.connect_timeout)
-            return retry_transient(lambda: _rdb_storage(server_url, settings))
+            return _open_server(server_url, url, settings, check)
         _check_writable_folder(db_file, url)
         # Only one tuner process creates the schema of a fresh file. Plain Optuna and
         # optuna-dashboard take no such lock: a race with them is retried.
@@ -366,7 +407,8 @@ def open_storage(
     except (sa_exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
         if (fault := classify(e)) is not None and fault.fatal:
             raise StorageConfigError(fatal_message(fault, url)) from None
-        reason = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
+        cause = fault.reason if fault is not None else str(getattr(e, "orig", None) or e)
+        reason = _scrub(cause.strip().splitlines()[0], url)
         fix = (
             f"check that {db_file} is a writable SQLite database, or pick another file"
             if db_file is not None
