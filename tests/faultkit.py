@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -374,3 +375,140 @@ def skewed_clock(seconds: int, where: Path) -> tuple[str, ...]:
     if built.returncode != 0:
         pytest.skip(f"cannot build the skewed-clock shim: {built.stderr.strip()[-300:]}")
     return ("env", f"LD_PRELOAD={shim}", f"TUNER_TEST_SKEW={seconds}")
+
+
+def create_role(server: OwnPostgres, role: str = "tuner") -> str:
+    """A login role that is no superuser (the reserved slots stay the test's), owning the
+    server's test database; returns its URL (trust auth: no password)."""
+    import sqlalchemy
+
+    admin = f"postgresql+psycopg2://postgres@127.0.0.1:{server.port}/postgres"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"ALTER DATABASE tuner_faults OWNER TO {role}")
+    engine.dispose()
+    return f"postgresql+psycopg2://{role}@127.0.0.1:{server.port}/tuner_faults"
+
+
+@dataclass
+class OwnPgBouncer:
+    """PgBouncer in transaction mode in front of a server, on a free port."""
+
+    port: int
+    root: Path
+
+    def url(self, role: str = "tuner", database: str = "tuner_faults") -> str:
+        return f"postgresql+psycopg2://{role}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def log(self) -> str:
+        return (self.root / "pgbouncer.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def own_pgbouncer(
+    server_port: int, pool_size: int, max_client_conn: int = 1000, roles: tuple[str, ...] = ()
+) -> Iterator[OwnPgBouncer]:
+    """Start PgBouncer (Debian package ``pgbouncer``) with ``pool_size`` server connections
+    per database and role, in transaction mode; stop and remove it after."""
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(exe).exists():
+        pytest.skip("PgBouncer is not installed (Debian package pgbouncer)")
+    root = Path(tempfile.mkdtemp(prefix="tuner-pgbouncer-"))
+    root.chmod(0o755)
+    users = root / "users.txt"  # auth_type trust still looks names up here
+    users.write_text("".join(f'"{r}" ""\n' for r in ("postgres", *roles)))
+    port = free_port()
+    ini = root / "pgbouncer.ini"
+    ini.write_text(
+        f"[databases]\n* = host=127.0.0.1 port={server_port}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {users}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
+        f"max_db_connections = {pool_size}\nmax_client_conn = {max_client_conn}\n"
+        f"logfile = {root / 'pgbouncer.log'}\npidfile = {root / 'pgbouncer.pid'}\n"
+        "admin_users = postgres\nlog_connections = 0\nlog_disconnections = 0\n"
+    )
+    if os.geteuid() == 0:
+        for path in (root, users, ini):
+            shutil.chown(path, "postgres")
+    proc = subprocess.Popen(_as_postgres(exe, str(ini)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until("PgBouncer to listen", lambda: _listening(port), timeout=30)
+        yield OwnPgBouncer(port, root)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def server_connections(server: OwnPostgres, role: str = "tuner") -> int:
+    """How many server processes serve ``role`` now (through the superuser's reserved slot)."""
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user="postgres",
+                            dbname="postgres")  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
+            return int(cur.fetchone()[0])  # type: ignore[index]
+    finally:
+        conn.close()
+
+
+def _cheap_worker(spec_sets: list[str], url: str, target: int, start: Any) -> None:
+    """A forked worker: tuner's trial loop around an objective that only talks to the storage."""
+    import logging
+
+    from tuner.common.console import err_console
+    from tuner.config.spec import load_spec
+    from tuner.runner.worker import run_objective
+    from tuner.storages.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.disable(logging.WARNING)
+    err_console.quiet = True
+    spec = load_spec("clothing", spec_sets)
+    start.wait()
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+        for epoch in range(3):
+            trial.report(lr, epoch)
+        trial.set_user_attr("gap", 0.0)
+        return lr
+
+    report = run_objective(spec, open_storage(url, spec.storage), url, lambda check: objective,
+                           n_trials=target)  # fmt: skip
+    os._exit(report.exit_code)
+
+
+def cheap_crowd(
+    url: str, workers: int, target: int, name: str, on_tick: Callable[[], None] = lambda: None
+) -> list[int]:
+    """Run ``workers`` forked worker processes on one study until ``target`` trials are
+    done; ``on_tick`` runs every half second meanwhile. Returns their exit codes."""
+    import multiprocessing as mp
+
+    sets = [f"study.name={name}", "search.warm_start=[]", "storage.outage_tolerance=300"]
+    fork = mp.get_context("fork")
+    start = fork.Event()
+    procs = [fork.Process(target=_cheap_worker, args=(sets, url, target, start))
+             for _ in range(workers)]  # fmt: skip
+    for p in procs:
+        p.start()
+    start.set()
+    while any(p.is_alive() for p in procs):
+        on_tick()
+        time.sleep(0.5)
+    return [p.exitcode if p.exitcode is not None else -1 for p in procs]

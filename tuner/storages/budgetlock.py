@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -166,21 +167,7 @@ class BudgetLock:
     def _try_server_lock(self) -> bool:
         assert self._conn is not None and self._engine is not None
         if self._engine.dialect.name == "postgresql":
-            try:
-                # lock_timeout bounds the wait for an advisory lock too (SQLSTATE 55P03).
-                # The lock is the transaction's, held until release ends it: a pooler in
-                # transaction mode (PgBouncer) keeps one server connection for a
-                # transaction, so the lock and its holder stay together there too.
-                self._conn.exec_driver_sql(
-                    f"SET LOCAL lock_timeout = '{int(self._slice() * 1000)}ms'"
-                )
-                self._conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({self._key})")
-            except sa_exc.OperationalError as e:
-                if getattr(e.orig, "pgcode", None) != "55P03":  # not lock_timeout: a fault
-                    raise
-                self._conn.rollback()
-                return False
-            return True
+            return self._try_postgres_lock()
         # GET_LOCK answers 0 after its timeout, and MariaDB answers NULL at once to
         # MySQL's "-1 means forever", so wait in bounded slices until it is granted.
         got = self._conn.exec_driver_sql(f"SELECT GET_LOCK('tuner{self._key}', {self._slice():g})")
@@ -192,6 +179,33 @@ class BudgetLock:
                 "the database refused the study's budget lock (GET_LOCK); check the server's log"
             )
         return answer == 1
+
+    def _try_postgres_lock(self) -> bool:
+        """Try for the lock for one slice, holding no server connection between tries.
+
+        The lock is the transaction's, held until :meth:`release` ends it: a pooler
+        in transaction mode (PgBouncer) gives a transaction one server connection,
+        so the lock stays with its holder there too. A wait that blocked in the
+        server would hold a server connection as well, and a pool's connections
+        would go to the waiting workers while the holder waits for one to claim
+        its trial; so a waiting worker asks again and again, briefly, between
+        short sleeps, with its transaction ended.
+        """
+        assert self._conn is not None
+        deadline = time.monotonic() + self._slice()
+        pause = 0.01
+        while True:
+            got = self._conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_xact_lock({self._key})"
+            ).scalar()
+            if got:
+                return True
+            self._conn.rollback()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, pause * random.uniform(0.5, 1.5)))
+            pause = min(pause * 2, 0.25)
 
     def _server_holder(self) -> tuple[str, str]:
         """(identity of this hold, who holds it) as the server sees it."""

@@ -15,11 +15,12 @@ import dataclasses
 import errno
 import importlib.util
 import os
+import random
 import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,6 +164,60 @@ def _probe_server(url: str, timeout: float) -> None:
         engine.dispose()
 
 
+# Names the PostgreSQL advisory lock under which one worker creates the schema.
+_SCHEMA_LOCK = int.from_bytes(b"tunerdb", "big")
+
+
+@contextlib.contextmanager
+def _schema_creation(url: str, timeout: float) -> Iterator[None]:
+    """On PostgreSQL, one worker at a time creates Optuna's tables.
+
+    Optuna's first-time set-up reads on a second connection while its first
+    holds a transaction. Behind a pooler with N server connections, N workers
+    starting at once on an empty database would each hold one and wait for
+    another; under this lock only one sets up, and the others find it done.
+    The lock is the transaction's and is waited for between short tries, so
+    it holds no server connection while it waits (see :mod:`.budgetlock`).
+    """
+    if _parse(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(
+        url, connect_args={"connect_timeout": max(1, round(timeout))}, poolclass=NullPool
+    )
+    try:
+        with engine.connect() as conn:
+            pause = 0.02
+            while not conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK})"
+            ).scalar():
+                conn.rollback()
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.5)
+            try:
+                yield
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def _schema_ready(url: str, timeout: float) -> bool:
+    """Whether the database holds Optuna's tables, stamped with a schema version."""
+    engine = sqlalchemy.create_engine(
+        url, connect_args={"connect_timeout": max(1, round(timeout))}, poolclass=NullPool
+    )
+    try:
+        with engine.connect() as conn:
+            return (
+                conn.exec_driver_sql("SELECT version_num FROM alembic_version").first() is not None
+            )
+    except sa_exc.ProgrammingError:  # no such table yet
+        return False
+    finally:
+        engine.dispose()
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL, or None for other storages."""
     if not url.startswith("sqlite"):
@@ -283,7 +338,19 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         }
         if parsed.get_backend_name() == "sqlite":
             return SQLiteStorage(url, settings.busy_timeout, **options)
-        return CoreRDBStorage(url, **options)
+        # Optuna's own check reads the schema's version on a second connection while its
+        # session holds a transaction on the first: behind a pooler with N server
+        # connections, N workers starting at once each hold one and wait for another.
+        storage = CoreRDBStorage(url, skip_compatibility_check=True, **options)
+        _check_schema(storage)
+        return storage
+
+
+def _check_schema(storage: CoreRDBStorage) -> None:
+    """Optuna's schema compatibility check, one connection at a time."""
+    manager = storage._version_manager
+    if manager.get_current_version() != manager.get_head_version():
+        manager.check_table_schema_compatibility()  # raises with Optuna's advice
 
 
 def _open_server(
@@ -301,7 +368,11 @@ def _open_server(
     while True:
         try:
             _probe_server(server_url, settings.connect_timeout)
-            storage = retry_transient(lambda: _rdb_storage(server_url, settings))
+            if _schema_ready(server_url, settings.connect_timeout):
+                storage = retry_transient(lambda: _rdb_storage(server_url, settings))
+            else:
+                with _schema_creation(server_url, settings.connect_timeout):
+                    storage = retry_transient(lambda: _rdb_storage(server_url, settings))
         except (sa_exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             fault = classify(e)
             if fault is None or not fault.crowded:

@@ -1,0 +1,38 @@
+"""Many workers on one PostgreSQL server through PgBouncer in transaction mode.
+
+Forty worker processes (tuner's trial loop: the budget lock, heartbeats,
+reaping, the phase board; an objective that only talks to the storage) share a
+server that allows 20 connections, through a PgBouncer of the test's own that
+keeps at most 8. Without it they would need about 100 (2-3 each).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faultkit import (
+    assert_invariants,
+    cheap_crowd,
+    create_role,
+    own_pgbouncer,
+    own_postgres,
+    server_connections,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_forty_workers_share_eight_server_connections_through_pgbouncer() -> None:
+    with own_postgres("-c max_connections=20") as server:
+        direct = create_role(server)
+        with own_pgbouncer(server.port, pool_size=8, roles=("tuner",)) as bouncer:
+            peak = 0
+
+            def tick() -> None:
+                nonlocal peak
+                peak = max(peak, server_connections(server))
+
+            codes = cheap_crowd(bouncer.url(), workers=40, target=80, name="crowd", on_tick=tick)
+            assert codes == [0] * 40, (codes, bouncer.log[-3000:])
+            assert_invariants(direct, 80, [], name="crowd")
+            assert 0 < peak <= 8, peak
