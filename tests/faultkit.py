@@ -494,10 +494,14 @@ def _cheap_worker(spec_sets: list[str], url: str, target: int, start: Any) -> No
 
 
 def cheap_crowd(
-    url: str, workers: int, target: int, name: str, on_tick: Callable[[], None] = lambda: None
+    url: str,
+    workers: int,
+    target: int,
+    name: str,
+    on_tick: Callable[[list[int]], None] = lambda pids: None,
 ) -> list[int]:
     """Run ``workers`` forked worker processes on one study until ``target`` trials are
-    done; ``on_tick`` runs every half second meanwhile. Returns their exit codes."""
+    done; ``on_tick`` gets their pids every half second meanwhile. Returns their exit codes."""
     import multiprocessing as mp
 
     sets = [f"study.name={name}", "search.warm_start=[]", "storage.outage_tolerance=300"]
@@ -509,6 +513,6 @@ def cheap_crowd(
         p.start()
     start.set()
     while any(p.is_alive() for p in procs):
-        on_tick()
+        on_tick([p.pid for p in procs if p.pid is not None and p.is_alive()])
         time.sleep(0.5)
     return [p.exitcode if p.exitcode is not None else -1 for p in procs]

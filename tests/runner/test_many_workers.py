@@ -1,4 +1,4 @@
-"""Many workers on one PostgreSQL server through PgBouncer in transaction mode.
+"""Many workers: on one PostgreSQL server through PgBouncer, and on one SQLite file.
 
 Forty worker processes (tuner's trial loop: the budget lock, heartbeats,
 reaping, the phase board; an objective that only talks to the storage) share a
@@ -7,6 +7,8 @@ keeps at most 8. Without it they would need about 100 (2-3 each).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from tests.faultkit import (
     own_postgres,
     server_connections,
 )
+from tuner.storages.settings import StorageSettings
+from tuner.storages.storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +32,7 @@ def test_forty_workers_share_eight_server_connections_through_pgbouncer() -> Non
         with own_pgbouncer(server.port, pool_size=8, roles=("tuner",)) as bouncer:
             peak = 0
 
-            def tick() -> None:
+            def tick(pids: list[int]) -> None:
                 nonlocal peak
                 peak = max(peak, server_connections(server))
 
@@ -36,3 +40,12 @@ def test_forty_workers_share_eight_server_connections_through_pgbouncer() -> Non
             assert codes == [0] * 40, (codes, bouncer.log[-3000:])
             assert_invariants(direct, 80, [], name="crowd")
             assert 0 < peak <= 8, peak
+
+
+def test_sixty_four_workers_started_at_once_on_one_sqlite_file_all_finish(tmp_path: Path) -> None:
+    # Opening a file whose schema exists takes no lock: starts do not queue behind each other.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    open_storage(url, StorageSettings())  # the first worker, which set the file up
+    codes = cheap_crowd(url, workers=64, target=128, name="crowd")
+    assert codes == [0] * 64, codes
+    assert_invariants(url, 128, [], name="crowd")

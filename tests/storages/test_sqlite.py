@@ -104,3 +104,21 @@ def test_skewed_heartbeat_clocks_never_make_a_live_trial_stale(tmp_path: Path) -
         stale = storage._get_stale_trial_ids(study_id)
         assert live not in stale
     assert stale == [dead]
+
+
+def test_opening_a_file_set_up_already_takes_no_lock(tmp_path: Path) -> None:
+    # A worker that holds the set-up lock (or one stopped while it held it) must not keep
+    # the others from starting once the file is set up: 64 workers would queue behind it.
+    from filelock import FileLock
+
+    from tuner.storages.settings import StorageSettings
+    from tuner.storages.storage import open_storage
+
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    open_storage(url, StorageSettings())
+    with FileLock(f"{db}.lock"):
+        started = time.monotonic()
+        opened = open_storage(url, StorageSettings(busy_timeout=2))
+        assert time.monotonic() - started < 2
+    assert opened.get_all_studies() == []

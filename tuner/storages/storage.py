@@ -302,6 +302,20 @@ def fatal_message(fault: Fault, url: str) -> str:
     )
 
 
+def _sqlite_ready(path: Path, busy_timeout: float) -> bool:
+    """Whether the file is in WAL mode and holds Optuna's tables, stamped with a version."""
+    if not path.is_file():
+        return False
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=busy_timeout)) as conn:
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            stamped = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return wal and stamped is not None
+    except sqlite3.Error:  # no tables yet, or a file to look at under the lock
+        return False
+
+
 def _check_sqlite_file(path: Path, url: str, busy_timeout: float) -> None:
     """Refuse a SQLite file that is damaged, before any work starts.
 
@@ -457,6 +471,10 @@ def open_storage(
             server_url = _with_installed_driver(url)  # messages show the URL as given
             return _open_server(server_url, url, settings, check)
         _check_writable_folder(db_file, url)
+        if _sqlite_ready(db_file, busy_timeout):
+            # Set up already: opening only reads, and many workers open it at once.
+            _check_sqlite_file(db_file, url, busy_timeout)
+            return retry_transient(lambda: _rdb_storage(url, settings))
         # Only one tuner process creates the schema of a fresh file. Plain Optuna and
         # optuna-dashboard take no such lock: a race with them is retried.
         with FileLock(f"{db_file}.lock", timeout=busy_timeout):
