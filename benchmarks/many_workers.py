@@ -69,6 +69,11 @@ def run(way: str, url: str, direct: str, server: object, args: argparse.Namespac
     trials = optuna.load_study(study_name=name, storage=direct).get_trials(deepcopy=False)
     states = collections.Counter(t.state.name for t in trials)
     finished = states[TrialState.COMPLETE.name] + states[TrialState.PRUNED.name]
+    reasons = collections.Counter(
+        str(t.user_attrs.get("fail_reason", "?"))[:90]
+        for t in trials
+        if t.state == TrialState.FAIL
+    )
     print(
         f"{way:>9}: {args.workers} workers, exit codes {dict(collections.Counter(codes))}, "
         f"trials {dict(states)} ({'exact' if finished == args.trials else 'NOT EXACT'}), "
@@ -76,6 +81,8 @@ def run(way: str, url: str, direct: str, server: object, args: argparse.Namespac
         f"worker PSS median {sorted(pss)[len(pss) // 2] if pss else float('nan'):.0f} MB",
         flush=True,
     )
+    for reason, n in reasons.most_common(5):
+        print(f"           {n} failed: {reason}", flush=True)
 
 
 def main() -> int:

@@ -296,12 +296,19 @@ def run_worker(
             say(f"worker joining study {spec.study.name!r} on {redact_url(url)}")
             if joined:  # the study's stored settings it took, now that every check passed
                 say(joined)
+        except Interrupted as stop:
+            say(f"stopped by {stop.name} during start-up; no trial was started")
+            return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
+        deadline: Callable[[], bool] | None = None  # --timeout counts from the load on
+
+        def load() -> Objective:
+            """TensorFlow, the data and the objective: loaded once a trial can start."""
+            nonlocal deadline
             board.set("loading TensorFlow")
             from tuner.training.devices import device_line  # loads TensorFlow
             from tuner.training.objective import make_objective, prepare_data
 
             say(device_line())
-
             s.signals.check()
             board.set("loading data")
             with features_progress(study, note_for(spec), board, s.signals.check) as progress:
@@ -309,10 +316,12 @@ def run_worker(
                 data = prepare_data(setup, scan, say, progress)
             store = artifact_store(url, spec)
             objective = make_objective(setup, data, store, say, check=s.check)
-        except Interrupted as stop:
-            say(f"stopped by {stop.name} during start-up; no trial was started")
-            return WorkerReport(0, 0, 0, 0, interrupted=stop.signum)
-        return _trial_loop(s, study, objective, target, _deadline(timeout))
+            deadline = _deadline(timeout)
+            return objective
+
+        return _trial_loop(
+            s, study, load, target, lambda: deadline is not None and deadline(), loads=True
+        )
 
 
 def run_objective(
@@ -400,11 +409,18 @@ def _done(
 def _trial_loop(
     s: _Session,
     study: optuna.Study,
-    objective: Objective,
+    objective: Objective | Callable[[], Objective],
     target: int,
     until: Callable[[], bool] | None = None,
+    loads: bool = False,
 ) -> WorkerReport:
-    """Run trials until the study holds ``target`` finished ones, ``until`` says so, or a stop."""
+    """Run trials until the study holds ``target`` finished ones, ``until`` says so, or a stop.
+
+    With ``loads``, ``objective`` is called once, with no argument, to load the
+    objective (TensorFlow and the data) when the first trial can start: a worker
+    that waits for other workers' trials meanwhile holds no TensorFlow memory.
+    """
+    load = objective if loads else None
     spec, run, storage, signals = s.spec, s.run, s.storage, s.signals
     lock = budget_lock(
         s.raw,
@@ -451,7 +467,8 @@ def _trial_loop(
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if _done(study, target, s.board, before_start=False, trials=trials):
                     break
-                if finished + len(running) < target:
+                room = finished + len(running) < target
+                if room and load is None:
                     run.number = run.trial_id = None
                     # ask and the sampler share the read just made, until the first report
                     with storage.reads_from(study._study_id, trials):
@@ -467,6 +484,9 @@ def _trial_loop(
                             "fix the cause and start the worker again"
                         )
                     continue
+            if room and load is not None:  # outside the lock: loading takes seconds
+                objective, load = load(), None  # type: ignore[call-arg]
+                continue
             waiting.on(running, finished, target)
             s.board.set("waiting", f"for trial {', '.join(str(t.number) for t in running)}")
             signals.wait(min(2.0, spec.storage.heartbeat_interval))

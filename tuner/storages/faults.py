@@ -51,7 +51,7 @@ def crowded_advice() -> str:
     """What a user does about a server that has no connection left."""
     return (
         "the server's max_connections is too small for all its clients: raise it, or let "
-        "the workers share connections through PgBouncer (README: many workers)"
+        "the workers share connections through PgBouncer (README: Many workers)"
     )
 
 
