@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,12 +499,13 @@ def cheap_crowd(
     target: int,
     name: str,
     on_tick: Callable[[list[int]], None] = lambda pids: None,
+    sets: Sequence[str] = (),
 ) -> list[int]:
     """Run ``workers`` forked worker processes on one study until ``target`` trials are
     done; ``on_tick`` gets their pids every half second meanwhile. Returns their exit codes."""
     import multiprocessing as mp
 
-    sets = [f"study.name={name}", "search.warm_start=[]", "storage.outage_tolerance=300"]
+    sets = [f"study.name={name}", "search.warm_start=[]", "storage.outage_tolerance=300", *sets]
     fork = mp.get_context("fork")
     start = fork.Event()
     procs = [fork.Process(target=_cheap_worker, args=(sets, url, target, start))

@@ -242,7 +242,10 @@ class StorageWatch:
             if threading.current_thread() is threading.main_thread():
                 self.check()
             self._sleep(delay)
-            delay = min(delay * 2, 5.0)
+            # On a full server, a worker that is in asks again within a second: workers
+            # still starting ask less often (see storage._open_server), so those that hold
+            # trials get the connections that free up and finish them.
+            delay = min(delay * 2, 1.0 if fault.crowded else 5.0)
 
     def _fault(self, fault: Fault) -> None:
         with self._lock:

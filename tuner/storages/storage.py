@@ -176,8 +176,9 @@ def _schema_creation(url: str, timeout: float) -> Iterator[None]:
     holds a transaction. Behind a pooler with N server connections, N workers
     starting at once on an empty database would each hold one and wait for
     another; under this lock only one sets up, and the others find it done.
-    The lock is the transaction's and is waited for between short tries, so
-    it holds no server connection while it waits (see :mod:`.budgetlock`).
+    The lock is the transaction's, and a worker waiting for it holds no
+    connection between its tries: on a server with few connections left, the
+    waiting workers would otherwise hold the ones the set-up needs.
     """
     if _parse(url).get_backend_name() != "postgresql":
         yield
@@ -185,19 +186,23 @@ def _schema_creation(url: str, timeout: float) -> Iterator[None]:
     engine = sqlalchemy.create_engine(
         url, connect_args={"connect_timeout": max(1, round(timeout))}, poolclass=NullPool
     )
+    pause = 0.05
     try:
-        with engine.connect() as conn:
-            pause = 0.02
-            while not conn.exec_driver_sql(
-                f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK})"
-            ).scalar():
-                conn.rollback()
-                time.sleep(pause * random.uniform(0.5, 1.5))
-                pause = min(pause * 2, 0.5)
-            try:
+        while True:
+            with engine.connect() as conn:
+                if conn.exec_driver_sql(
+                    f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK})"
+                ).scalar():
+                    try:
+                        yield
+                    finally:
+                        conn.rollback()
+                    return
+            if _schema_ready(url, timeout):  # set up by the worker that held the lock
                 yield
-            finally:
-                conn.rollback()
+                return
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 1.0)
     finally:
         engine.dispose()
 
@@ -342,6 +347,8 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         else:
             args.update(mysql_call_args(settings.call_timeout))
         engine_kwargs["connect_args"] = args
+        # A worker's connections, opened at start and kept (see _hold_connections).
+        engine_kwargs.update(pool_size=WORKER_CONNECTIONS, max_overflow=0)
     with warnings.catch_warnings():  # the heartbeat and its callback are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         options: dict[str, Any] = {
@@ -357,7 +364,36 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         # connections, N workers starting at once each hold one and wait for another.
         storage = CoreRDBStorage(url, skip_compatibility_check=True, **options)
         _check_schema(storage)
+        _hold_connections(storage)
         return storage
+
+
+# The most connections a worker uses at once: its trial loop, the budget lock held while it
+# claims a trial, Optuna's heartbeat thread and the phase board's thread.
+WORKER_CONNECTIONS = 4
+
+
+def _hold_connections(storage: CoreRDBStorage) -> None:
+    """Open all of a worker's server connections now, and keep them in its pool.
+
+    A worker that opened its connections as it needed them could hold three,
+    find the server full when it needs its fourth, and wait; with every worker
+    in that state, none would finish and free any. With all of them open from
+    the start, a worker that is in never waits for the server: a full server
+    turns away only workers that are starting, which wait until a whole worker
+    stops (see :func:`_open_server`).
+    """
+    held: list[sqlalchemy.engine.Connection] = []
+    try:
+        for _ in range(WORKER_CONNECTIONS):
+            held.append(storage.engine.connect())
+    except BaseException:
+        for conn in held:
+            conn.close()
+        storage.engine.dispose()  # a start that waits for the server holds nothing meanwhile
+        raise
+    for conn in held:
+        conn.close()  # back to the pool, which keeps them open
 
 
 def _check_schema(storage: CoreRDBStorage) -> None:
@@ -401,8 +437,10 @@ def _open_server(
                     give_up_line(redact_url(url), fault, settings.outage_tolerance)
                 ) from None
             check()
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            # Workers that are in and hold trials ask again within a second (StorageWatch);
+            # one that is starting gives way to them, asking every 5-15 s.
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 10.0)
             continue
         if since is not None:
             say(f"storage is back after {time.monotonic() - since:.1f} s")
