@@ -488,7 +488,8 @@ def _cheap_worker(spec_sets: list[str], url: str, target: int, start: Any) -> No
         trial.set_user_attr("gap", 0.0)
         return lr
 
-    report = run_objective(spec, open_storage(url, spec.storage), url, lambda check: objective,
+    storage = open_storage(url, spec.storage, hold_connections=True)
+    report = run_objective(spec, storage, url, lambda check: objective,
                            n_trials=target)  # fmt: skip
     os._exit(report.exit_code)
 

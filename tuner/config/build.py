@@ -68,12 +68,19 @@ def _go_on() -> None:
 
 
 def open_spec_storage(
-    url: str, spec: StudySpec, *, must_exist: bool = False, check: Callable[[], None] = _go_on
+    url: str,
+    spec: StudySpec,
+    *,
+    must_exist: bool = False,
+    check: Callable[[], None] = _go_on,
+    worker: bool = False,
 ) -> BaseStorage:
-    """:func:`~tuner.storages.storage.open_storage` with the spec's ``[storage]`` settings."""
+    """:func:`~tuner.storages.storage.open_storage` with the spec's ``[storage]`` settings;
+    ``worker`` opens a worker's connections at once and keeps them."""
     return open_storage(
-        url, spec.storage, must_exist=must_exist, first=worker_command(spec), check=check
-    )
+        url, spec.storage, must_exist=must_exist, first=worker_command(spec), check=check,
+        hold_connections=worker,
+    )  # fmt: skip
 
 
 def artifact_dir(url: str, spec: StudySpec) -> Path:

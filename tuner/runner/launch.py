@@ -54,7 +54,7 @@ def launch(
     require_tensorflow()  # before anything is created: a worker without it cannot train
     check_pool_size(workers)
     with removed_on_failure(url):  # a run that fails before its study exists leaves nothing
-        opened = open_spec_storage(url, spec, check=signals.check)
+        opened = open_spec_storage(url, spec, check=signals.check, worker=workers == 1)
         spec, taken = joined_spec(spec, opened, overrides)
         joined = ""  # said once the checks passed: a failed start prints its error line only
         if taken and "TUNER_WORKER_INDEX" not in os.environ:  # a pool's parent says it

@@ -364,7 +364,6 @@ def _rdb_storage(url: str, settings: StorageSettings) -> CoreRDBStorage:
         # connections, N workers starting at once each hold one and wait for another.
         storage = CoreRDBStorage(url, skip_compatibility_check=True, **options)
         _check_schema(storage)
-        _hold_connections(storage)
         return storage
 
 
@@ -404,7 +403,7 @@ def _check_schema(storage: CoreRDBStorage) -> None:
 
 
 def _open_server(
-    server_url: str, url: str, settings: StorageSettings, check: Callable[[], None]
+    server_url: str, url: str, settings: StorageSettings, check: Callable[[], None], hold: bool
 ) -> CoreRDBStorage:
     """Open a server's storage, waiting while the server has no connection left.
 
@@ -423,6 +422,8 @@ def _open_server(
             else:
                 with _schema_creation(server_url, settings.connect_timeout):
                     storage = retry_transient(lambda: _rdb_storage(server_url, settings))
+            if hold:
+                _hold_connections(storage)
         except (sa_exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             fault = classify(e)
             if fault is None or not fault.crowded:
@@ -454,6 +455,7 @@ def open_storage(
     must_exist: bool = False,
     first: str = "a worker",
     check: Callable[[], None] = lambda: None,
+    hold_connections: bool = False,
 ) -> BaseStorage:
     """Open the storage behind ``url`` with tuner's guarantees for shared use.
 
@@ -465,6 +467,9 @@ def open_storage(
             is an error, rather than created empty behind a mistyped path.
         first: what the user runs first to create it, for that error.
         check: called while waiting for a full server; may raise to stop (a signal).
+        hold_connections: a worker's storage: open all its server connections now and
+            keep them (see :func:`_hold_connections`); a command that only reads opens
+            them as it needs them.
 
     Returns:
         An Optuna storage; RDB storages have the heartbeat and stale-trial retries on.
@@ -507,7 +512,7 @@ def open_storage(
     try:
         if db_file is None:
             server_url = _with_installed_driver(url)  # messages show the URL as given
-            return _open_server(server_url, url, settings, check)
+            return _open_server(server_url, url, settings, check, hold_connections)
         _check_writable_folder(db_file, url)
         if _sqlite_ready(db_file, busy_timeout):
             # Set up already: opening only reads, and many workers open it at once.
