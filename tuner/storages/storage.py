@@ -149,14 +149,19 @@ def _with_installed_driver(url: str) -> str:
     return url
 
 
-def _probe_server(url: str, timeout: float) -> None:
-    """Connect once, with no retries, so a server that is down fails within ``timeout``."""
+def _bare_engine(url: str, timeout: float) -> sqlalchemy.engine.Engine:
+    """An engine that keeps no connection, each bounded by ``timeout`` to connect."""
     seconds = max(1, round(timeout))
     args: dict[str, Any] = {"connect_timeout": seconds}
     if _parse(url).get_backend_name() in ("mysql", "mariadb"):
         # PyMySQL's connect_timeout ends at the TCP connect; bound the handshake as well.
         args.update(read_timeout=seconds, write_timeout=seconds)
-    engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=NullPool)
+    return sqlalchemy.create_engine(url, connect_args=args, poolclass=NullPool)
+
+
+def _probe_server(url: str, timeout: float) -> None:
+    """Connect once, with no retries, so a server that is down fails within ``timeout``."""
+    engine = _bare_engine(url, timeout)
     try:
         with engine.connect():
             pass
@@ -183,9 +188,7 @@ def _schema_creation(url: str, timeout: float) -> Iterator[None]:
     if _parse(url).get_backend_name() != "postgresql":
         yield
         return
-    engine = sqlalchemy.create_engine(
-        url, connect_args={"connect_timeout": max(1, round(timeout))}, poolclass=NullPool
-    )
+    engine = _bare_engine(url, timeout)
     pause = 0.05
     try:
         while True:
@@ -209,9 +212,7 @@ def _schema_creation(url: str, timeout: float) -> Iterator[None]:
 
 def _schema_ready(url: str, timeout: float) -> bool:
     """Whether the database holds Optuna's tables, stamped with a schema version."""
-    engine = sqlalchemy.create_engine(
-        url, connect_args={"connect_timeout": max(1, round(timeout))}, poolclass=NullPool
-    )
+    engine = _bare_engine(url, timeout)
     try:
         with engine.connect() as conn:
             return (
