@@ -7,8 +7,8 @@ median pruner), the budget lock, reaping, the phase board, the trial lines.
 Only the objective is trivial. It does no training but talks to the storage
 exactly like a real cached trial: the sampled parameters, ``cache`` and
 ``worker``, 10 epochs each with ``trial.report`` and (but the last)
-``should_prune``, then the contract's attributes (``train_accuracy``,
-``val_loss``, ``gap``, ``epoch_seconds``) written once, and the two
+``should_prune``, then the contract's seven per-epoch attributes written once
+(together, where the measured checkout writes them together), and the two
 artifacts (the weights and the learning curve) uploaded with Optuna's
 ``upload_artifact`` (tiny files: writing the real ones is part of the
 cached trial's time).
@@ -83,19 +83,16 @@ def trivial_objective(spec: StudySpec, folder: Path) -> Callable[[optuna.Trial],
 
     def objective(trial: optuna.Trial) -> float:
         suggest(trial, spec.search.space)
-        trial.set_user_attr("cache", "hit")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        set_attrs(trial, {"cache": "hit", "worker": f"{socket.gethostname()}:{os.getpid()}"})
         for epoch in range(EPOCHS):
             trial.report(0.5, epoch)  # equal everywhere, so the median pruner never prunes
             # tuner.training.objective.PruningBeforeLastEpoch does not ask after the last epoch
             if epoch + 1 < EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned()
-        # tuner.training.objective.EpochRecorder writes the per-epoch lists once at the end of a
-        # cached trial (its epochs take milliseconds; it flushes at most every 5 s).
-        trial.set_user_attr("train_accuracy", [0.5] * EPOCHS)
-        trial.set_user_attr("val_loss", [1.0] * EPOCHS)
-        trial.set_user_attr("gap", 0.0)
-        trial.set_user_attr("epoch_seconds", [0.001] * EPOCHS)
+        # tuner.training.callbacks.EpochRecorder writes the per-epoch record once at the end of
+        # a cached trial (its epochs take milliseconds; it flushes at most every 5 s).
+        lists = ("train_accuracy", "val_loss", "epoch_values", "train_values", "epoch_seconds")
+        set_attrs(trial, {"gap": 0.0, "metric_gap": 0.0, **{k: [0.5] * EPOCHS for k in lists}})
         # the head's weights and the learning-curve PNG, as tuner.training.objective uploads them
         for attr in ("weights_artifact", "curve_artifact"):
             artifact = upload_artifact(
@@ -105,6 +102,17 @@ def trivial_objective(spec: StudySpec, folder: Path) -> Callable[[optuna.Trial],
         return 0.5
 
     return objective
+
+
+def set_attrs(trial: optuna.Trial, values: dict[str, Any]) -> None:
+    """Several attributes, written as the measured checkout's objective writes them."""
+    try:
+        from tuner.common.attrs import set_attrs as together
+    except ImportError:  # a checkout from before it wrote them in one transaction
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        return
+    together(trial, values)
 
 
 class StorageClock:
@@ -121,7 +129,13 @@ class StorageClock:
         self._lock = threading.Lock()
         self._depth = threading.local()
         public = [n for n in dir(BaseStorage) if not n.startswith("_")]
-        for name in [*public, *self.PRIVATE, "record_heartbeat"]:
+        for name in [
+            *public,
+            *self.PRIVATE,
+            "record_heartbeat",
+            "set_trial_user_attrs",
+            "set_trial_intermediate_values",
+        ]:
             method = getattr(storage, name, None)
             if callable(method):
                 setattr(storage, name, self._timed(name, method))

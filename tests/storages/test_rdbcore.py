@@ -111,6 +111,22 @@ def test_every_trial_reads_back_as_optuna_reads_it(
     assert first.value == 0.875 and first.datetime_complete is not None
 
 
+def test_several_attributes_at_once_read_back_as_one_by_one(
+    pair: tuple[CoreRDBStorage, RDBStorage, int],
+) -> None:
+    core, own, study_id = pair
+    one_by_one, together = own.create_new_trial(study_id), own.create_new_trial(study_id)
+    first = {"gap": None, "train_accuracy": [0.5], "cache": "hit"}
+    then = {"gap": 0.125, "train_accuracy": [0.5, 0.75], "epoch_seconds": [0.01, 0.02]}
+    for values in (first, then):  # the second write overwrites two keys and adds one
+        for key, value in values.items():
+            own.set_trial_user_attr(one_by_one, key, value)
+        core.set_trial_user_attrs(together, values)
+    core.set_trial_user_attrs(together, {})  # nothing to write: no statement, no error
+    assert core.get_trial(together).user_attrs == own.get_trial(one_by_one).user_attrs
+    assert core.get_trial(together).user_attrs == {**first, **then}
+
+
 def test_errors_are_optunas(pair: tuple[CoreRDBStorage, RDBStorage, int]) -> None:
     core, own, study_id = pair
     done = _fill(own, study_id, TrialState.COMPLETE, [0.5])
@@ -118,6 +134,7 @@ def test_errors_are_optunas(pair: tuple[CoreRDBStorage, RDBStorage, int]) -> Non
         lambda s, t: s.set_trial_intermediate_value(t, 3, 0.5),
         lambda s, t: s.set_trial_user_attr(t, "k", 1),
         lambda s, t: s.set_trial_system_attr(t, "k", 1),
+        lambda s, t: s.set_trial_user_attrs(t, {"k": 1, "j": 2}),
     ]
     for write in writes:
         with pytest.raises(UpdateFinishedTrialError, match=r"Trial#0 has already finished"):

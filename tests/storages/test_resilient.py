@@ -59,6 +59,23 @@ def test_every_call_rides_out_a_transient_fault(parts: tuple[ResilientStorage, l
     assert lines[0].startswith("storage test unreachable") and "back after" in lines[-1]
 
 
+def test_several_attributes_are_one_write_that_rides_out_a_fault(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    from tuner.common.attrs import set_attrs
+
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    backend = storage.inner._backend  # type: ignore[attr-defined]
+    backend.set_trial_user_attr = lambda *a: pytest.fail("written one by one")
+    flaky = _Flaky(backend, "set_trial_user_attrs", 1)
+    set_attrs(trial, {"cache": "hit", "gap": 0.25})
+    assert flaky.n == 0  # failed once, then written
+    assert trial.user_attrs == {"cache": "hit", "gap": 0.25}  # the trial's own view too
+    assert study.trials[0].user_attrs == {"cache": "hit", "gap": 0.25}
+
+
 def test_finishing_a_trial_whose_commit_went_through_before_the_drop_succeeds(
     parts: tuple[ResilientStorage, list[str]],
 ) -> None:
@@ -151,3 +168,77 @@ class _Counting:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.n += 1
         return self.real(*args, **kwargs)
+
+
+class _Counted:
+    """Counts the calls of one storage method, and makes them."""
+
+    def __init__(self, storage: Any, method: str) -> None:
+        self.real, self.calls = getattr(storage, method), 0
+        setattr(storage, method, self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def test_fast_reports_are_held_and_written_together_before_the_trial_ends(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    backend = storage.inner._backend  # type: ignore[attr-defined]
+    one, many = (
+        _Counted(backend, "set_trial_intermediate_value"),
+        _Counted(backend, "set_trial_intermediate_values"),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        for epoch in range(10):  # epochs of no time at all, as a cached head's
+            trial.report(0.1 * epoch, epoch)
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return 0.5
+
+    study.optimize(objective, n_trials=2)
+    assert (one.calls, many.calls) == (2, 2)  # each trial's first report, then the rest at once
+    done, pruned = study.trials
+    assert done.intermediate_values == {e: pytest.approx(0.1 * e) for e in range(10)}
+    assert pruned.state == TrialState.PRUNED and pruned.value == pytest.approx(0.9)  # its last
+    assert storage._held == {}
+
+
+def test_a_slow_report_is_written_at_once_with_those_held(
+    parts: tuple[ResilientStorage, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner.storages.resilient as resilient
+
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.report(0.1, 0)  # the first: written
+    trial.report(0.2, 1)  # fast: held
+    seen = optuna.load_study(study_name="s", storage=storage.inner._backend)  # type: ignore[attr-defined]
+    assert seen.trials[0].intermediate_values == {0: 0.1}
+    monkeypatch.setattr(resilient, "FAST_REPORT", 0.0)  # the next epoch took its time
+    trial.report(0.3, 2)
+    seen = optuna.load_study(study_name="s", storage=storage.inner._backend)  # type: ignore[attr-defined]
+    assert seen.trials[0].intermediate_values == {0: 0.1, 1: 0.2, 2: 0.3}
+
+
+def test_held_reports_of_a_trial_another_worker_failed_are_dropped(
+    parts: tuple[ResilientStorage, list[str]],
+) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    storage, _ = parts
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.report(0.1, 0)
+    trial.report(0.2, 1)  # held
+    backend = storage.inner._backend  # type: ignore[attr-defined]
+    backend.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # as a reaper would
+    with pytest.raises(UpdateFinishedTrialError):  # finishing it fails as it always did
+        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.2])
+    assert storage._held == {}
+    assert study.trials[0].intermediate_values == {0: 0.1}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "CACHE",
@@ -30,6 +32,7 @@ __all__ = [
     "WARM_START",
     "WEIGHTS_ARTIFACT",
     "WORKER",
+    "set_attrs",
     "worker_name",
 ]
 
@@ -71,3 +74,18 @@ SPEC_ATTR = "tuner:spec"
 def worker_name() -> str:
     """``host:pid`` of this process: the value of :data:`WORKER` on every trial it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def set_attrs(trial: Any, values: Mapping[str, Any]) -> None:
+    """Set several user attributes of a running trial, in one transaction where the storage can.
+
+    ``trial`` is an ``optuna.Trial``. A worker's storage writes them together
+    (``set_trial_user_attrs``); any other storage gets one ``set_user_attr`` each.
+    """
+    many = getattr(trial.storage, "set_trial_user_attrs", None)
+    if many is None:
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        return
+    many(trial._trial_id, dict(values))
+    trial._cached_frozen_trial.user_attrs.update(values)  # as Trial.set_user_attr keeps it

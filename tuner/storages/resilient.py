@@ -20,8 +20,10 @@ share the loop's read, until the trial first reports.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
-from collections.abc import Callable, Container, Iterator, Sequence
+import time
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +36,22 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.errors import StorageError
 from tuner.storages.faults import StorageWatch
 
-__all__ = ["ResilientStorage"]
+__all__ = ["FAST_REPORT", "HOLD_AT_MOST", "ResilientStorage"]
+
+# A report this soon after the trial's last is held and written with the next ones.
+FAST_REPORT = 0.25
+# The longest a held report waits for the trial's next report before it is written.
+HOLD_AT_MOST = 1.0
+
+
+@dataclasses.dataclass
+class _Held:
+    """A running trial's reports that are not written yet."""
+
+    last: float  # when the trial last reported
+    since: float = 0.0  # when the oldest held report came
+    values: dict[int, float] = dataclasses.field(default_factory=dict)
+
 
 # Every public method of Optuna's storage interface, delegated through the watch.
 _DELEGATED = [
@@ -55,7 +72,6 @@ _DELEGATED = [
     "get_trial_param",
     "set_trial_user_attr",
     "set_trial_system_attr",
-    "get_trial",
     "get_n_trials",
     "get_best_trial",
     "get_trial_params",
@@ -90,6 +106,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._beating: int | None = None  # the trial of the last heartbeat
         self._lost_lock = threading.Lock()
         self._shared = threading.local()  # the read that reads_from() lends, per thread
+        self._held: dict[int, _Held] = {}  # reports not written yet, by trial id
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -105,6 +122,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
         """Finish or claim a trial; a retry that finds its own earlier write succeeded says so."""
+        if state.is_finished() or state == TrialState.WAITING:
+            self.write_held(trial_id, finishing=True)
         attempts = 0
 
         def write() -> bool:
@@ -165,10 +184,77 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._shared.read = None
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
-        """Report a value; the trial trains now, so this thread's shared read ends."""
+        """Report a value; the trial trains now, so this thread's shared read ends.
+
+        A trial's first report is written at once. A report that follows the trial's
+        last one within :data:`FAST_REPORT` seconds (a cached head's epochs take
+        milliseconds) is held, and written with the others held, at the next slower
+        report, once the oldest has waited :data:`HOLD_AT_MOST` seconds, or just before
+        the trial finishes: one transaction for ten epochs rather than ten. The pruner
+        is not affected: Optuna's ``should_prune`` reads the trial's own values from the
+        trial object, and tuner's pruners compare them with finished trials only.
+        """
         self.read_afresh()
+        now = time.monotonic()
+        with self._lost_lock:
+            held = self._held.get(trial_id)
+            if held is None:  # the first report
+                self._held[trial_id] = _Held(last=now)
+            else:
+                fast, held.last = now - held.last < FAST_REPORT, now
+                if not held.values:
+                    held.since = now
+                held.values[step] = value
+                if fast and now - held.since < HOLD_AT_MOST:
+                    return
+        if held is None:
+            inner = self.inner
+            self.watch.call(lambda: inner.set_trial_intermediate_value(trial_id, step, value))
+        else:
+            self.write_held(trial_id)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """The trial as stored, its held reports written first (Optuna reads them back)."""
+        self.write_held(trial_id)
         inner = self.inner
-        self.watch.call(lambda: inner.set_trial_intermediate_value(trial_id, step, value))
+        return self.watch.call(lambda: inner.get_trial(trial_id))
+
+    def write_held(self, trial_id: int, finishing: bool = False) -> None:
+        """Write the trial's held reports now (see :meth:`set_trial_intermediate_value`).
+
+        ``finishing``: the trial ends next; forget it, and if another worker has
+        failed it meanwhile, drop its held reports, which it no longer takes.
+        """
+        with self._lost_lock:
+            held = self._held.pop(trial_id, None) if finishing else self._held.get(trial_id)
+            values = dict(held.values) if held is not None else {}
+            if held is not None:
+                held.values.clear()
+        if not values:
+            return
+        backend = getattr(self.inner, "_backend", self.inner)  # beneath Optuna's cache
+        many = getattr(backend, "set_trial_intermediate_values", None)
+        if many is None:  # any other storage: one write each, in one retried call
+
+            def many(trial_id: int, values: dict[int, float]) -> None:
+                for step, value in values.items():
+                    backend.set_trial_intermediate_value(trial_id, step, value)
+
+        try:
+            self.watch.call(lambda: many(trial_id, values))
+        except UpdateFinishedTrialError:
+            if not finishing:
+                raise
+
+    def set_trial_user_attrs(self, trial_id: int, values: Mapping[str, Any]) -> None:
+        """Several user attributes of a trial: one transaction where the storage can."""
+        backend = getattr(self.inner, "_backend", self.inner)  # beneath Optuna's cache
+        many = getattr(backend, "set_trial_user_attrs", None)
+        if many is None:
+            for key, value in values.items():
+                self.set_trial_user_attr(trial_id, key, value)  # type: ignore[attr-defined]
+            return
+        self.watch.call(lambda: many(trial_id, values))
 
     def remove_session(self) -> None:
         self.inner.remove_session()

@@ -48,7 +48,9 @@ _WRITES = [
     "_set_trial_param",
     "set_trial_state_values",
     "set_trial_intermediate_value",
+    "set_trial_intermediate_values",
     "set_trial_user_attr",
+    "set_trial_user_attrs",
     "set_trial_system_attr",
     "record_heartbeat",
 ]

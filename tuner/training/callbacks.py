@@ -114,8 +114,7 @@ class EpochRecorder(keras.callbacks.Callback):
             attrs.TRAIN_VALUES: [_finite(v) for v in self.train_values],
             attrs.EPOCH_SECONDS: self.epoch_seconds,
         }
-        for key, value in record.items():
-            self.trial.set_user_attr(key, value)
+        attrs.set_attrs(self.trial, record)
         self._flushed = time.perf_counter()
 
 

@@ -315,12 +315,11 @@ class StopCheck(keras.callbacks.Callback):
 def _begin(trial: optuna.Trial, setup: TrialSetup, data: TrialData) -> int:
     """Record where the trial runs, start Keras afresh, and return the trial's seed."""
     # A retried trial inherits the failed one's attributes; clear what no longer holds.
-    for stale in attrs.STALE & trial.user_attrs.keys():
-        trial.set_user_attr(stale, None)
-    trial.set_user_attr(attrs.CACHE, data.cache)
+    record: dict[str, Any] = dict.fromkeys(attrs.STALE & trial.user_attrs.keys())
+    record.update({attrs.CACHE: data.cache, attrs.WORKER: attrs.worker_name()})
     if data.reason:
-        trial.set_user_attr(attrs.CACHE_REASON, data.reason)
-    trial.set_user_attr(attrs.WORKER, attrs.worker_name())
+        record[attrs.CACHE_REASON] = data.reason
+    attrs.set_attrs(trial, record)
     seed = setup.model.seed + trial.number
     if data.features is not None:
         # A cached trial takes well under a second, and a full garbage collection would be a
