@@ -466,7 +466,9 @@ def server_connections(server: OwnPostgres, role: str = "tuner") -> int:
         conn.close()
 
 
-def _cheap_worker(spec_sets: list[str], url: str, target: int, start: Any) -> None:
+def _cheap_worker(
+    spec_sets: list[str], url: str, target: int, start: Any, trial_seconds: float = 0.0
+) -> None:
     """A forked worker: tuner's trial loop around an objective that only talks to the storage."""
     import logging
 
@@ -484,6 +486,7 @@ def _cheap_worker(spec_sets: list[str], url: str, target: int, start: Any) -> No
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
         for epoch in range(3):
+            time.sleep(trial_seconds / 3)
             trial.report(lr, epoch)
         trial.set_user_attr("gap", 0.0)
         return lr
@@ -501,15 +504,17 @@ def cheap_crowd(
     name: str,
     on_tick: Callable[[list[int]], None] = lambda pids: None,
     sets: Sequence[str] = (),
+    trial_seconds: float = 0.0,
 ) -> list[int]:
     """Run ``workers`` forked worker processes on one study until ``target`` trials are
-    done; ``on_tick`` gets their pids every half second meanwhile. Returns their exit codes."""
+    done, each trial taking ``trial_seconds`` (asleep); ``on_tick`` gets their pids every half
+    second meanwhile. Returns their exit codes."""
     import multiprocessing as mp
 
     sets = [f"study.name={name}", "search.warm_start=[]", "storage.outage_tolerance=300", *sets]
     fork = mp.get_context("fork")
     start = fork.Event()
-    procs = [fork.Process(target=_cheap_worker, args=(sets, url, target, start))
+    procs = [fork.Process(target=_cheap_worker, args=(sets, url, target, start, trial_seconds))
              for _ in range(workers)]  # fmt: skip
     for p in procs:
         p.start()

@@ -403,6 +403,12 @@ def _check_schema(storage: CoreRDBStorage) -> None:
         manager.check_table_schema_compatibility()  # raises with Optuna's advice
 
 
+# PostgreSQL's answers while it starts, stops or recovers (the server exists; it will be back).
+_SERVER_THERE = re.compile(
+    r"the database system is (starting up|shutting down|in recovery|not yet accepting)"
+)
+
+
 def _open_server(
     server_url: str, url: str, settings: StorageSettings, check: Callable[[], None], hold: bool
 ) -> CoreRDBStorage:
@@ -411,7 +417,9 @@ def _open_server(
     A server that is down fails at once (a mistyped host should not wait two
     minutes). A server that is full is an outage: more workers than its
     ``max_connections`` allows, which ends as soon as one of them stops, so the
-    worker waits for up to ``storage.outage_tolerance``, saying so once.
+    worker waits for up to ``storage.outage_tolerance``, saying so once. So is a
+    server that says it is starting or stopping, and one that goes away while the
+    worker waits for it (a restart).
     """
     since: float | None = None
     delay = 0.5
@@ -427,7 +435,12 @@ def _open_server(
                 _hold_connections(storage)
         except (sa_exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             fault = classify(e)
-            if fault is None or not fault.crowded:
+            if fault is None or fault.fatal:
+                raise
+            # Down, as far as this worker knows, fails at once; but a server that was full a
+            # moment ago, or says it is starting or stopping, is there: an outage.
+            there = since is not None or _SERVER_THERE.search(fault.reason) is not None
+            if not (fault.crowded or there):
                 raise
             fault = dataclasses.replace(fault, reason=_scrub(fault.reason, url))
             now = time.monotonic()
