@@ -306,6 +306,7 @@ def run_worker(
             nonlocal deadline
             board.set("loading TensorFlow")
             from tuner.training.devices import device_line  # loads TensorFlow
+            from tuner.training.feature_store import Use
             from tuner.training.objective import make_objective, prepare_data
 
             say(device_line())
@@ -313,7 +314,8 @@ def run_worker(
             board.set("loading data")
             with features_progress(study, note_for(spec), board, s.signals.check) as progress:
                 setup = trial_setup(spec)
-                data = prepare_data(setup, scan, say, progress)
+                use = Use.of(spec.study.name, url)  # so `tuner cache prune` keeps its features
+                data = prepare_data(setup, scan, say, progress, use)
             store = artifact_store(url, spec)
             objective = make_objective(setup, data, store, say, check=s.check)
             deadline = _deadline(timeout)

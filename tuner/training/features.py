@@ -1,14 +1,15 @@
-"""The frozen-feature cache (TF).
+"""The frozen-feature cache (TF): pooled base features per image, computed once.
 
 With a frozen base run in inference mode and no random augmentation, the base's
 pooled output for an image is the same in every epoch of every trial. It is
-computed once per dataset and base and reused; trials then train only the head,
-whichever head recipe builds it.
+computed once per image and model part and reused; trials then train only the
+head, whichever head recipe builds it.
 
-An entry is a folder named by its key, holding ``SPLIT.npz`` files and
-``meta.json``. One worker computes it under a file lock while the others wait;
-every file is written to a temporary name and renamed, and ``meta.json`` is
-written last, so an entry without it is incomplete and is recomputed.
+The rows live in a :class:`~tuner.training.feature_store.FeatureStore` (layout 2),
+one per model part (:func:`cache_key`), under the SHA-256 of each image file's
+bytes. A study's feature set is assembled from them, and only the missing images
+are computed: one worker computes them under the key's file lock while the others
+wait, and writes them as one pack renamed into place.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import json
 import logging
 import os
 import pickle
-import tempfile
-import time
-import zipfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,15 +33,24 @@ from tuner.common.tfload import quiet_tensorflow
 with quiet_tensorflow():
     import keras
 
-from tuner.assets.datasets import DatasetScan, load_split
+from tuner.assets.datasets import DatasetScan
 from tuner.common.attrs import worker_name
 from tuner.errors import CacheError
 from tuner.recipes import BASES, HEAD, Recipe
+from tuner.training.feature_store import (
+    FeatureStore,
+    Use,
+    default_cache_dir,
+    file_digest,
+    uses_lock,
+)
 from tuner.training.model import build_feature_extractor, weights_identity
 from tuner.training.settings import TrialSetup
 
-# (split, images done, images in the split), called as the extraction goes
+# (split, images done, images to compute in the split), called as the extraction goes
 Progress = Callable[[str, int, int], None]
+# An extraction by another process pays for loading TensorFlow; worth it for many images only.
+CHILD_MIN_IMAGES = 256
 
 
 class ImageSource(Protocol):
@@ -64,8 +71,10 @@ __all__ = [
     "CACHE_VERSION",
     "FeatureSet",
     "ImageSource",
+    "Use",
     "cache_dir",
     "cache_key",
+    "cache_key_parts",
     "cache_reason",
     "cached_features",
     "extract_features",
@@ -75,9 +84,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
-# What a damaged entry raises on reading: a bad zip, a CRC mismatch, a short file, bad JSON.
-UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+CACHE_VERSION = 2  # 2: rows per image content hash (1: one entry per whole dataset)
 
 
 @dataclass(frozen=True)
@@ -88,16 +95,14 @@ class FeatureSet:
     labels: dict[str, np.ndarray]
     status: str  # "hit" or "miss"
     key: str
+    computed: int = 0  # images whose features this call computed
 
 
 def cache_dir(setup: TrialSetup) -> Path:
     """``cache.dir``, else ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``."""
     if setup.cache.dir:
         return Path(setup.cache.dir).expanduser()
-    if env := os.environ.get("TUNER_CACHE_DIR"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "tuner"
+    return default_cache_dir()
 
 
 def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
@@ -119,116 +124,154 @@ def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
     return None
 
 
-def cache_key(setup: TrialSetup, dataset_fingerprint: str) -> str:
-    """The key: dataset content, base, weights, input size, preprocessing, Keras version.
+def cache_key_parts(setup: TrialSetup) -> dict[str, Any]:
+    """What an image's features depend on besides its bytes: the one place to add a field.
 
-    The head does not count: every head recipe on the same base shares the features.
+    The base, its weights, the input size, the preprocessing and the Keras version;
+    the head does not count (every head recipe on a base shares the features), nor
+    does the dataset (each image is a row of its own, under its content hash).
     """
     base = setup.recipe.base(setup.model.base) or BASES[setup.model.base]
-    parts = {
+    return {
         "version": CACHE_VERSION,
-        "dataset": dataset_fingerprint,
         "base": base.identity,
         "weights": weights_identity(setup),
         "image_size": list(setup.data.image_size),
         "preprocessing": base.preprocessing,
         "keras": keras.__version__,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cache_key(setup: TrialSetup) -> str:
+    """The model part's key: a SHA-256 over :func:`cache_key_parts`."""
+    parts = json.dumps(cache_key_parts(setup), sort_keys=True).encode()
+    return hashlib.sha256(parts).hexdigest()[:32]
+
+
+@dataclass
+class _Wanted:
+    """A study's rows: digests and labels per split, and what computes each missing row."""
+
+    digests: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # a path or an image
+
+    def unique(self) -> set[str]:
+        return {d for split in self.digests.values() for d in split}
+
+
+def _array_digest(image: np.ndarray) -> str:
+    """A data recipe's image: its content hash, dtype and shape included."""
+    head = f"{image.dtype.str}{image.shape}".encode()
+    return hashlib.sha256(head + np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def _wanted(scan: DatasetScan | ImageSource, splits: Sequence[str], known: Any) -> _Wanted:
+    """The rows of ``splits``; images whose digest is not in ``known`` are kept to compute."""
+    wanted = _Wanted({}, {})
+    for split in splits:
+        if isinstance(scan, DatasetScan):
+            paths = scan.files[split]
+            digests = [file_digest(p) for p in paths]
+            index = {name: i for i, name in enumerate(scan.class_names)}
+            classes = [index[p.relative_to(scan.root / split).parts[0]] for p in paths]
+            labels = np.eye(len(index), dtype=np.float32)[classes]
+            sources: dict[str, Any] = dict(zip(digests, paths, strict=True))
+        else:
+            digests, parts, sources = [], [], {}
+            for images, onehot in scan.batches(split):
+                for image in np.asarray(images):
+                    digests.append(digest := _array_digest(image))
+                    if digest not in known:
+                        sources[digest] = image.copy()
+                parts.append(np.asarray(onehot, dtype=np.float32))
+            labels = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        wanted.digests[split], wanted.labels[split] = digests, labels
+        wanted.sources[split] = {d: v for d, v in sources.items() if d not in known}
+    return wanted
+
+
+def _assemble(wanted: _Wanted, rows: dict[str, Any], key: str, computed: int) -> FeatureSet:
+    features = {
+        split: np.stack([rows[d] for d in digests]).astype(np.float32, copy=False)
+        for split, digests in wanted.digests.items()
+    }
+    status = "miss" if computed else "hit"
+    return FeatureSet(features, dict(wanted.labels), status, key, computed)
+
+
+def _open_store(setup: TrialSetup) -> FeatureStore:
+    store = FeatureStore(cache_dir(setup), cache_key(setup))
+    try:
+        store.create(cache_key_parts(setup))
+    except OSError as e:
+        raise CacheError(
+            f"cannot create the feature cache folder {store.folder} ({e.strerror}); set "
+            "cache.dir or TUNER_CACHE_DIR to a writable folder, or --set cache.enabled=false"
+        ) from None
+    return store
 
 
 def extract_features(
     extractor: keras.Model,
-    scan: DatasetScan | ImageSource,
-    split: str,
+    images: Sequence[Path] | Sequence[np.ndarray],
     setup: TrialSetup,
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the extractor over one split through Keras's compiled predict step.
+    report: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """The extractor's pooled features of ``images`` (files, or a data recipe's arrays).
 
-    The pipeline is prefetched, and features and labels come from the same batches,
-    so every image is decoded once. ``predict_on_batch`` reuses the model's traced
-    predict function, the one ``predict`` uses, so no split traces the base again.
-    ``progress`` is called after each batch with the split, the images done and the
-    split's total.
+    Files are decoded and resized as Keras' ``image_dataset_from_directory`` does,
+    in a prefetched pipeline; ``predict_on_batch`` reuses the model's traced predict
+    function, so no batch traces the base again. ``report`` gets the images done.
     """
+    batches = list(_batches(images, setup))
+    out, done = [], 0
+    for batch in batches:
+        out.append(np.asarray(extractor.predict_on_batch(batch), dtype=np.float32))
+        done += len(out[-1])
+        if report is not None:
+            report(done)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _batches(images: Sequence[Path] | Sequence[np.ndarray], setup: TrialSetup) -> Iterator[Any]:
     import tensorflow as tf
 
-    if isinstance(scan, DatasetScan):
-        batches: Iterable[tuple[Any, Any]] = load_split(
-            scan, split, setup.data.image_size, setup.data.batch_size
-        ).prefetch(tf.data.AUTOTUNE)
-    else:
-        batches = scan.batches(split)
-    features, labels = [], []
-    done, total = 0, scan.count(split)
-    for images, onehot in batches:
-        features.append(extractor.predict_on_batch(images))
-        labels.append(np.asarray(onehot))
-        done += len(labels[-1])
-        if progress is not None:
-            progress(split, done, total)
-    return (
-        np.concatenate(features).astype(np.float32),
-        np.concatenate(labels).astype(np.float32),
+    size, batch = tuple(setup.data.image_size), setup.data.batch_size
+    if not images:
+        return
+    if not isinstance(images[0], Path):
+        for i in range(0, len(images), batch):
+            yield np.stack(images[i : i + batch])  # type: ignore[arg-type]
+        return
+
+    def load(path: tf.Tensor) -> tf.Tensor:  # keras.utils' load_image, bilinear
+        image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(image, size, method="bilinear")
+        image.set_shape((*size, 3))
+        return image
+
+    paths = tf.data.Dataset.from_tensor_slices([str(p) for p in images])
+    yield from (
+        paths.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
     )
-
-
-def _write_atomic(path: Path, write: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)  # type: ignore[operator]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _discard_partial(entry: Path) -> None:
-    """Mark the entry incomplete and drop what a killed writer left; the lock is held."""
-    (entry / "meta.json").unlink(missing_ok=True)
-    for tmp in entry.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _read_entry(
-    entry: Path, splits: tuple[str, ...], key: str, *, quiet: bool = False
-) -> FeatureSet | None:
-    """The entry's features, or None when it is missing, incomplete or damaged."""
-    meta_path = entry / "meta.json"
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key:
-            return None
-        features, labels = {}, {}
-        for split in splits:
-            with np.load(entry / f"{split}.npz") as data:
-                features[split], labels[split] = data["features"], data["labels"]
-            if not len(features[split]) == len(labels[split]) == meta["counts"][split]:
-                raise ValueError(f"{split}.npz does not hold {meta['counts'][split]} rows")
-    except UNREADABLE:
-        if not quiet:  # said once, by the look taken under the lock
-            log.warning("feature cache entry %s is unreadable; recomputing it", entry)
-        return None
-    return FeatureSet(features, labels, "hit", key)
 
 
 def cached_features(
     setup: TrialSetup, scan: DatasetScan, splits: tuple[str, ...] = ("train", "validation")
 ) -> FeatureSet | None:
-    """The cache's features for the spec and dataset when the workers left them; never computes.
-
-    ``scan`` must hold exactly the splits the workers scanned (its fingerprint is the key's).
-    """
+    """The cache's features for the spec and dataset when every row is there; never computes."""
     if cache_reason(setup) is not None:
         return None
-    key = cache_key(setup, scan.fingerprint())
-    return _read_entry(cache_dir(setup) / "features" / key, splits, key, quiet=True)
+    store = FeatureStore(cache_dir(setup), cache_key(setup))
+    index = store.index(quiet=True)
+    wanted = _wanted(scan, splits, index)
+    rows = store.read(wanted.unique(), index)
+    if len(rows) < len(wanted.unique()):
+        return None
+    return _assemble(wanted, rows, store.key, 0)
 
 
 def load_or_compute(
@@ -236,95 +279,134 @@ def load_or_compute(
     scan: DatasetScan | ImageSource,
     splits: tuple[str, ...] = ("train", "validation"),
     *,
-    on_compute: object = None,
+    on_compute: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    use: Use | None = None,
 ) -> FeatureSet:
-    """The cached features for the spec and dataset, computing them once if needed.
+    """The features of the spec's images, computing only those the cache lacks.
 
     Args:
         setup: supplies the base, weights, input size and cache folder.
         scan: the validated dataset, or a data recipe's images.
-        splits: the splits to cache.
+        splits: the splits to assemble.
         on_compute: called with a message before a (slow) extraction starts.
-        progress: called during the extraction, see :func:`extract_features`.
+        progress: called during the extraction, see :data:`Progress`.
+        use: the study that uses the features, recorded so that ``tuner cache
+            prune`` keeps them.
 
     Raises:
         CacheError: when the cache folder cannot be created or written.
     """
-    key = cache_key(setup, scan.fingerprint())
-    entry = cache_dir(setup) / "features" / key
-    try:
-        entry.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(
-            f"cannot create the feature cache folder {entry} ({e.strerror}); set cache.dir "
-            "or TUNER_CACHE_DIR to a writable folder, or --set cache.enabled=false"
-        ) from None
-    if (found := _read_entry(entry, splits, key, quiet=True)) is not None:
-        return found
-    lock = FileLock(str(entry) + ".lock")
-    holder = Path(str(entry) + ".holder")
+    store = _open_store(setup)
+    index = store.index(quiet=True)
+    wanted = _wanted(scan, splits, index)
+    rows = store.read(wanted.unique(), index)
+    if len(rows) == len(wanted.unique()):
+        _record(store, use, wanted, rows)
+        return _assemble(wanted, rows, store.key, 0)
+    lock = FileLock(str(store.lock_path))
     try:
         lock.acquire(timeout=0)
     except Timeout:  # another worker computes them: say so once, then wait for it
-        if callable(on_compute):
-            who = _read_holder(holder)
+        if on_compute is not None:
             on_compute(
-                f"waiting for the frozen-base features that {who} computes into {entry}; "
-                "each trial then trains only the head"
+                f"waiting for the frozen-base features that {_read_holder(store.holder_path)} "
+                f"computes into {store.folder}; each trial then trains only the head"
             )
         lock.acquire()
     try:
-        # Another worker may have finished the entry while this one waited.
-        if (found := _read_entry(entry, splits, key)) is not None:
-            return found
-        with contextlib.suppress(OSError):  # who computes, for the workers that wait
-            holder.write_text(worker_name())
-        _discard_partial(entry)
-        threads = _spare_threads() if isinstance(scan, DatasetScan) else 0
-        if callable(on_compute):
-            using = f" with all {threads} CPU threads" if threads else ""
-            on_compute(f"computing frozen-base features once into {entry}{using}")
-        delegated = isinstance(scan, DatasetScan) and bool(threads)
-        if delegated and not _compute_in_child(setup, scan, splits, entry, key, threads, progress):
-            delegated = False  # extract here after all
-        if delegated and (found := _read_entry(entry, splits, key)) is not None:
-            return FeatureSet(found.features, found.labels, "miss", key)
-        features, labels = _compute_entry(setup, scan, splits, entry, key, progress)
-        keras.backend.clear_session()
+        computed = _complete(setup, scan, splits, store, wanted, on_compute, progress)
+        rows = store.read(wanted.unique(), store.index())
+        if len(rows) < len(wanted.unique()):  # written a moment ago: the disk lost them
+            raise OSError(5, "rows just written cannot be read back")
+    except OSError as e:
+        raise CacheError(
+            f"cannot write the feature cache in {store.folder} ({e.strerror}); free disk "
+            "space, set cache.dir to another folder, or --set cache.enabled=false"
+        ) from None
     finally:
-        holder.unlink(missing_ok=True)
+        store.holder_path.unlink(missing_ok=True)
         lock.release()
-    return FeatureSet(features, labels, "miss", key)
+    _record(store, use, wanted, rows)
+    return _assemble(wanted, rows, store.key, computed)
 
 
-def _compute_entry(
+def _complete(
     setup: TrialSetup,
     scan: DatasetScan | ImageSource,
     splits: tuple[str, ...],
-    entry: Path,
-    key: str,
+    store: FeatureStore,
+    wanted: _Wanted,
+    on_compute: Callable[[str], None] | None,
     progress: Progress | None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Extract every split's features and write the entry, ``meta.json`` last."""
-    start = time.perf_counter()
+) -> int:
+    """Compute the rows still missing, the key's lock held; returns how many it computed."""
+    index = store.index()  # another worker may have written them while this one waited
+    missing = wanted.unique() - index.keys()
+    if not missing:
+        return 0
+    store.drop_damaged()
+    if any(d not in wanted.sources.get(s, {}) for s in splits for d in wanted.digests[s]
+           if d in missing):  # fmt: skip
+        wanted.sources = _wanted(scan, splits, index).sources  # pruned since the first look
+    with contextlib.suppress(OSError):  # who computes, for the workers that wait
+        store.holder_path.write_text(worker_name())
+    todo: dict[str, dict[str, Any]] = {}
+    for split in splits:  # a row in two splits is computed once
+        todo[split] = {d: v for d, v in wanted.sources[split].items() if d in missing}
+        missing -= todo[split].keys()
+    count = sum(len(t) for t in todo.values())
+    threads = _spare_threads() if isinstance(scan, DatasetScan) else 0
+    threads = threads if count >= CHILD_MIN_IMAGES else 0
+    if on_compute is not None:
+        cached = len(wanted.unique()) - count
+        using = f" with all {threads} CPU threads" if threads else ""
+        what = "once" if not cached else f"of {count} new images ({cached} cached)"
+        on_compute(f"computing frozen-base features {what} into {store.folder}{using}")
+    if threads and _compute_in_child(setup, todo, store, threads, progress):
+        return count
+    stored = store.index(quiet=True)  # what a failed child wrote before it failed
+    todo = {split: {d: v for d, v in items.items() if d not in stored} for split, items in
+            todo.items()}  # fmt: skip
+    _compute_rows(setup, todo, store, progress)
+    keras.backend.clear_session()
+    return count
+
+
+def _compute_rows(
+    setup: TrialSetup,
+    todo: dict[str, dict[str, Any]],
+    store: FeatureStore,
+    progress: Progress | None,
+) -> None:
+    """Extract the rows of ``todo`` (split -> digest -> image), one pack per split."""
+    if not any(todo.values()):
+        return
     extractor = build_feature_extractor(setup)
-    features, labels, counts = {}, {}, {}
+    for split, items in todo.items():
+        if not items:
+            continue
+
+        def report(done: int, split: str = split, total: int = len(items)) -> None:
+            if progress is not None:
+                progress(split, done, total)
+
+        rows = extract_features(extractor, list(items.values()), setup, report)
+        store.add(list(items), rows)
+
+
+def _record(store: FeatureStore, use: Use | None, wanted: _Wanted, rows: dict[str, Any]) -> None:
+    """Record the study's use of its rows (so prune keeps them), putting back any pruned."""
+    if use is None or store.is_recorded(use, wanted.digests):
+        return
     try:
-        for split in splits:
-            x, y = extract_features(extractor, scan, split, setup, progress)
-            features[split], labels[split], counts[split] = x, y, len(x)
-            _write_atomic(
-                entry / f"{split}.npz", lambda f, x=x, y=y: np.savez(f, features=x, labels=y)
-            )
-        meta = {"key": key, "counts": counts, "seconds": time.perf_counter() - start}
-        _write_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        with FileLock(str(uses_lock(store.cache_dir))):
+            gone = sorted(wanted.unique() - store.index(quiet=True).keys())
+            if gone:  # pruned since they were read: this worker holds them still
+                store.add(gone, np.stack([rows[d] for d in gone]))
+            store.record_use(use, wanted.digests)
     except OSError as e:
-        raise CacheError(
-            f"cannot write the feature cache in {entry} ({e.strerror}); free disk space, "
-            "set cache.dir to another folder, or --set cache.enabled=false"
-        ) from None
-    return features, labels
+        log.warning("cannot record the feature cache's use in %s (%s)", store.folder, e)
 
 
 def _spare_threads() -> int:
@@ -343,14 +425,12 @@ def _spare_threads() -> int:
 
 def _compute_in_child(
     setup: TrialSetup,
-    scan: DatasetScan,
-    splits: tuple[str, ...],
-    entry: Path,
-    key: str,
+    todo: dict[str, dict[str, Any]],
+    store: FeatureStore,
     threads: int,
     progress: Progress | None,
 ) -> bool:
-    """Compute the entry in a process with ``threads`` CPU threads; False if it failed.
+    """Compute the rows in a process with ``threads`` CPU threads; False if it failed.
 
     The child reports each batch on its standard output, which goes to ``progress``;
     its other output is kept in a file and shown only if it fails. A signal that
@@ -358,9 +438,9 @@ def _compute_in_child(
     """
     import subprocess
 
-    job = entry.parent / f".{entry.name}.job-{os.getpid()}"
-    errors = entry.parent / f".{entry.name}.stderr-{os.getpid()}"
-    job.write_bytes(pickle.dumps((setup, scan, splits, entry, key)))
+    job = store.folder.parent / f".{store.key}.job-{os.getpid()}"
+    errors = store.folder.parent / f".{store.key}.stderr-{os.getpid()}"
+    job.write_bytes(pickle.dumps((setup, todo, store.cache_dir, store.key)))
     command, env = extraction_process(job, threads)
     try:
         with errors.open("w") as err:
@@ -390,7 +470,8 @@ def _compute_in_child(
 def extraction_process(job: Path, threads: int) -> tuple[list[str], dict[str, str]]:
     """The command and environment of an extraction process with ``threads`` CPU threads.
 
-    ``job`` holds the pickled ``(setup, scan, splits, entry, key)`` it computes.
+    ``job`` holds the pickled ``(setup, todo, cache_dir, key)`` it computes (split ->
+    digest -> image file).
     """
     import sys
 
@@ -413,12 +494,12 @@ def extraction_child(job: str) -> None:
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-    setup, scan, splits, entry, key = pickle.loads(Path(job).read_bytes())
+    setup, todo, folder, key = pickle.loads(Path(job).read_bytes())
 
     def report(split: str, done: int, total: int) -> None:
         print(split, done, total, flush=True)
 
-    _compute_entry(setup, scan, splits, entry, key, report)
+    _compute_rows(setup, todo, FeatureStore(folder, key), report)
 
 
 def _read_holder(holder: Path) -> str:

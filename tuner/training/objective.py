@@ -117,18 +117,21 @@ def prepare_data(
     scan: DatasetScan | None,
     say: Say = print,
     progress: feature_cache.Progress | None = None,
+    use: feature_cache.Use | None = None,
 ) -> TrialData:
     """Cached features when the cache applies, else the full image pipeline.
 
-    ``progress`` follows a feature extraction (:func:`tuner.training.features.extract_features`).
+    ``progress`` follows a feature extraction (:data:`tuner.training.features.Progress`);
+    ``use`` names the study, recorded in the cache so that ``tuner cache prune`` keeps
+    its features.
     """
     recipe = setup.recipe
     if setup.data_recipe is not None:
-        return _prepare_own(setup, setup.data_recipe, say, progress)
+        return _prepare_own(setup, setup.data_recipe, say, progress, use)
     assert scan is not None
     reason = feature_cache.cache_reason(setup, recipe)
     if reason is None:
-        fs = feature_cache.load_or_compute(setup, scan, on_compute=say, progress=progress)
+        fs = feature_cache.load_or_compute(setup, scan, on_compute=say, progress=progress, use=use)
         if fs.status == "hit":
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(scan, fs.status, features=fs)
@@ -147,7 +150,11 @@ def prepare_data(
 
 
 def _prepare_own(
-    setup: TrialSetup, recipe: DataRecipe, say: Say, progress: feature_cache.Progress | None
+    setup: TrialSetup,
+    recipe: DataRecipe,
+    say: Say,
+    progress: feature_cache.Progress | None,
+    use: feature_cache.Use | None,
 ) -> TrialData:
     """A data recipe's study: the data's shape from one load, at the space's first point.
 
@@ -167,7 +174,9 @@ def _prepare_own(
     reason = feature_cache.cache_reason(setup)
     if reason is None:
         images = OwnImages(recipe, splits, shape)
-        fs = feature_cache.load_or_compute(setup, images, on_compute=say, progress=progress)
+        fs = feature_cache.load_or_compute(
+            setup, images, on_compute=say, progress=progress, use=use
+        )
         if fs.status == "hit":
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(None, fs.status, features=fs, own=own)
