@@ -57,6 +57,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Download the datasets that studies use.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(
+    help="List and prune the frozen-feature cache (features per image, shared by studies).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
 
 StudyOpt = Annotated[
     str,
@@ -280,6 +285,59 @@ def data_download(
         f"downloaded {name} into {target}: {len(scan.class_names)} classes, "
         f"{scan.count('train')} train and {scan.count('validation')} validation images"
     )
+
+
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="The cache folder (a spec's cache.dir). Default: $TUNER_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/tuner (~/.cache/tuner).",
+    ),
+]
+
+
+def _cache_dir(folder: Path | None) -> Path:
+    from tuner.training.feature_store import default_cache_dir
+
+    return (folder or default_cache_dir()).expanduser()
+
+
+@cache_app.command("list")
+def cache_list(folder: CacheDirOpt = None, debug: DebugOpt = False) -> None:
+    """List the cache's entries: model part, images, size, age and the studies using them."""
+    from tuner.results.cache_entries import entry_lines, list_entries
+
+    where = _cache_dir(folder)
+    for line in entry_lines(list_entries(where), where):
+        typer.echo(line)
+
+
+@cache_app.command("prune")
+def cache_prune(
+    folder: CacheDirOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+    ] = False,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than",
+            min=0,
+            metavar="DAYS",
+            help="Also drop the features of studies last run more than DAYS days ago.",
+        ),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Remove the features no study uses: images that left the data, studies whose storage
+    file or study is gone, and entries of the earlier whole-dataset layout (1)."""
+    from tuner.results.cache_entries import prune, prune_lines
+
+    where = _cache_dir(folder)
+    report = prune(where, dry_run=dry_run, older_than_days=older_than)
+    for line in prune_lines(report, where, dry_run=dry_run):
+        typer.echo(line)
 
 
 def main(argv: list[str] | None = None) -> int:
