@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import keras
 import numpy as np
@@ -20,12 +21,13 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import Env, run_tuner
-from tuner.assets.datasets import DatasetScan, load_split, scan_dataset
+from tuner.assets.datasets import load_split, scan_dataset
 from tuner.config.build import recipe_for, trial_setup
 from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import CacheError
 from tuner.recipes import BASES, Params
-from tuner.training import features
+from tuner.training import feature_store, features
+from tuner.training.feature_store import FeatureStore
 from tuner.training.model import (
     assemble,
     build_feature_extractor,
@@ -47,89 +49,82 @@ def _setup(env: Env, **extra: object) -> TrialSetup:
     return trial_setup(_spec(env, **extra))
 
 
-def _entry(spec: StudySpec) -> Path:
-    scan = scan_dataset(spec.data.dir)
-    return (
-        features.cache_dir(trial_setup(spec))
-        / "features"
-        / features.cache_key(trial_setup(spec), scan.fingerprint())
-    )
+def _store(spec: StudySpec) -> FeatureStore:
+    setup = trial_setup(spec)
+    return FeatureStore(features.cache_dir(setup), features.cache_key(setup))
 
 
-def _fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Replace the base by deterministic arrays; returns the splits extracted, in order."""
-    calls: list[str] = []
+def fake_row(image: object) -> np.ndarray:
+    """A stand-in for the base: a row drawn from the image file's bytes."""
+    data = image.read_bytes() if isinstance(image, Path) else np.asarray(image).tobytes()
+    seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+    return np.random.default_rng(seed).random(16, dtype=np.float32)
+
+
+def fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace the base by :func:`fake_row`; returns the images extracted per call."""
+    calls: list[int] = []
 
     def extract(
-        _extractor: object, scan: DatasetScan, split: str, _spec: StudySpec, _progress: object
-    ) -> tuple[np.ndarray, np.ndarray]:
-        calls.append(split)
-        n, k = scan.count(split), len(scan.class_names)
-        x = np.random.default_rng(len(split)).random((n, 2048), dtype=np.float32)
-        return x, np.eye(k, dtype=np.float32)[np.arange(n) % k]
+        _extractor: object, images: list[Path], _setup: object, report: object = None
+    ) -> np.ndarray:
+        calls.append(len(images))
+        if callable(report):
+            report(len(images))
+        return np.stack([fake_row(image) for image in images])
 
-    monkeypatch.setattr(features, "build_feature_extractor", lambda _spec: object())
+    monkeypatch.setattr(features, "build_feature_extractor", lambda _setup: object())
     monkeypatch.setattr(features, "extract_features", extract)
     return calls
 
 
-# (a) The key changes with each of its components.
+# (a) The model part's key changes with each of its components; the dataset is not in it.
 
 
 def test_key_is_stable_for_the_same_inputs(env: Env) -> None:
-    spec = _spec(env)
-    assert features.cache_key(trial_setup(spec), "abc") == features.cache_key(_setup(env), "abc")
-
-
-def test_key_changes_with_dataset_file_content(env: Env, tmp_path: Path) -> None:
-    copy = shutil.copytree(env.data, tmp_path / "copy")
-    spec = _spec(env, **{"data.dir": str(copy)})
-    before = features.cache_key(trial_setup(spec), scan_dataset(copy).fingerprint())
-    images = sorted((copy / "train").rglob("*.jp*g"))
-    shutil.copy(images[1], images[0])  # same file name, other content
-    assert features.cache_key(trial_setup(spec), scan_dataset(copy).fingerprint()) != before
+    assert features.cache_key(trial_setup(_spec(env))) == features.cache_key(_setup(env))
+    assert "dataset" not in features.cache_key_parts(_setup(env))
+    assert features.cache_key_parts(_setup(env))["version"] == 2
 
 
 def test_key_changes_with_base_model(env: Env) -> None:
     heads = {"model.recipe": "dense-head"}
-    keys = {
-        features.cache_key(_setup(env, **heads, **{"model.base": base}), "d") for base in BASES
-    }
+    keys = {features.cache_key(_setup(env, **heads, **{"model.base": base})) for base in BASES}
     assert len(keys) == len(BASES)
     # The head does not matter: every head recipe on a base shares its features.
-    assert features.cache_key(_setup(env, **heads), "d") == features.cache_key(_setup(env), "d")
+    assert features.cache_key(_setup(env, **heads)) == features.cache_key(_setup(env))
 
 
 def test_key_changes_with_weights_identity(env: Env, tmp_path: Path) -> None:
     weights_file = tmp_path / "xception.weights.h5"
     weights_file.write_bytes(b"first weights")
-    key_file = features.cache_key(_setup(env, **{"model.weights": str(weights_file)}), "d")
+    key_file = features.cache_key(_setup(env, **{"model.weights": str(weights_file)}))
     weights_file.write_bytes(b"other weights")  # same path, other content
     keys = {
-        features.cache_key(_setup(env, **{"model.weights": "imagenet"}), "d"),
-        features.cache_key(_setup(env, **{"model.weights": "none"}), "d"),
+        features.cache_key(_setup(env, **{"model.weights": "imagenet"})),
+        features.cache_key(_setup(env, **{"model.weights": "none"})),
         key_file,
-        features.cache_key(_setup(env, **{"model.weights": str(weights_file)}), "d"),
+        features.cache_key(_setup(env, **{"model.weights": str(weights_file)})),
     }
     assert len(keys) == 4
 
 
 def test_key_changes_with_input_size(env: Env) -> None:
-    small = features.cache_key(_setup(env, **{"data.image_size": "[71, 71]"}), "d")
-    assert features.cache_key(_setup(env, **{"data.image_size": "[150, 150]"}), "d") != small
+    small = features.cache_key(_setup(env, **{"data.image_size": "[71, 71]"}))
+    assert features.cache_key(_setup(env, **{"data.image_size": "[150, 150]"})) != small
 
 
 def test_key_changes_with_preprocessing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = features.cache_key(_setup(env), "d")
+    before = features.cache_key(_setup(env))
     other = dataclasses.replace(BASES["xception"], preprocessing="x/255, bilinear resize")
     monkeypatch.setitem(BASES, "xception", other)
-    assert features.cache_key(_setup(env), "d") != before
+    assert features.cache_key(_setup(env)) != before
 
 
 def test_key_changes_with_keras_version(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = features.cache_key(_setup(env), "d")
+    before = features.cache_key(_setup(env))
     monkeypatch.setattr(keras, "__version__", "3.0.0")
-    assert features.cache_key(_setup(env), "d") != before
+    assert features.cache_key(_setup(env)) != before
 
 
 def test_cache_dir_precedence(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -141,66 +136,65 @@ def test_cache_dir_precedence(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert features.cache_dir(_setup(env, **{"cache.dir": ""})) == tmp_path / "xdg" / "tuner"
 
 
-# (b) A failed or damaged entry is never read; it is computed again.
+# (b) A failed or damaged pack is never read; its rows are computed again.
 
 
-def test_write_failing_halfway_leaves_no_entry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failing_halfway_leaves_no_pack(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     spec, scan = _spec(env), scan_dataset(env.data)
-    calls = _fake_extraction(monkeypatch)
-    real_write = features._write_atomic
+    calls = fake_extraction(monkeypatch)
+    real_write = feature_store.write_atomic
+    written: list[str] = []
 
-    def disk_full_on_second_split(path: Path, write: object) -> None:
-        if path.name != "validation.npz":
-            return real_write(path, write)
+    def disk_full_on_second_pack(path: Path, write: Any, **kw: Any) -> None:
+        if path.suffix != ".npz":
+            return real_write(path, write, **kw)
+        if not written:
+            written.append(path.name)
+            return real_write(path, write, **kw)
 
         def half(f: BinaryIO) -> None:
             f.write(b"PK\x03\x04 half an archive")
             raise OSError(28, "No space left on device")
 
-        return real_write(path, half)
+        return real_write(path, half, **kw)
 
-    monkeypatch.setattr(features, "_write_atomic", disk_full_on_second_split)
+    monkeypatch.setattr(feature_store, "write_atomic", disk_full_on_second_pack)
     with pytest.raises(CacheError, match="No space left on device"):
         features.load_or_compute(trial_setup(spec), scan)
-    entry = _entry(spec)
-    assert (entry / "train.npz").is_file()
-    assert not (entry / "meta.json").exists()
-    assert not list(entry.glob(".*.tmp")) and not (entry / "validation.npz").exists()
-    assert features._read_entry(entry, SPLITS, entry.name) is None
+    store = _store(spec)
+    assert len(store.packs()) == 1  # the train split's pack; validation's never appeared
+    assert not list((store.folder / "packs").glob(".*.tmp"))
 
-    monkeypatch.setattr(features, "_write_atomic", real_write)
+    monkeypatch.setattr(feature_store, "write_atomic", real_write)
     fs = features.load_or_compute(trial_setup(spec), scan)
-    assert fs.status == "miss"
-    assert calls == ["train", "validation", "train", "validation"]
+    assert fs.status == "miss" and fs.computed == scan.count("validation")
+    assert calls == [scan.count("train"), scan.count("validation"), scan.count("validation")]
     assert features.load_or_compute(trial_setup(spec), scan).status == "hit"
 
 
-@pytest.mark.slow  # TensorFlow
-@pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "garbage", "drop-meta", "bad-meta"])
-def test_damaged_entry_is_recomputed(
+@pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "garbage", "empty"])
+def test_damaged_pack_is_recomputed(
     env: Env, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
     spec, scan = _spec(env), scan_dataset(env.data)
-    calls = _fake_extraction(monkeypatch)
+    calls = fake_extraction(monkeypatch)
     good = features.load_or_compute(trial_setup(spec), scan)
-    entry = _entry(spec)
-    npz = entry / "train.npz"
-    data = npz.read_bytes()
+    train_pack = _store(spec).packs()[0]
+    data = train_pack.read_bytes()
     if damage == "truncate":
-        npz.write_bytes(data[: len(data) // 2])
+        train_pack.write_bytes(data[: len(data) // 2])
     elif damage == "flip-bytes":  # still a zip, but the CRC no longer matches
         middle = len(data) // 2
-        npz.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]))
+        train_pack.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]))
     elif damage == "garbage":
-        npz.write_bytes(b"not an archive at all")
-    elif damage == "drop-meta":
-        (entry / "meta.json").unlink()
+        train_pack.write_bytes(b"not an archive at all")
     else:
-        (entry / "meta.json").write_text('{"key": "')
+        train_pack.write_bytes(b"")
     again = features.load_or_compute(trial_setup(spec), scan)
-    assert again.status == "miss"
-    assert calls == ["train", "validation"] * 2
+    assert again.status == "miss" and again.computed == scan.count("train")
+    assert calls == [scan.count("train"), scan.count("validation"), scan.count("train")]
     np.testing.assert_array_equal(again.features["train"], good.features["train"])
+    assert not train_pack.exists()  # the damaged pack was dropped under the lock
     assert features.load_or_compute(trial_setup(spec), scan).status == "hit"
 
 
@@ -208,15 +202,16 @@ KILLED_WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from tuner.training import features
+from tuner.training import feature_store, features
+from tuner.training.feature_store import FeatureStore
 from tuner.assets.datasets import scan_dataset
 from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
 
 flag = Path(sys.argv[1])
 spec = load_spec("clothing", sys.argv[2:])
-def extract(_e, scan, split, _s, _p):
-    return np.zeros((scan.count(split), 2048), np.float32), np.zeros((scan.count(split), 10))
+def extract(_e, images, _s, _r=None):
+    return np.zeros((len(images), 16), np.float32)
 def stuck_savez(f, **arrays):
     f.write(b"PK\\x03\\x04 a partial archive")
     f.flush()
@@ -230,7 +225,7 @@ features.load_or_compute(trial_setup(spec), scan_dataset(spec.data.dir))
 
 
 @pytest.mark.slow
-def test_writer_killed_mid_write_leaves_no_entry(
+def test_writer_killed_mid_write_leaves_no_pack(
     env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     spec = _spec(env)
@@ -245,20 +240,18 @@ def test_writer_killed_mid_write_leaves_no_entry(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    entry = _entry(spec)
-    assert list(entry.glob(".train.npz.*.tmp")), "the kill should leave a partial temporary file"
-    assert not (entry / "train.npz").exists() and not (entry / "meta.json").exists()
+    store = _store(spec)
+    assert list((store.folder / "packs").glob(".*.tmp")), "the kill should leave a temporary file"
+    assert not store.packs()
 
-    calls = _fake_extraction(monkeypatch)
-    fs = features.load_or_compute(
-        trial_setup(spec), scan_dataset(env.data)
-    )  # the dead writer's lock is free
-    assert fs.status == "miss" and calls == list(SPLITS)
-    assert not list(entry.glob(".*.tmp"))
-    assert json.loads((entry / "meta.json").read_text())["key"] == entry.name
+    calls = fake_extraction(monkeypatch)
+    scan = scan_dataset(env.data)
+    fs = features.load_or_compute(trial_setup(spec), scan)  # the dead writer's lock is free
+    assert fs.status == "miss" and calls == [scan.count("train"), scan.count("validation")]
+    assert not list((store.folder / "packs").glob(".*.tmp"))
 
 
-# (c) Two processes want the same entry: one computes, the other waits for it.
+# (c) Two processes want the same rows: one computes, the other waits for it.
 
 RACER = """
 import json, sys, time
@@ -276,12 +269,13 @@ while len(list(barrier.glob("ready-*"))) < 2:
     time.sleep(0.02)
 start = time.time()
 fs = load_or_compute(trial_setup(spec), scan)
-print(json.dumps({"status": fs.status, "start": start, "end": time.time()}))
+print(json.dumps({"status": fs.status, "computed": fs.computed, "start": start,
+                  "end": time.time()}))
 """
 
 
 @pytest.mark.slow
-def test_two_processes_compute_an_entry_once(env: Env, tmp_path: Path) -> None:
+def test_two_processes_compute_the_rows_once(env: Env, tmp_path: Path) -> None:
     sets = [s.removeprefix("--set=") for s in env.overrides()]
     procs = [
         subprocess.Popen(
@@ -297,9 +291,10 @@ def test_two_processes_compute_an_entry_once(env: Env, tmp_path: Path) -> None:
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert sorted(r["status"] for r in results) == ["hit", "miss"]
     miss, hit = sorted(results, key=lambda r: r["status"] != "miss")
-    # Both asked at once; the hit could only finish after the miss had written the entry.
+    assert miss["computed"] == 60 and hit["computed"] == 0
+    # Both asked at once; the hit could only finish after the miss had written the rows.
     assert abs(hit["start"] - miss["start"]) < 1.0
-    written = (_entry(_spec(env)) / "meta.json").stat().st_mtime
+    written = max(p.stat().st_mtime for p in _store(_spec(env)).packs())
     assert hit["end"] >= written - 0.01 > hit["start"]
 
 
@@ -436,17 +431,17 @@ def test_a_pool_workers_extraction_runs_with_every_core_and_falls_back_here(
     spec = _spec(env)
     scan = scan_dataset(spec.data.dir)
     monkeypatch.setattr(features, "_spare_threads", lambda: 2)
+    monkeypatch.setattr(features, "CHILD_MIN_IMAGES", 1)
     seen: list[tuple[str, int, int]] = []
     fs = features.load_or_compute(trial_setup(spec), scan, progress=lambda *a: seen.append(a))
     assert fs.status == "miss" and seen[-1] == ("validation", 20, 20)  # the child's progress
     child = fs.features["train"]
-    shutil.rmtree(_entry(spec))
+    shutil.rmtree(_store(spec).folder / "packs")
     failing = ([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
                dict(os.environ))  # fmt: skip
     monkeypatch.setattr(features, "extraction_process", lambda job, threads: failing)
     here = features.load_or_compute(trial_setup(spec), scan)
     assert here.status == "miss"
     np.testing.assert_allclose(here.features["train"], child, rtol=1e-4, atol=1e-5)
-    assert not list(_entry(spec).parent.glob(".*job-*")) and not list(
-        _entry(spec).parent.glob(".*stderr-*")
-    )
+    folder = _store(spec).folder.parent
+    assert not list(folder.glob(".*job-*")) and not list(folder.glob(".*stderr-*"))

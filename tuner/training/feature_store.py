@@ -179,6 +179,7 @@ class FeatureStore:
             return None
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.npz"
         pack = self.folder / "packs" / name
+        pack.parent.mkdir(parents=True, exist_ok=True)  # pruned away since it was made
         keys = np.asarray(digests, dtype="S64")
         rows = np.asarray(features, dtype=np.float32)
         write_atomic(pack, lambda f: np.savez(f, digests=keys, features=rows))
