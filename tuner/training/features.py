@@ -224,9 +224,8 @@ def extract_features(
     in a prefetched pipeline; ``predict_on_batch`` reuses the model's traced predict
     function, so no batch traces the base again. ``report`` gets the images done.
     """
-    batches = list(_batches(images, setup))
     out, done = [], 0
-    for batch in batches:
+    for batch in _batches(images, setup):
         out.append(np.asarray(extractor.predict_on_batch(batch), dtype=np.float32))
         done += len(out[-1])
         if report is not None:
