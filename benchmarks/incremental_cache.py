@@ -72,8 +72,8 @@ def run_worker(checkout: Path, tmp: Path, name: str, data: Path, trials: int) ->
 
 
 def features_line(log: str) -> str:
-    found = re.search(r"(computing frozen-base features[^/\n]*|feature cache hit)", log)
-    return found.group(1).strip() if found else "?"
+    found = re.search(r"(computing frozen-base features.*?) into|(feature cache hit)", log)
+    return (found.group(1) or found.group(2)) if found else "?"
 
 
 def main(argv: list[str] | None = None) -> int:

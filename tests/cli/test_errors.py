@@ -847,23 +847,24 @@ def test_cache_write_that_fails_halfway_is_never_read(env: Env) -> None:
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert errors == [full.stderr.strip().splitlines()[-1]]
     assert "cannot write the feature cache" in errors[0] and "cache.enabled=false" in errors[0]
-    (entry,) = [p for p in features.iterdir() if p.is_dir()]
-    assert not (entry / "meta.json").exists()  # never marked complete
-    assert not any(entry.iterdir())  # and the half-written file is gone
+    (entry,) = [p for p in (features / "v2").iterdir() if p.is_dir() and p.name != "uses"]
+    packs = entry / "packs"
+    assert not any(packs.iterdir())  # no pack, and the half-written file is gone
 
-    # A writer killed halfway leaves a temporary file, perhaps a split, and no meta.json.
-    (entry / ".train.npz.x1y2.tmp").write_bytes(b"PK\x03\x04" + b"\0" * 5000)
-    (entry / "validation.npz").write_bytes(b"PK\x03\x04 half a zip")
+    # A writer killed halfway leaves a temporary file; a damaged pack may lie there too.
+    (packs / ".0001-a.npz.x1y2.tmp").write_bytes(b"PK\x03\x04" + b"\0" * 5000)
+    (packs / "0001-a.npz").write_bytes(b"PK\x03\x04 half a zip")
 
     ok = run()
     assert ok.returncode == 0, ok.stderr
-    assert (entry / "meta.json").exists()
+    assert sorted(p.name for p in packs.iterdir()) != ["0001-a.npz"]
+    assert not (packs / "0001-a.npz").exists() and not list(packs.glob(".*.tmp"))
     journal = open_storage(url, load_spec("clothing").storage)
     study = optuna.load_study(study_name="clothing", storage=journal)
     assert [t.user_attrs["cache"] for t in study.trials if t.state.is_finished()] == ["miss"]
 
-    # A damaged file inside a complete entry: recomputed, never read as features.
-    train = entry / "train.npz"
+    # A damaged pack among good ones: its rows are recomputed, never read as features.
+    train = min(packs.glob("*.npz"))  # the first written: the train split's
     train.write_bytes(train.read_bytes()[: train.stat().st_size // 3])
     args[args.index("--n-trials") + 1] = "2"
     again = run()
@@ -873,7 +874,10 @@ def test_cache_write_that_fails_halfway_is_never_read(env: Env) -> None:
         "miss",
         "miss",
     ]
-    assert np.load(train)["features"].shape == (40, 2048)
+    assert sorted(np.load(p)["features"].shape for p in packs.glob("*.npz")) == [
+        (20, 2048),
+        (40, 2048),
+    ]
 
 
 # ---------------------------------------------------------------- 12: passwords

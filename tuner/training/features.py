@@ -360,7 +360,8 @@ def _complete(
     if on_compute is not None:
         cached = len(wanted.unique()) - count
         using = f" with all {threads} CPU threads" if threads else ""
-        what = "once" if not cached else f"of {count} new images ({cached} cached)"
+        images = "image" if count == 1 else "images"
+        what = "once" if not cached else f"of {count} new {images} ({cached} cached)"
         on_compute(f"computing frozen-base features {what} into {store.folder}{using}")
     if threads and _compute_in_child(setup, todo, store, threads, progress):
         return count
