@@ -2,7 +2,7 @@
 
 It measures, with tuner's own code paths:
 
-- extraction: ``tuner.training.features.extract_features`` (Keras's compiled predict step over a
+- extraction: ``tuner.training.extraction.extract_features`` (Keras's compiled predict step over a
   prefetched pipeline) against a bare ``model.predict`` over the same images, both splits;
 - the epoch time of the full pipeline (frozen Xception + head, cache off) against the
   cached head, each trained by ``tuner.training.objective.make_objective``;
@@ -89,14 +89,16 @@ def time_extraction(spec: StudySpec, scan: DatasetScan, repeats: int) -> dict[st
     time (all threads of this process) is the figure that other jobs on a shared
     machine disturb least.
     """
-    from tuner.training.features import extract_features
+    from tuner.training.extraction import extract_features
     from tuner.training.model import build_feature_extractor
 
     extractor = build_feature_extractor(trial_setup(spec))
     size, batch = spec.data.image_size, spec.data.batch_size
 
     def tuner_path(splits: tuple[str, ...]) -> list[np.ndarray]:
-        return [extract_features(trial_setup(extractor), scan, s, spec)[0] for s in splits]
+        return [
+            extract_features(extractor, list(scan.files[s]), trial_setup(spec)) for s in splits
+        ]
 
     def bare_predict(splits: tuple[str, ...]) -> list[np.ndarray]:
         return [extractor.predict(load_split(scan, s, size, batch), verbose=0) for s in splits]

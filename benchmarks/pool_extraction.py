@@ -4,7 +4,7 @@ A pool splits the machine's cores among its workers (``--workers 2`` on 2 cores:
 one TensorFlow thread each). Before, the worker that took the extraction ran it
 with its own share while the others waited; now it runs it in a process of its
 own with every core. Both are timed side by side in one run, as tuner runs them
-(``tuner.training.features``' extraction process), on a subset of the clothing
+(``tuner.training.extraction``'s extraction process), on a subset of the clothing
 dataset, in alternating order:
 
 - one thread: the extraction process with ``TUNER_THREADS=1``, as the pool worker ran it;
@@ -31,7 +31,8 @@ from pathlib import Path
 from tuner.assets.datasets import scan_dataset
 from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
-from tuner.training.features import extraction_process
+from tuner.training.extraction import extraction_process
+from tuner.training.feature_store import FeatureStore, file_digest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-dataset-small"
 
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec("clothing", [f"data.dir={data}", "model.weights=none",
                                       f"cache.dir={tmp / 'cache'}"])  # fmt: skip
         setup, scan = trial_setup(spec), scan_dataset(data)
-        entry = tmp / "cache" / "entry"
+        entry = FeatureStore(tmp / "cache", "bench").folder / "packs"
+        todo = {split: {file_digest(p): p for p in scan.files[split]}
+                for split in ("train", "validation")}  # fmt: skip
         job = tmp / "job"
-        job.write_bytes(pickle.dumps((setup, scan, ("train", "validation"), entry, "bench")))
+        job.write_bytes(pickle.dumps((setup, todo, tmp / "cache", "bench")))
         times: dict[int, list[float]] = {1: [], cores: []}
         for _ in range(args.repeats):
             for threads in (1, cores) if _ % 2 == 0 else (cores, 1):

@@ -26,7 +26,7 @@ from tuner.config.build import recipe_for, trial_setup
 from tuner.config.spec import StudySpec, load_spec
 from tuner.errors import CacheError
 from tuner.recipes import BASES, Params
-from tuner.training import feature_store, features
+from tuner.training import extraction, feature_store, features
 from tuner.training.feature_store import FeatureStore
 from tuner.training.model import (
     assemble,
@@ -73,8 +73,8 @@ def fake_extraction(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             report(len(images))
         return np.stack([fake_row(image) for image in images])
 
-    monkeypatch.setattr(features, "build_feature_extractor", lambda _setup: object())
-    monkeypatch.setattr(features, "extract_features", extract)
+    monkeypatch.setattr(extraction, "build_feature_extractor", lambda _setup: object())
+    monkeypatch.setattr(extraction, "extract_features", extract)
     return calls
 
 
@@ -202,8 +202,7 @@ KILLED_WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from tuner.training import feature_store, features
-from tuner.training.feature_store import FeatureStore
+from tuner.training import extraction, features
 from tuner.assets.datasets import scan_dataset
 from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
@@ -217,8 +216,8 @@ def stuck_savez(f, **arrays):
     f.flush()
     flag.touch()
     time.sleep(600)
-features.build_feature_extractor = lambda _spec: object()
-features.extract_features = extract
+extraction.build_feature_extractor = lambda _spec: object()
+extraction.extract_features = extract
 np.savez = stuck_savez
 features.load_or_compute(trial_setup(spec), scan_dataset(spec.data.dir))
 """
@@ -430,7 +429,7 @@ def test_a_pool_workers_extraction_runs_with_every_core_and_falls_back_here(
     process fails, the worker extracts itself, and the entry is the same."""
     spec = _spec(env)
     scan = scan_dataset(spec.data.dir)
-    monkeypatch.setattr(features, "_spare_threads", lambda: 2)
+    monkeypatch.setattr(extraction, "spare_threads", lambda: 2)
     monkeypatch.setattr(features, "CHILD_MIN_IMAGES", 1)
     seen: list[tuple[str, int, int]] = []
     fs = features.load_or_compute(trial_setup(spec), scan, progress=lambda *a: seen.append(a))
@@ -439,7 +438,7 @@ def test_a_pool_workers_extraction_runs_with_every_core_and_falls_back_here(
     shutil.rmtree(_store(spec).folder / "packs")
     failing = ([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
                dict(os.environ))  # fmt: skip
-    monkeypatch.setattr(features, "extraction_process", lambda job, threads: failing)
+    monkeypatch.setattr(extraction, "extraction_process", lambda job, threads: failing)
     here = features.load_or_compute(trial_setup(spec), scan)
     assert here.status == "miss"
     np.testing.assert_allclose(here.features["train"], child, rtol=1e-4, atol=1e-5)

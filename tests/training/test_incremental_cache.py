@@ -195,7 +195,7 @@ import numpy as np
 from tuner.assets.datasets import scan_dataset
 from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
-from tuner.training import features
+from tuner.training import extraction, features
 from tests.training.test_features import fake_row
 
 barrier, me = Path(sys.argv[1]), sys.argv[2]
@@ -204,8 +204,8 @@ scan = scan_dataset(spec.data.dir)
 def extract(_e, images, _s, _r=None):
     time.sleep(0.5)  # long enough for the other process to come and wait
     return np.stack([fake_row(p) for p in images])
-features.build_feature_extractor = lambda _setup: object()
-features.extract_features = extract
+extraction.build_feature_extractor = lambda _setup: object()
+extraction.extract_features = extract
 (barrier / f"ready-{me}").touch()
 while len(list(barrier.glob("ready-*"))) < 2:
     time.sleep(0.02)
