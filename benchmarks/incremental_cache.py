@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-# The shared data beside the checkout (or beside a worktree's parent folder).
-DATA = next(
+# $TUNER_REAL_DATA, else the shared data beside the checkout (or a worktree's parent folder).
+DATA = Path(os.environ.get("TUNER_REAL_DATA") or next(
     (p / "shared" / "data" / "clothing-dataset-small" for p in HERE.parents
      if (p / "shared" / "data" / "clothing-dataset-small").is_dir()),
     HERE.parent / "shared" / "data" / "clothing-dataset-small",
-)  # fmt: skip
+))  # fmt: skip
 
 
 def subset(data: Path, dest: Path, per_class: dict[str, int]) -> list[Path]:
