@@ -47,8 +47,10 @@ from tuner.training.feature_store import (
 from tuner.training.model import weights_identity
 from tuner.training.settings import TrialSetup
 
-# An extraction by another process pays for loading TensorFlow; worth it for many images only.
-CHILD_MIN_IMAGES = 256
+# An extraction process with every core pays for loading TensorFlow again (5-10 s); a pool
+# worker's own share (one of two cores) takes about 0.3 s an image at 150x150, so the
+# process pays from about 50 images on. Fewer (one image added) are computed here.
+CHILD_MIN_IMAGES = 50
 
 
 class ImageSource(Protocol):
