@@ -53,7 +53,7 @@ def test_prune_dry_run_then_prune(cli: Cli, cache: Path) -> None:
     store = FeatureStore(cache, KEY)
     code, out, err = cli("cache", "prune", "--dir", str(cache), "--dry-run")
     assert code == 0, err
-    assert "would remove" in out and "2 of its 10 rows unused; 8 kept" in out
+    assert "would remove" in out and "2 of its 10 rows unused; 8 rewritten" in out
     assert "layout 1 (whole-dataset entry)" in out
     assert len(store.index()) == 10 and (cache / "features" / ("ab" * 16)).is_dir()
 

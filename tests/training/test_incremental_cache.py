@@ -152,7 +152,7 @@ def test_prune_keeps_what_studies_use_and_drops_replaced_images(
 
     report = prune(env.cache, dry_run=True)
     assert len(store.index()) == 61 and [why for *_, why in report.removed] == [
-        "1 of its 40 rows unused; 39 kept"
+        "1 of its 40 rows unused; 39 rewritten"
     ]
     prune(env.cache)
     assert len(store.index()) == 60

@@ -63,7 +63,8 @@ class CacheEntry:
 class PruneReport:
     """What prune removed (or would remove, with ``--dry-run``), each with why."""
 
-    removed: list[tuple[Path, int, str]] = field(default_factory=list)  # path, bytes, why
+    # path, bytes freed (a rewritten pack: its unused rows' share), why
+    removed: list[tuple[Path, int, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -232,12 +233,13 @@ def _prune_store(
             count = _row_count(pack)
             if rows and len(rows) == count:
                 continue
-            why = "no study uses its rows" if count else "unreadable"
-            if rows:  # some rows used: keep them in a smaller pack
-                why = f"{count - len(rows)} of its {count} rows unused; {len(rows)} kept"
+            why, freed = ("no study uses its rows" if count else "unreadable"), _size(pack)
+            if rows:  # some rows used: they move to a smaller pack
+                why = f"{count - len(rows)} of its {count} rows unused; {len(rows)} rewritten"
+                freed = freed * (count - len(rows)) // count
                 if not dry_run:
                     _compact(store, pack, rows)
-            report.removed.append((pack, _size(pack), why))
+            report.removed.append((pack, freed, why))
     finally:
         lock.release()
 
@@ -297,17 +299,17 @@ def entry_lines(entries: list[CacheEntry], cache_dir: Path) -> list[str]:
         lines.append(f"    {e.rows} images, {e.used_rows} used by a live study, {used}")
         lines.extend(f"    used by {who}" for who in e.studies or ("no study",))
     total = sum(e.size for e in entries)
-    lines.append(f"{len(entries)} entries, {_mib(total)}")
+    lines.append(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}, {_mib(total)}")
     return lines
 
 
 def prune_lines(report: PruneReport, cache_dir: Path, *, dry_run: bool) -> list[str]:
     """``tuner cache prune``'s text: each removal with why, then the total."""
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{verb} {path} ({_mib(size)}): {why}" for path, size, why in report.removed]
+    lines = [f"{verb} {path} ({_mib(size)} freed): {why}" for path, size, why in report.removed]
     lines += [f"skipped {what}" for what in report.skipped]
     if not report.removed:
         lines.append(f"nothing to prune in {cache_dir}: every entry is used by a study")
     else:
-        lines.append(f"{verb} {len(report.removed)} files or folders, {_mib(report.freed)}")
+        lines.append(f"{verb} {len(report.removed)} files or folders, {_mib(report.freed)} freed")
     return lines
