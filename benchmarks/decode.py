@@ -42,8 +42,10 @@ DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "clothing-dataset-small"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="clothing dataset folder")
-    parser.add_argument("--per-class", type=int, default=100, help="training images per class")
-    parser.add_argument("--val-per-class", type=int, default=30, help="validation per class")
+    parser.add_argument("--per-class", type=int, default=100, help="train images a class (0: all)")
+    parser.add_argument(
+        "--val-per-class", type=int, default=30, help="validation, a class (0: all)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (first untimed)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the three runs")
     parser.add_argument("--base", default="main", help="the git ref to compare against")
@@ -52,13 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def subset(data: Path, dest: Path, per_class: int, val_per_class: int) -> int:
-    """Copy the first images of each class into ``dest``; returns the training images copied."""
+    """Copy the first images of each class (0: all) into ``dest``; returns the training images."""
     copied = 0
     for split, count in (("train", per_class), ("validation", val_per_class)):
         for folder in sorted(p for p in (data / split).iterdir() if p.is_dir()):
             target = dest / split / folder.name
             target.mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:count]:
+            for image in sorted(folder.iterdir())[: count or None]:
                 shutil.copy(image, target / image.name)
                 copied += split == "train"
     return copied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from tests.conftest import Env
 from tuner.assets.datasets import load_split, scan_dataset
 from tuner.config.build import trial_setup
 from tuner.config.spec import load_spec
-from tuner.errors import SpecError
+from tuner.errors import CacheError, SpecError
 from tuner.training import decoded
 from tuner.training.model import assemble, compile_model
 
@@ -205,3 +206,10 @@ def test_training_is_the_same_as_on_images_decoded_every_epoch(env: Env) -> None
         weights.append([np.asarray(w) for w in built.trained])
     assert histories[0] == histories[1]
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_images_that_change_while_decoding_are_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    scan = scan_dataset(tiny_data)
+    fewer = dataclasses.replace(scan, files={**scan.files, "train": scan.files["train"][:-1]})
+    with pytest.raises(CacheError, match="no longer holds the 39 images"):
+        decoded.decoded_split(fewer, "train", SIZE, memory_limit_mb=1024, cache_root=tmp_path)

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +60,15 @@ _DECODE_BATCH = 64  # images decoded per step of the one pass; any size gives th
 class DecodedSplit:
     """One split's images (raw RGB 0-255, float32) and one-hot labels, in file order.
 
-    ``images`` is a ``tf.Tensor`` in memory, or a read-only ``numpy.memmap`` of the
-    disk cache.
+    ``images`` is a NumPy array in memory, or a read-only ``numpy.memmap`` of the disk
+    cache; a batch is copied out of it by NumPy either way (a ``tf.constant`` of it would
+    take twice its size again).
     """
 
     key: str
-    images: Any
+    images: np.ndarray
     labels: np.ndarray
     where: str  # "memory" or "disk"
-    _labels_tensor: Any = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        # Made here, eagerly: the map function that reads it is traced in graph mode.
-        self._labels_tensor = tf.constant(self.labels)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -83,15 +79,15 @@ class DecodedSplit:
 
     def gather(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The images and labels at ``index`` (a batch of positions), inside ``tf.data``."""
-        labels = tf.gather(self._labels_tensor, index)
-        if self.where == "memory":
-            return tf.gather(self.images, index), labels
-        rows = tf.numpy_function(self._rows, [index], tf.float32, stateful=False)
-        rows.set_shape((None, *self.images.shape[1:]))
-        return rows, labels
+        images, labels = tf.numpy_function(
+            self._rows, [index], (tf.float32, tf.float32), stateful=False
+        )
+        images.set_shape((None, *self.images.shape[1:]))
+        labels.set_shape((None, self.labels.shape[1]))
+        return images, labels
 
-    def _rows(self, index: np.ndarray) -> np.ndarray:
-        return np.asarray(self.images[index], dtype=np.float32)
+    def _rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.images[index], dtype=np.float32), self.labels[index]
 
 
 _HELD: dict[str, DecodedSplit] = {}  # key -> split; every trial of the process reads these
@@ -169,24 +165,33 @@ def decoded_split(
     h, w = image_size
     size = scan.count(split) * h * w * 3 * 4
     if held_bytes() + size <= memory_limit_mb * 2**20:
-        images, labels = _decode(scan, split, image_size)
-        found = DecodedSplit(key, tf.constant(images), labels, "memory")
+        images = np.empty((scan.count(split), h, w, 3), np.float32)
+        found = DecodedSplit(key, images, _decode_into(images, scan, split), "memory")
     else:
         found = _on_disk(scan, split, image_size, key, cache_root / "decoded")
     _HELD[key] = found
     return found
 
 
-def _decode(
-    scan: DatasetScan, split: str, image_size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The one pass through ``image_dataset_from_directory``, in file order."""
+def _decode_into(out: np.ndarray, scan: DatasetScan, split: str) -> np.ndarray:
+    """The one pass through ``image_dataset_from_directory``, in file order, into ``out``;
+    returns the one-hot labels."""
+    image_size = out.shape[1:3]
     ds = load_split(scan, split, image_size, _DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
-    images, labels = [], []
+    labels, done = [], 0
     for x, y in ds:
-        images.append(x.numpy())
+        if done + len(x) > len(out):
+            done += len(x)
+            break
+        out[done : done + len(x)] = x.numpy()
+        done += len(x)
         labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels).astype(np.float32)
+    if done != len(out):  # images added or removed since the scan
+        raise CacheError(
+            f"{scan.root / split} no longer holds the {len(out)} images the scan found; leave "
+            "the data folder as it is while workers start, then start them again"
+        )
+    return np.concatenate(labels).astype(np.float32)
 
 
 def _on_disk(
@@ -232,22 +237,18 @@ def _write(
     images_path: Path,
     labels_path: Path,
 ) -> None:
-    """Decode batch by batch straight into a memory-mapped temporary file, then rename it."""
+    """Decode straight into a memory-mapped temporary file, then rename it into place."""
     h, w = image_size
-    ds = load_split(scan, split, image_size, _DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
-    folder = images_path.parent
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{images_path.stem}.", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(
+        dir=images_path.parent, prefix=f".{images_path.stem}.", suffix=".npy"
+    )
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, "w+", np.float32, (scan.count(split), h, w, 3))
-        labels, done = [], 0
-        for x, y in ds:
-            out[done : done + len(x)] = x.numpy()
-            done += len(x)
-            labels.append(y.numpy())
+        labels = _decode_into(out, scan, split)
         out.flush()
         del out
-        _save_atomic(labels_path, np.concatenate(labels).astype(np.float32))
+        _save_atomic(labels_path, labels)
         os.replace(tmp, images_path)  # last: an entry with its images is complete
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
