@@ -132,9 +132,11 @@ def test_a_damaged_disk_entry_is_decoded_again(
     del train
     decoded.clear()
     entry.write_bytes(entry.read_bytes()[:1000])  # a truncated file
+    (entry.parent / f".{entry.stem}.abc.npy").write_bytes(b"half")  # and a killed writer's
     again = _split(tiny_data, tmp_path, limit=0)
     assert counted == ["train", "train"]
     assert np.array_equal(again.images, expected)
+    assert not list(entry.parent.glob(".*"))
 
 
 def test_the_key_changes_when_an_image_changes(tiny_data: Path, tmp_path: Path) -> None:

@@ -205,6 +205,8 @@ def _on_disk(
             if (found := _read(images_path, labels_path, scan.count(split))) is None:
                 # missing, or damaged (labels alone: a writer died halfway): decode again
                 images_path.unlink(missing_ok=True)
+                for left in folder.glob(f".{key}.*"):  # temporary files of a killed writer
+                    left.unlink(missing_ok=True)
                 _write(scan, split, image_size, images_path, labels_path)
                 found = _read(images_path, labels_path, scan.count(split))
     except OSError as e:
