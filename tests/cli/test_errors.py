@@ -252,6 +252,8 @@ BAD_SPEC_VALUES = [
     ("pruner.reduction_factor=1", ["pruner.reduction_factor", "at least 2"]),
     ("pruner.min_resource=0", ["pruner.min_resource", "at least 1"]),
     ("train=3", ["[train]", "table"]),
+    ("data.memory_limit_mb=-1", ["data.memory_limit_mb", "at least 0", "0 keeps them on disk"]),
+    ("data.memory_limit_mb=lots", ["data.memory_limit_mb", "an integer", "'lots'"]),
 ]
 
 

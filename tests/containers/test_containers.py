@@ -405,14 +405,14 @@ def _hosts(stack: Stack) -> dict[str, str]:
 
 
 def test_workers_ride_out_a_database_restart(stack: Callable[..., Stack]) -> None:
-    # Cached epochs take milliseconds: 600 of them keep a trial reporting for seconds.
-    s = stack(budget=4, epochs=600, **{"pruner.kind": "none"})
+    # Cached epochs take a few milliseconds, and fast epochs' values are written together about
+    # once a second: 3,000 epochs keep a trial reporting for over ten seconds, and a trial found
+    # before its 1,000th epoch still has seconds of storage calls ahead when the restart starts.
+    s = stack(budget=4, epochs=3000, **{"pruner.kind": "none"})
     _up(s)
-    # Past its first epoch (model building, no storage calls), a trial reports every epoch for
-    # seconds: long enough that the restart's outage meets the workers' storage calls.
     victim = _wait_for(
         "a trial in training",
-        lambda: _in_training(s, set(_hosts(s)), range(1, 60)),
+        lambda: _in_training(s, set(_hosts(s)), range(1, 1000)),
         300,
         s.logs,
         every=0.2,

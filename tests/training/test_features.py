@@ -371,7 +371,7 @@ def test_fallback_runs_the_full_pipeline_and_says_why(env: Env, setting: dict[st
     data = prepare_data(trial_setup(spec), scan_dataset(env.data), lines.append)
     assert data.cache == "off" and data.features is None and data.val_ds is not None
     reason = features.cache_reason(trial_setup(spec))
-    assert lines == [f"feature cache off: {reason}; running the full pipeline"]
+    assert lines[0] == f"feature cache off: {reason}; running the full pipeline"
     assert not env.cache.exists()
 
 

@@ -21,3 +21,5 @@ class DataSettings:
     skip_bad_files: bool = False
     augment: bool = False
     recipe: str = ""  # module:function returning (train, validation) of the user's own data
+    # Decoded images a process keeps in memory for the full pipeline; beyond, on disk (0: all).
+    memory_limit_mb: int = 1024

@@ -98,6 +98,11 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             f"storage.call_timeout must be > 0 seconds, got {spec.storage.call_timeout:g}",
         ),
         (
+            spec.data.memory_limit_mb >= 0,
+            f"data.memory_limit_mb must be at least 0, got {spec.data.memory_limit_mb}; give "
+            "the megabytes of decoded images a worker keeps in memory (0 keeps them on disk)",
+        ),
+        (
             spec.data.dir != "" or bool(spec.data.recipe),
             "data.dir is empty; set it to the dataset folder",
         ),

@@ -29,12 +29,13 @@ with quiet_tensorflow():
     import keras
     import tensorflow as tf
 
-from tuner.assets.datasets import DatasetScan, load_split
+from tuner.assets.datasets import DatasetScan
 from tuner.common import attrs
 from tuner.errors import StorageLostError, TunerError
 from tuner.recipes import HEAD, DataRecipe, Params, Recipe
 from tuner.space.params import format_params, suggest
 from tuner.study.settings import GAP, ObjectiveSettings
+from tuner.training import decoded
 from tuner.training import features as feature_cache
 from tuner.training.callbacks import EpochRecorder, PruningBeforeLastEpoch
 from tuner.training.headfit import HeadTrainer, kernels_kept
@@ -88,6 +89,7 @@ class TrialData:
     own: OwnSource | None = None
     reason: str = ""  # why the feature cache is off, when it is
     val_ds: tf.data.Dataset | None = None
+    train_images: decoded.DecodedSplit | None = field(default=None, repr=False)
     extractor: keras.Model | None = field(default=None, repr=False)
     _trainer: HeadTrainer | None = field(default=None, repr=False)
 
@@ -136,7 +138,10 @@ def prepare_data(
             say(f"feature cache hit ({fs.key[:12]}): each trial trains only the head")
         return TrialData(scan, fs.status, features=fs)
     say(f"feature cache off: {reason}; running the full pipeline")
-    val = load_split(scan, "validation", setup.data.image_size, setup.data.batch_size)
+    train, val = (_decoded(setup, scan, split) for split in ("train", "validation"))
+    held = "memory" if train.where == val.where == "memory" else "the disk cache"
+    mb = (train.nbytes + val.nbytes) / 2**20
+    say(f"images decoded once: {len(train)} + {len(val)}, {mb:.0f} MB, read from {held}")
     extractor = None
     if recipe.kind == HEAD and not setup.model.trainable_base:
         extractor = build_feature_extractor(setup)  # frozen: shared by every trial
@@ -144,8 +149,20 @@ def prepare_data(
         scan,
         "off",
         reason=reason,
-        val_ds=val.cache().prefetch(tf.data.AUTOTUNE),
+        val_ds=decoded.validation_batches(val, setup.data.batch_size),
         extractor=extractor,
+        train_images=train,
+    )
+
+
+def _decoded(setup: TrialSetup, scan: DatasetScan, split: str) -> decoded.DecodedSplit:
+    """A split decoded once per process (see :mod:`tuner.training.decoded`)."""
+    return decoded.decoded_split(
+        scan,
+        split,
+        setup.data.image_size,
+        memory_limit_mb=setup.data.memory_limit_mb,
+        cache_root=feature_cache.cache_dir(setup),
     )
 
 
@@ -191,17 +208,15 @@ def _batch_size(setup: TrialSetup, point: dict[str, Any]) -> int:
 
 
 def _train_split(setup: TrialSetup, data: TrialData, seed: int) -> tf.data.Dataset:
-    """The training images, in an order drawn from ``seed`` alone.
+    """The decoded training images, in an order drawn from ``seed`` alone.
 
     Each trial gets its own dataset: one shared by all trials would carry its
     shuffle sequence on from trial to trial, so a trial's result would depend on
     how many epochs earlier trials of the worker ran (fewer when pruned), and two
     runs with the same sampler seed could not be compared trial by trial.
     """
-    size, batch = setup.data.image_size, setup.data.batch_size
-    assert data.scan is not None
-    ds = load_split(data.scan, "train", size, batch, shuffle=True, seed=seed)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    assert data.train_images is not None
+    return decoded.training_batches(data.train_images, setup.data.batch_size, seed)
 
 
 def _fit(
