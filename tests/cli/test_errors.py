@@ -252,6 +252,7 @@ BAD_SPEC_VALUES = [
     ("pruner.reduction_factor=1", ["pruner.reduction_factor", "at least 2"]),
     ("pruner.min_resource=0", ["pruner.min_resource", "at least 1"]),
     ("train=3", ["[train]", "table"]),
+    ("model.precision=half", ["model.precision", "'half'", "auto, float32, bfloat16"]),
 ]
 
 

@@ -308,7 +308,7 @@ def run_worker(
             from tuner.training.devices import device_line  # loads TensorFlow
             from tuner.training.objective import make_objective, prepare_data
 
-            say(device_line())
+            say(device_line(spec.model.precision))
             s.signals.check()
             board.set("loading data")
             with features_progress(study, note_for(spec), board, s.signals.check) as progress:

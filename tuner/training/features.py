@@ -40,6 +40,7 @@ from tuner.common.attrs import worker_name
 from tuner.errors import CacheError
 from tuner.recipes import BASES, HEAD, Recipe
 from tuner.training.model import build_feature_extractor, weights_identity
+from tuner.training.precision import extraction_precision
 from tuner.training.settings import TrialSetup
 
 # (split, images done, images in the split), called as the extraction goes
@@ -120,7 +121,8 @@ def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
 
 
 def cache_key(setup: TrialSetup, dataset_fingerprint: str) -> str:
-    """The key: dataset content, base, weights, input size, preprocessing, Keras version.
+    """The key: dataset content, base, weights, input size, preprocessing, Keras version,
+    and the precision the base extracts in on this machine.
 
     The head does not count: every head recipe on the same base shares the features.
     """
@@ -133,6 +135,7 @@ def cache_key(setup: TrialSetup, dataset_fingerprint: str) -> str:
         "image_size": list(setup.data.image_size),
         "preprocessing": base.preprocessing,
         "keras": keras.__version__,
+        "precision": extraction_precision(setup.model),  # bfloat16 features differ a little
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
