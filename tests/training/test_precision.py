@@ -84,3 +84,16 @@ def test_bfloat16_features_are_close_to_float32(env: Env) -> None:
     error = np.linalg.norm(half - exact, axis=1) / np.linalg.norm(exact, axis=1)
     assert np.median(error) < 0.03, error
     assert np.median(error) > 1e-5  # it did compute in bfloat16
+
+
+def test_the_device_line_names_the_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.training.devices import device_line
+
+    assert device_line("float32").endswith(
+        "a frozen base extracts in float32 (model.precision = float32)"
+    )
+    monkeypatch.setattr(precision, "_native", lambda *_: (False, "the CPU has neither"))
+    assert "extracts in float32 (model.precision = auto: the CPU has neither" in device_line(
+        "auto"
+    )
+    assert "extracts in" not in device_line()
