@@ -13,12 +13,13 @@ On the clothing dataset (or a subset of it), with the seeded random Xception bas
 - a FLOP floor: Xception's FLOPs at the input size times the images, over the peak
   matmul rate measured here in each precision.
 
-The worker and bare passes alternate (predict f32, worker f32, worker bf16, predict
-bf16), each in a fresh process, so a busy machine's load falls on both alike.
+The worker and bare passes are nested (predict f32, worker f32, worker bf16, predict
+bf16; ``--reverse`` starts with bfloat16), each in a fresh process, so that on a busy
+machine two runs in both orders show how much the load moved the figures.
 
 Usage::
 
-    python3 benchmarks/precision.py [--data PATH] [--train 3068] [--validation 341]
+    python3 benchmarks/precision.py [--data PATH] [--train 3068] [--validation 341] [--reverse]
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=3068, help="training images")
     parser.add_argument("--validation", type=int, default=341, help="validation images")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--reverse", action="store_true", help="bfloat16 first")
     return parser.parse_args(argv)
 
 
@@ -222,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         images = _count(data / "train") + _count(data / "validation")
         print(f"{images} images at {SIZE}x{SIZE}, Xception (random seeded weights), 2 splits")
         bare, runs = {}, {}
-        for precision in PRECISIONS:  # predict f32, worker f32, worker bf16, predict bf16
-            if precision == "float32":
+        order = PRECISIONS[::-1] if args.reverse else PRECISIONS
+        for precision in order:  # predict, worker, then worker, predict: nested alike
+            if precision == order[0]:
                 bare[precision] = bare_predict(data, precision)
             runs[precision] = cold_worker(data, tmp, precision, args.trials)
-            if precision == "bfloat16":
+            if precision == order[1]:
                 bare[precision] = bare_predict(data, precision)
         sets = {p: cached(tmp, p) for p in PRECISIONS}
         report_runs(bare, runs, args.trials)
