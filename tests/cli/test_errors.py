@@ -254,6 +254,7 @@ BAD_SPEC_VALUES = [
     ("train=3", ["[train]", "table"]),
     ("data.memory_limit_mb=-1", ["data.memory_limit_mb", "at least 0", "0 keeps them on disk"]),
     ("data.memory_limit_mb=lots", ["data.memory_limit_mb", "an integer", "'lots'"]),
+    ("model.precision=half", ["model.precision", "'half'", "auto, float32, bfloat16"]),
 ]
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tuner.config.values import origin_of
 from tuner.errors import SpecError
 from tuner.recipes import BASES, BUILTIN, OPTIMIZERS, Recipe, is_user_recipe, name_problem
+from tuner.recipes.settings import PRECISIONS
 from tuner.study.settings import (
     DIRECTIONS,
     GAP,
@@ -86,6 +87,10 @@ def _problems(spec: StudySpec) -> list[tuple[bool, str]]:
             f"pruner.reduction_factor must be at least 2, got {pruner.reduction_factor}",
         ),
         (spec.model.download_timeout > 0, "model.download_timeout must be > 0 seconds"),
+        (
+            spec.model.precision in PRECISIONS,
+            f"model.precision {spec.model.precision!r} is not one of: {', '.join(PRECISIONS)}",
+        ),
         (hb >= 1, f"storage.heartbeat_interval must be >= 1 second, got {hb}"),
         (grace > hb, f"storage.grace_period ({grace}) must exceed .heartbeat_interval ({hb})"),
         (

@@ -309,7 +309,7 @@ def run_worker(
             from tuner.training.feature_store import Use
             from tuner.training.objective import make_objective, prepare_data
 
-            say(device_line())
+            say(device_line(spec.model.precision))
             s.signals.check()
             board.set("loading data")
             with features_progress(study, note_for(spec), board, s.signals.check) as progress:

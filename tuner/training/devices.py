@@ -7,6 +7,7 @@ log names the device (or says why there is none) before the first trial.
 from __future__ import annotations
 
 from tuner.common.tfload import quiet_tensorflow
+from tuner.training.precision import precision_note
 
 with quiet_tensorflow():
     import tensorflow as tf
@@ -14,8 +15,18 @@ with quiet_tensorflow():
 __all__ = ["device_line"]
 
 
-def device_line() -> str:
-    """One line naming this TensorFlow and the devices it trains on."""
+def device_line(precision: str | None = None) -> str:
+    """One line naming this TensorFlow and the devices it trains on.
+
+    Args:
+        precision: the spec's ``model.precision``; when given, the line also says
+            which precision a frozen base extracts in here, and why.
+    """
+    line = _devices()
+    return f"{line}; {precision_note(precision)}" if precision else line
+
+
+def _devices() -> str:
     version = tf.__version__
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

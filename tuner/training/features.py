@@ -45,6 +45,7 @@ from tuner.training.feature_store import (
     uses_lock,
 )
 from tuner.training.model import weights_identity
+from tuner.training.precision import extraction_precision
 from tuner.training.settings import TrialSetup
 
 # An extraction process with every core pays for loading TensorFlow again (5-10 s); a pool
@@ -125,9 +126,10 @@ def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
 def cache_key_parts(setup: TrialSetup) -> dict[str, Any]:
     """What an image's features depend on besides its bytes: the one place to add a field.
 
-    The base, its weights, the input size, the preprocessing and the Keras version;
-    the head does not count (every head recipe on a base shares the features), nor
-    does the dataset (each image is a row of its own, under its content hash).
+    The base, its weights, the input size, the preprocessing, the Keras version and the
+    precision the base extracts in on this machine; the head does not count (every head
+    recipe on a base shares the features), nor does the dataset (each image is a row of its
+    own, under its content hash).
     """
     base = setup.recipe.base(setup.model.base) or BASES[setup.model.base]
     return {
@@ -137,6 +139,7 @@ def cache_key_parts(setup: TrialSetup) -> dict[str, Any]:
         "image_size": list(setup.data.image_size),
         "preprocessing": base.preprocessing,
         "keras": keras.__version__,
+        "precision": extraction_precision(setup.model),  # bfloat16 features differ a little
     }
 
 

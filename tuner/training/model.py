@@ -30,6 +30,7 @@ with quiet_tensorflow():
 from tuner.assets.weights import offline_hint, socket_timeout
 from tuner.errors import RecipeError, WeightsError, one_line
 from tuner.recipes import BASES, HEAD, Base, Recipe
+from tuner.training.precision import FLOAT32, computing_in, extraction_precision
 from tuner.training.settings import TrialSetup
 
 __all__ = [
@@ -121,13 +122,25 @@ def _preprocess(base: Base, inputs: Any) -> Any:
     return inputs  # EfficientNetV2 and MobileNetV3 rescale inside the base
 
 
-def build_feature_extractor(setup: TrialSetup) -> keras.Model:
-    """Raw images -> the base's preprocessing -> base (inference mode) -> pooled features."""
+def build_feature_extractor(setup: TrialSetup, dtype: str | None = None) -> keras.Model:
+    """Raw images -> the base's preprocessing -> base (inference mode) -> pooled features.
+
+    Args:
+        setup: the base, its weights and the input size.
+        dtype: ``float32`` or ``bfloat16``, the precision the base computes in; by
+            default ``model.precision`` as this machine resolves it
+            (:func:`tuner.training.precision.extraction_precision`). Under bfloat16
+            only the base computes in it: its weights, the preprocessing and the
+            pooling stay float32, so the features are float32 either way.
+    """
     base = BASES[setup.model.base]
+    dtype = dtype or extraction_precision(setup.model)
     h, w = setup.data.image_size
     inputs = keras.Input((h, w, 3), name="image")
-    x = _application(setup, base)(_preprocess(base, inputs), training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    with computing_in(dtype):
+        application = _application(setup, base)
+    x = application(_preprocess(base, inputs), training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
     return keras.Model(inputs, x, name="features")
 
 
@@ -180,7 +193,9 @@ def assemble(
     if setup.data.augment:
         x = keras.layers.RandomFlip("horizontal", name="flip")(x)
     if recipe.kind == HEAD:
-        extractor = extractor or build_feature_extractor(setup)
+        # Built here for a base that trains, and for export: float32, so the model a
+        # user keeps runs at full speed on any machine (not only a bfloat16 one).
+        extractor = extractor or build_feature_extractor(setup, FLOAT32)
         head = build_part(recipe, params, BASES[setup.model.base].feature_dim, num_classes)
         model = keras.Model(inputs, head(extractor(x)), name="tuned_head")
         return Assembled(model, head, extractor if setup.model.trainable_base else None)
