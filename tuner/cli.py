@@ -58,7 +58,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Download the datasets that studies use.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(
-    help="List and prune the frozen-feature cache (features per image, shared by studies).",
+    help="List and prune the cache: frozen-base features per image (shared by studies) and "
+    "images decoded for the full pipeline.",
     no_args_is_help=True,
 )
 app.add_typer(cache_app, name="cache")
@@ -331,7 +332,8 @@ def cache_prune(
     debug: DebugOpt = False,
 ) -> None:
     """Remove the features no study uses: images that left the data, studies whose storage
-    file or study is gone, and entries of the earlier whole-dataset layout (1)."""
+    file or study is gone, and entries of the earlier whole-dataset layout (1); and the
+    decoded images of the full pipeline, which a worker decodes again in seconds."""
     from tuner.results.cache_entries import prune, prune_lines
 
     where = _cache_dir(folder)

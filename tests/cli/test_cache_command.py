@@ -108,3 +108,38 @@ def test_the_cache_command_loads_no_tensorflow(cache: Path) -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code, str(cache)], check=True, capture_output=True)
+
+
+def _decoded_split(cache: Path, key: str = "cd" * 16) -> Path:
+    folder = cache / "decoded"
+    folder.mkdir(parents=True)
+    np.save(folder / f"{key}.npy", np.zeros((3, 4, 4, 3), np.float32))
+    np.save(folder / f"{key}.labels.npy", np.zeros((3, 10), np.float32))
+    (folder / f"{key}.lock").touch()
+    return folder / f"{key}.npy"
+
+
+def test_decoded_images_are_listed_and_pruned_unless_recent_or_being_written(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from filelock import FileLock
+
+    cache = tmp_path / "cache"
+    images = _decoded_split(cache)
+    code, out, err = cli("cache", "list", "--dir", str(cache))
+    assert code == 0, err
+    assert f"{'cd' * 16}  decoded" in out and "3 images for the full pipeline" in out
+
+    code, out, err = cli("cache", "prune", "--dir", str(cache), "--older-than", "1")
+    assert code == 0, err
+    assert images.exists() and "nothing to prune" in out  # read less than a day ago
+
+    with FileLock(str(images.with_suffix(".lock"))):  # a worker decoding into it
+        code, out, err = cli("cache", "prune", "--dir", str(cache))
+    assert code == 0, err
+    assert images.exists() and "a worker is decoding images into it" in out
+
+    code, out, err = cli("cache", "prune", "--dir", str(cache))
+    assert code == 0, err
+    assert "a worker decodes them again" in out
+    assert sorted(p.name for p in (cache / "decoded").iterdir()) == []

@@ -1,10 +1,13 @@
 """``tuner cache list`` and ``tuner cache prune``: the feature cache's entries (no TensorFlow).
 
 An entry is one model part's rows (layout 2, see :mod:`tuner.training.feature_store`),
-or a whole-dataset entry that an earlier version wrote (layout 1, which this version
-never reads). Prune keeps exactly the rows that a live study's use record names: a
-record goes when its study's SQLite or journal file, or the study in it, is gone,
-or when it was last used more than ``--older-than`` days ago.
+a whole-dataset entry that an earlier version wrote (layout 1, which this version
+never reads), or one split's decoded images for the full pipeline
+(:mod:`tuner.training.decoded`, ``decoded/<key>.npy``). Prune keeps exactly the rows
+that a live study's use record names: a record goes when its study's SQLite or journal
+file, or the study in it, is gone, or when it was last used more than ``--older-than``
+days ago. Decoded images are a machine's copy that a worker makes again in seconds:
+prune removes them (with ``--older-than``, those not read for that long).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class CacheEntry:
     written: float  # newest file's time
     last_used: float | None
     studies: tuple[str, ...] = ()
+    kind: str = "features"  # or "decoded": one split's decoded images
 
 
 @dataclass
@@ -166,7 +170,49 @@ def list_entries(cache_dir: Path) -> list[CacheEntry]:
     for old in _layout1(cache_dir):
         entries.append(CacheEntry(old, 1, "whole-dataset entry of an earlier version", 0, 0,
                                   _size(old), _newest(old), None))  # fmt: skip
+    for images, files in _decoded(cache_dir):
+        used = images.stat().st_mtime  # a worker touches the file each time it reads it
+        size = sum(map(_size, files))
+        what = "decoded images of one split"
+        entries.append(CacheEntry(images, 0, what, _images_in(images), 0, size, used, used,
+                                  kind="decoded"))  # fmt: skip
     return entries
+
+
+def _decoded(cache_dir: Path) -> list[tuple[Path, list[Path]]]:
+    """Each decoded split's images file with all its files (labels, lock)."""
+    folder = cache_dir / "decoded"
+    if not folder.is_dir():
+        return []
+    found = [p for p in sorted(folder.glob("*.npy")) if not p.name.endswith(".labels.npy")]
+    return [(p, [p, *sorted(folder.glob(f"{p.stem}.*"))]) for p in found]
+
+
+def _images_in(images: Path) -> int:
+    try:
+        return int(np.load(images, mmap_mode="r").shape[0])
+    except (OSError, ValueError, EOFError):
+        return 0
+
+
+def _prune_decoded(cache_dir: Path, older_than_days: float | None, report: PruneReport) -> None:
+    """Decoded splits (all, or those not read for ``older_than_days``), unless being written."""
+    for images, files in _decoded(cache_dir):
+        age = time.time() - images.stat().st_mtime
+        if older_than_days is not None and age <= older_than_days * 86400:
+            continue
+        lock = FileLock(str(images.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            report.skipped.append(f"{images}: a worker is decoding images into it")
+            continue
+        try:
+            why = "decoded images; a worker decodes them again when it needs them"
+            report.removed.append((images, sum(map(_size, files)), why))
+            report.removed.extend((f, 0, "with its decoded images") for f in files[1:])
+        finally:
+            lock.release()
 
 
 def prune(
@@ -178,7 +224,10 @@ def prune(
         CacheError: when another prune holds the cache, or a file cannot be removed.
     """
     report = PruneReport()
+    _prune_decoded(cache_dir, older_than_days, report)
     if not layout_root(cache_dir).is_dir() and not _layout1(cache_dir):
+        if not dry_run:
+            _remove(report)
         return report
     lock = FileLock(str(uses_lock(cache_dir)))
     try:
@@ -290,6 +339,12 @@ def entry_lines(entries: list[CacheEntry], cache_dir: Path) -> list[str]:
         return [f"no feature cache entries in {cache_dir}"]
     now, lines = time.time(), [f"feature cache in {cache_dir}:"]
     for e in entries:
+        if e.kind == "decoded":
+            lines.append(f"{e.path.stem}  decoded  {_mib(e.size)}  last read "
+                         f"{_age(now - e.written)} ago  {e.model}")  # fmt: skip
+            lines.append(f"    {e.rows} images for the full pipeline; `tuner cache prune` removes "
+                         "it (a worker decodes them again in seconds)")  # fmt: skip
+            continue
         lines.append(f"{e.path.name}  layout {e.layout}  {_mib(e.size)}  written "
                      f"{_age(now - e.written)} ago  {e.model}")  # fmt: skip
         if e.layout == 1:

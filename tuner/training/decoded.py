@@ -21,6 +21,7 @@ batches in the same order as before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -217,6 +218,8 @@ def _on_disk(
         ) from None
     if found is None:
         raise CacheError(f"the decoded images {images_path} cannot be read back; remove {folder}")
+    with contextlib.suppress(OSError):  # its time is when it was last read: `tuner cache` ages
+        os.utime(images_path)
     return DecodedSplit(key, found[0], found[1], "disk")
 
 
