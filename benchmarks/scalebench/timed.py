@@ -79,11 +79,16 @@ class _Clock:
 
 
 def _clock_storage(storage: BaseStorage) -> _Clock:
-    """Time every public storage method of ``storage`` (its instance's own attributes)."""
+    """Time every public storage method of ``storage`` (its instance's own attributes), and
+    the trial read that Optuna's cache in front of it calls."""
     clock = _Clock()
     for name in dir(type(storage)):
         attr = getattr(type(storage), name, None)
-        if name.startswith("_") or not callable(attr) or isinstance(attr, type):
+        if (
+            (name.startswith("_") and name != "_get_trials")
+            or not callable(attr)
+            or isinstance(attr, type)
+        ):
             continue
         setattr(storage, name, clock.wrap(getattr(storage, name)))
     return clock
