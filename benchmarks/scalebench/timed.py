@@ -150,7 +150,8 @@ def run_timed(url: str, name: str, trials: int, sets: tuple[str, ...] = ()) -> T
     # The median trial: the machine is shared, and a trial that waited for a core is noise.
     steps = [[1000 * (b - a) for a, b in zip(one, two, strict=True)]
              for one, two in itertools.pairwise(marks)] or [[0.0] * 4]  # fmt: skip
-    wall, cpu, store, statements = (statistics.median(column) for column in zip(*steps, strict=True))
+    medians = (statistics.median(column) for column in zip(*steps, strict=True))
+    wall, cpu, store, statements = medians
     return Timing(report.ran, wall, store, statements, cpu, report.exit_code)
 
 
