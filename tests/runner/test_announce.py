@@ -6,7 +6,8 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.runner.announce import Announcer, _Seen
+from tuner.runner.announce import Announcer
+from tuner.study.seen import FinishedScan
 
 
 def _study(values: list[float | None]) -> optuna.Study:
@@ -22,7 +23,7 @@ def _study(values: list[float | None]) -> optuna.Study:
 
 
 def test_each_finished_trial_is_handed_out_once_and_open_ones_when_they_finish() -> None:
-    seen = _Seen()
+    seen = FinishedScan()
     first = _study([0.1, None, 0.3]).trials
     assert [t.number for t in seen.newly_finished(first)] == [0, 2]
     assert seen.newly_finished(first) == []  # read again: nothing new

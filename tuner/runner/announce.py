@@ -19,6 +19,7 @@ from tuner.space.params import Space, format_params
 from tuner.study.choice import TIE_AT, TIE_TOLERANCE, feasible, ranked, tie_line
 from tuner.study.opening import study_attr, value_labels
 from tuner.study.pruners import pruner_name
+from tuner.study.seen import FinishedScan
 
 __all__ = ["Announcer", "stored_space"]
 
@@ -38,7 +39,7 @@ class Announcer:
     trial comes from the trials the loop reads anyway before each claim, plus
     the trial just ended: a trial takes well under a second once its head
     trains on cached features, and a query per line would be a few percent of it.
-    A finished trial never changes, so each is weighed once (:class:`_Seen`):
+    A finished trial never changes, so each is weighed once (:class:`FinishedScan`):
     the cost of a line does not grow with the study.
     """
 
@@ -49,7 +50,7 @@ class Announcer:
         self.max_gap = max_gap
         self.best: FrozenTrial | None = None
         self.said_best: int | None = None  # the best trial the last line named
-        self.scan = _Seen()
+        self.scan = FinishedScan()
         self.tie = _Tie()
 
     def seen(self, trials: list[FrozenTrial]) -> None:
@@ -105,29 +106,6 @@ class Announcer:
         say(f"trial {trial.number} {params} {outcome}{best_text}")
         if self.tie.to_say():
             warn(tie_line(self.tie.count, self.labels[0], self.tie.value))
-
-
-class _Seen:
-    """Hands out each trial of a study once it is finished, however often the study is read.
-
-    Trials are numbered from 0 in the order a read lists them; those read while still
-    open (running, waiting) are looked at again on each read until they finish.
-    """
-
-    def __init__(self) -> None:
-        self.upto = 0  # trials below this number have been read
-        self.open: set[int] = set()  # of those, the ones not finished when last read
-
-    def newly_finished(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        """The trials of ``trials`` that finished since the last call (all, the first time)."""
-        if any(trials[n].number != n for n in (0, len(trials) - 1) if trials):
-            self.upto, self.open = 0, set()  # not numbered as expected: look at them all
-        again = [trials[n] for n in sorted(self.open) if n < len(trials)]
-        fresh = trials[self.upto :]
-        self.upto = max(self.upto, len(trials))
-        done = [t for t in (*again, *fresh) if t.state.is_finished()]
-        self.open = (self.open | {t.number for t in fresh}) - {t.number for t in done}
-        return done
 
 
 class _Tie:

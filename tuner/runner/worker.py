@@ -378,6 +378,7 @@ def _trial_loop(
                 if reap(study, spec.storage.grace_period, trials):
                     trials = study.get_trials(deepcopy=False)
                 announce.seen(trials)
+                getattr(study.pruner, "seen", lambda trials: None)(trials)
                 finished = sum(t.state in FINISHED for t in trials)
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if _done(study, target, s.board, before_start=False, trials=trials):
