@@ -205,15 +205,17 @@ def section_reads(args: argparse.Namespace, urls: list[tuple[str, str]]) -> None
     big = int(_sizes(args)["big"])  # type: ignore[call-overload]
     print(f"\n## reads: commands on a {big}-trial study (seconds; a tuner command's start-up "
           f"alone: {startup_seconds():.1f} s)")  # fmt: skip
-    print("backend    | status s | export s | dashboard cold s | dashboard again s")
+    print("backend    | status s | export s | dashboard cold s | again s | its read s | "
+          "read again s")  # fmt: skip
     for backend, url in urls:
         name = _name("reads")
         fill(url, new_study(url, name, args.sets)._study_id, big)
         status, code_s = cli_seconds(url, name, "status")
         export, code_e = cli_seconds(url, name, "export")
-        cold, warm, http = dashboard_seconds(url, name)
-        print(f"{backend:<10} | {status:8.2f} | {export:8.2f} | {cold:16.2f} | {warm:17.2f} | "
-              f"exit {code_s} {code_e}, HTTP {http}", flush=True)  # fmt: skip
+        cold, warm, read, again, http = dashboard_seconds(url, name)
+        print(f"{backend:<10} | {status:8.2f} | {export:8.2f} | {cold:16.2f} | {warm:7.2f} | "
+              f"{read:10.2f} | {again:12.2f} | exit {code_s} {code_e}, HTTP {http}",
+              flush=True)  # fmt: skip
         _drop(url, name)
 
 
