@@ -36,7 +36,7 @@ import optuna
 import sqlalchemy as sa
 from scalebench.crowd import run_crowd
 from scalebench.fill import fill, new_study
-from scalebench.reads import cli_seconds, dashboard_seconds, startup_seconds
+from scalebench.reads import cli_seconds, dashboard_seconds
 from scalebench.timed import run_timed
 
 # What every worker imports, imported once here, so that the forked workers share it.
@@ -203,20 +203,21 @@ def section_overhead(args: argparse.Namespace, urls: list[tuple[str, str]]) -> N
 
 def section_reads(args: argparse.Namespace, urls: list[tuple[str, str]]) -> None:
     big = int(_sizes(args)["big"])  # type: ignore[call-overload]
-    print(f"\n## reads: commands on a {big}-trial study (seconds; a tuner command's start-up "
-          f"alone: {startup_seconds():.1f} s)")  # fmt: skip
-    print("backend    | status s | export s | dashboard cold s | again s | its read s | "
-          "read again s")  # fmt: skip
+    print(f"\n## reads: commands on a 10-trial and a {big}-trial study (seconds; the commands "
+          "include their start-up, which the 10-trial study shows)")  # fmt: skip
+    print("backend    | trials | status s | export s | dashboard cold s | again s | "
+          "its read s | read again s")  # fmt: skip
     for backend, url in urls:
-        name = _name("reads")
-        fill(url, new_study(url, name, args.sets)._study_id, big)
-        status, code_s = cli_seconds(url, name, "status")
-        export, code_e = cli_seconds(url, name, "export")
-        cold, warm, read, again, http = dashboard_seconds(url, name)
-        print(f"{backend:<10} | {status:8.2f} | {export:8.2f} | {cold:16.2f} | {warm:7.2f} | "
-              f"{read:10.2f} | {again:12.2f} | exit {code_s} {code_e}, HTTP {http}",
-              flush=True)  # fmt: skip
-        _drop(url, name)
+        for size in (10, big):
+            name = _name("reads")
+            fill(url, new_study(url, name, args.sets)._study_id, size)
+            status, code_s = cli_seconds(url, name, "status")
+            export, code_e = cli_seconds(url, name, "export")
+            cold, warm, read, again, http = dashboard_seconds(url, name)
+            print(f"{backend:<10} | {size:>6} | {status:8.2f} | {export:8.2f} | {cold:16.2f} | "
+                  f"{warm:7.2f} | {read:10.2f} | {again:12.2f} | exit {code_s} {code_e}, "
+                  f"HTTP {http}", flush=True)  # fmt: skip
+            _drop(url, name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,14 +35,6 @@ def cli_seconds(url: str, name: str, command: str) -> tuple[float, int]:
     return seconds, done.returncode
 
 
-def startup_seconds() -> float:
-    """What any ``tuner`` command takes before it reads anything (``tuner status --help``)."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tuner", "status", "--help"], capture_output=True,
-                   check=True, timeout=120)  # fmt: skip
-    return time.perf_counter() - start
-
-
 def dashboard_seconds(url: str, name: str) -> tuple[float, float, float, float, int]:
     """The dashboard's request for the study's page (its trials), cold and again, in-process.
 
