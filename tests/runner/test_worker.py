@@ -243,7 +243,7 @@ def zip_server(tmp_path: Path, tiny_data: Path) -> Iterator[str]:
 def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_itself(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tuner.runner.worker import _Announcer
+    from tuner.runner.announce import Announcer
 
     study = optuna.create_study(direction="maximize")
     for value in (0.5, 0.75, 0.25):
@@ -254,7 +254,7 @@ def test_the_trial_line_names_the_best_trial_from_the_loops_reads_and_the_trial_
                 value=value,
             )
         )
-    announce = _Announcer(study)
+    announce = Announcer(study)
     frozen = study.trials
     announce(study, frozen[0])  # before any read: only the trial itself is known
     assert "finished val_acc=0.5000; new best: trial 0" in capsys.readouterr().err

@@ -299,3 +299,33 @@ def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> Non
         assert len(study.trials[0].intermediate_values) == (2 if not losses else 1)
         losses.append(study.trials[1].user_attrs["val_loss"])
     assert losses[0] == losses[1]
+
+
+def test_a_snapshot_fed_the_loops_read_adds_new_completed_trials_without_a_read() -> None:
+    clock = _Clock()
+    good = [0.3, 0.4, 0.5, 0.6]
+    snapshot = CompletedTrialsSnapshot(
+        pruner_for("median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"),
+        refresh=5.0,
+        clock=clock,
+    )
+    study = _study_with_curves(snapshot, [good])  # one completed trial: below startup
+    counting = _CountingStudy(study)
+    snapshot.seen(study.get_trials(deepcopy=False))  # the loop's read, before a claim
+    first = study.ask()
+    first.report(0.2, 1)
+    assert not snapshot.prune(counting, study._storage.get_trial(first._trial_id))  # type: ignore[arg-type]
+    assert counting.reads == 0  # the loop's read served the trial's first check
+    study.tell(first, 0.2)
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.6, intermediate_values=dict(enumerate(good)), state=TrialState.COMPLETE
+        )
+    )
+    snapshot.seen(study.get_trials(deepcopy=False))  # the two completed since are added once
+    snapshot.seen(study.get_trials(deepcopy=False))
+    assert sorted(t.number for t in snapshot._completed) == [0, 1, 2]
+    second = study.ask()
+    second.report(0.1, 1)
+    assert snapshot.prune(counting, study._storage.get_trial(second._trial_id))  # type: ignore[arg-type]
+    assert counting.reads == 0

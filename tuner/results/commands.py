@@ -35,11 +35,13 @@ def show_status(spec: StudySpec, url: str, console: Console, study_arg: str = ""
         StudyError: when the study does not exist, or has no complete trial yet (the
             tables are printed first when something is queued or running).
     """
-    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
-    summary = summarize(found, max_gap=stored_spec(found, spec, []).objective.max_gap)
+    storage = open_spec_storage(url, spec, must_exist=True)
+    found = load_existing_study(spec, storage)
+    max_gap = stored_spec(found, spec, []).objective.max_gap
+    summary = summarize(found, max_gap=max_gap, storage=storage)
     console.print(*render_status(summary))
     if not summary.top and not summary.alive:
-        best_result(found)  # raises the one-line "no complete trial yet" error
+        best_result(found, storage=storage)  # raises the "no complete trial yet" error
     # While workers start (features, a download), the tables say what they do; exit 0.
 
 
@@ -71,9 +73,10 @@ def export_study(
                                  (plots, "--plots", True)):  # fmt: skip
         if path is not None:
             check_output(path, option, folder=folder, mkdir=mkdir, force=force)
-    found = load_existing_study(spec, open_spec_storage(url, spec, must_exist=True))
+    storage = open_spec_storage(url, spec, must_exist=True)
+    found = load_existing_study(spec, storage)
     spec = stored_spec(found, spec, list(overrides))
-    result = best_result(found, spec.objective.max_gap)
+    result = best_result(found, spec.objective.max_gap, storage=storage)
     extra: dict[str, object] = {}
     if plots is not None:
         for path in write_plots(found, plots):

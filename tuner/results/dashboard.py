@@ -18,6 +18,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna_dashboard import wsgi
@@ -25,7 +26,7 @@ from optuna_dashboard import wsgi
 from tuner.common.console import say, warn
 from tuner.errors import TunerError
 
-__all__ = ["address_line", "is_loopback", "make_app", "serve"]
+__all__ = ["address_line", "dashboard_storage", "is_loopback", "make_app", "serve"]
 
 # Where the host publishes the dashboard (compose.yaml sets it), and set by the image itself.
 PUBLIC_URL_ENV = "TUNER_PUBLIC_URL"
@@ -50,11 +51,23 @@ QUIET_WARNINGS = (
 )
 
 
+def dashboard_storage(storage: BaseStorage) -> BaseStorage:
+    """``storage`` as the dashboard reads it: an RDB storage behind Optuna's trial cache.
+
+    The study page asks for all the trials again every few seconds. Given a URL,
+    optuna-dashboard puts Optuna's cache in front of an RDB storage, and then a
+    read after the first fetches only the trials that are new or were unfinished;
+    given a storage object, as here, it does not, and every refresh of a study of
+    10,000 trials read all of them again.
+    """
+    return optuna.storages.get_storage(storage)  # type: ignore[arg-type]
+
+
 def make_app(storage: BaseStorage, artifact_store: FileSystemArtifactStore | None = None) -> Any:
     """optuna-dashboard's WSGI app over ``storage`` (one a worker would open)."""
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    return wsgi(storage, artifact_store=artifact_store)
+    return wsgi(dashboard_storage(storage), artifact_store=artifact_store)
 
 
 class _QuietHandler(WSGIRequestHandler):

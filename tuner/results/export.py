@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common.attrs import GAP, METRIC_NAME, TRAIN_ACCURACY, TRAIN_VALUES, WARM_START
@@ -21,8 +22,9 @@ from tuner.common.paths import nearest_existing, probe_writable
 from tuner.config.spec import StudySpec, spec_to_dict
 from tuner.errors import StudyError, TunerError
 from tuner.space.params import format_params
+from tuner.storages import counts
 from tuner.storages.retries import gave_up
-from tuner.study.choice import choose, ranked, tied_value
+from tuner.study.choice import TIE_AT, TIE_TOLERANCE, Choice, choose, ranked, tied_value
 
 __all__ = ["BestResult", "best_result", "check_output", "write_json", "write_plots"]
 
@@ -74,22 +76,37 @@ class BestResult:
         return data
 
 
-def best_result(study: optuna.Study, max_gap: float = 0.0) -> BestResult:
+def best_result(
+    study: optuna.Study, max_gap: float = 0.0, storage: BaseStorage | None = None
+) -> BestResult:
     """The study's best trial by :mod:`tuner.study.choice`'s rule, its front, counts by state.
 
-    ``max_gap`` is the study's ``objective.max_gap`` (0: none).
+    ``max_gap`` is the study's ``objective.max_gap`` (0: none). ``storage`` is the
+    study's storage as opened: on an RDB storage, a study of one objective without
+    ``max_gap`` is counted and ranked by the database (:mod:`tuner.storages.counts`).
 
     Raises:
         StudyError: when the study has no complete trial yet.
     """
-    trials = study.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    choice = choose(study, max_gap)
+    found = counts.rdb(storage)
+    tied: float | None
+    if found is not None and len(study.directions) == 1 and max_gap <= 0:
+        states = counts.state_counts(found, study._study_id)
+        top = counts.best_trials(found, study._study_id, study.direction, 1)
+        choice = Choice(top[0], [top[0]]) if top else None
+        tie = counts.tie(found, study._study_id, TIE_AT, TIE_TOLERANCE)
+        tied = None if tie is None else tie.value
+    else:
+        trials = study.get_trials(deepcopy=False)
+        states = {}
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        choice = choose(study, max_gap)
+        tied = tied_value(trials)
+    n_trials = sum(states.values())
     if choice is None:
         raise StudyError(
-            f"study {study.study_name!r} has no complete trial yet ({len(trials)} trials"
+            f"study {study.study_name!r} has no complete trial yet ({n_trials} trials"
             f"{''.join(f', {n} {s}' for s, n in states.items())}); run "
             f"`tuner worker --study {study.study_name}` and try again"
         )
@@ -101,7 +118,7 @@ def best_result(study: optuna.Study, max_gap: float = 0.0) -> BestResult:
         best_trial=best.number,
         best_value=values[0],
         best_params=dict(best.params),
-        n_trials=len(trials),
+        n_trials=n_trials,
         states=states,
         gap=best.user_attrs.get(GAP),
         train_accuracy=train[-1],
@@ -115,7 +132,7 @@ def best_result(study: optuna.Study, max_gap: float = 0.0) -> BestResult:
         ),
         feasible=choice.feasible,
         max_gap=choice.max_gap,
-        tied=tied_value(trials) is not None,
+        tied=tied is not None,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import RenderableType
 from rich.table import Table
@@ -22,8 +23,18 @@ from tuner.common.attrs import (
     WORKER,
 )
 from tuner.space.params import format_params, format_value
+from tuner.storages import counts
+from tuner.storages.counts import Tie
 from tuner.storages.retries import gave_up
-from tuner.study.choice import Choice, choose, ranked, tie_line, tied_value
+from tuner.study.choice import (
+    TIE_AT,
+    TIE_TOLERANCE,
+    Choice,
+    choose,
+    ranked,
+    tie_line,
+    tied_value,
+)
 from tuner.study.opening import study_attr, value_labels
 from tuner.study.phases import WorkerPhase, phase_attrs, read_phases
 
@@ -45,7 +56,8 @@ class StudySummary:
     label: str = "val_acc"  # the trials' value: the study's metric
     labels: list[str] = field(default_factory=list)  # one per objective; [label] for one
     choice: Choice | None = None  # the best trial by tuner.study.choice's rule
-    all_trials: list[FrozenTrial] = field(default_factory=list)
+    all_trials: list[FrozenTrial] = field(default_factory=list)  # empty when counted in SQL
+    tie: Tie | None = None  # every complete trial scores the same (see tied_value)
 
     @property
     def alive(self) -> list[WorkerPhase]:
@@ -60,12 +72,20 @@ def _utc(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.timezone.utc)
 
 
-def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> StudySummary:
+def summarize(
+    study: optuna.Study, top_n: int = 5, max_gap: float = 0.0, storage: BaseStorage | None = None
+) -> StudySummary:
     """Count trials by state and pick the top complete ones and the running ones.
 
     ``max_gap`` is the study's ``objective.max_gap``: the best trial is then the best
-    within it (see :mod:`tuner.study.choice`).
+    within it (see :mod:`tuner.study.choice`). ``storage`` is the study's storage as
+    opened: on an RDB storage, a study of one objective without ``max_gap`` is counted
+    and ranked by the database (:mod:`tuner.storages.counts`), and only the trials
+    shown are read; ``all_trials`` is then empty.
     """
+    found = counts.rdb(storage)
+    if found is not None and len(study.directions) == 1 and max_gap <= 0:
+        return _summarize_in_sql(study, found, top_n)
     trials = study.get_trials(deepcopy=False)
     stored = study_attr(study, SPACE_ATTR) or {}
     params = list(dict.fromkeys([*stored, *(n for t in trials for n in t.params)]))
@@ -75,12 +95,41 @@ def summarize(study: optuna.Study, top_n: int = 5, max_gap: float = 0.0) -> Stud
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     top = ranked(complete, study.directions)[:top_n]
     running = [t for t in trials if t.state == TrialState.RUNNING]
+    tied = tied_value(complete)
+    tie = counts.Tie(len(complete), tied) if tied is not None else None
+    return _summary(study, states, top, running, params, choose(study, max_gap), trials, tie)
+
+
+def _summarize_in_sql(study: optuna.Study, storage: RDBStorage, top_n: int) -> StudySummary:
+    """:func:`summarize` with the counting and ranking done by the database."""
+    study_id = study._study_id
+    stored = study_attr(study, SPACE_ATTR) or {}
+    params = list(dict.fromkeys([*stored, *counts.param_names(storage, study_id)]))
+    states = {s.name: 0 for s in TrialState}
+    states.update(counts.state_counts(storage, study_id))
+    top = counts.best_trials(storage, study_id, study.direction, top_n)
+    running = counts.trials_in(storage, study_id, TrialState.RUNNING)
+    choice = Choice(top[0], [top[0]]) if top else None
+    tie = counts.tie(storage, study_id, TIE_AT, TIE_TOLERANCE)
+    return _summary(study, states, top, running, params, choice, [], tie)
+
+
+def _summary(
+    study: optuna.Study,
+    states: dict[str, int],
+    top: list[FrozenTrial],
+    running: list[FrozenTrial],
+    params: list[str],
+    choice: Choice | None,
+    trials: list[FrozenTrial],
+    tie: counts.Tie | None,
+) -> StudySummary:
     now = dt.datetime.now()
     workers = read_phases(phase_attrs(study), _utc(now))
     labels = value_labels(study)
     return StudySummary(
         study.study_name, states, top, running, now, params, gave_up(study), workers,
-        labels[0], labels, choose(study, max_gap), trials,
+        labels[0], labels, choice, trials, tie,
     )  # fmt: skip
 
 
@@ -150,9 +199,8 @@ def render_status(summary: StudySummary) -> list[RenderableType]:
             title = f"Pareto front: {n} trial{'s' if n != 1 else ''}, best first"
             out.append(_trials_table(summary, title, choice.front))
         out.append(_trials_table(summary, f"Top {len(summary.top)} trials", summary.top))
-        complete = [t for t in summary.all_trials if t.state == TrialState.COMPLETE]
-        if (tied := tied_value(complete)) is not None:
-            out.append(f"Note: {tie_line(len(complete), summary.label, tied)}.")
+        if summary.tie is not None:
+            out.append(f"Note: {tie_line(summary.tie.count, summary.label, summary.tie.value)}.")
         if reason := choice.best.user_attrs.get(CACHE_REASON):
             out.append(f"Feature cache off: {reason}.")
     elif summary.alive:

@@ -18,24 +18,22 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common import attrs
-from tuner.common.attrs import FAIL_REASON, SPACE_ATTR, worker_name
-from tuner.common.console import say, warn
+from tuner.common.attrs import FAIL_REASON, worker_name
+from tuner.common.console import say
 from tuner.config.build import artifact_store, note_for, open_study, sampler_budget, trial_setup
 from tuner.config.spec import StudySpec
-from tuner.errors import OverBudget, SpecError, TrialLost, TunerError
+from tuner.errors import OverBudget, TrialLost, TunerError
+from tuner.runner.announce import Announcer, stored_space
 from tuner.runner.fate import Fate, fail_reason, fate_of
 from tuner.runner.signals import Interrupted, StopSignals
 from tuner.runner.startup import preflight
-from tuner.space.params import Space, format_params, suggest
+from tuner.space.params import suggest
 from tuner.storages.budgetlock import over_budget
 from tuner.storages.faults import StorageWatch
 from tuner.storages.resilient import ResilientStorage
 from tuner.storages.retries import OWNER_ATTR, owner_record, reap
 from tuner.storages.storage import budget_lock, fatal_message, redact_url
-from tuner.study.choice import feasible, ranked, tie_line, tied_value
-from tuner.study.opening import study_attr, value_labels
 from tuner.study.phases import PhaseBoard, epoch_progress, features_progress
-from tuner.study.pruners import pruner_name
 
 __all__ = ["Objective", "ObjectiveFor", "WorkerReport", "run_objective", "run_worker"]
 
@@ -60,89 +58,6 @@ class WorkerReport:
     @property
     def exit_code(self) -> int:
         return 128 + self.interrupted if self.interrupted else 0
-
-
-def _stored_space(study: optuna.Study) -> Space | None:
-    """The study's space, to line up the parameters of the trial lines."""
-    try:
-        return Space.from_json(study_attr(study, SPACE_ATTR) or {})
-    except (SpecError, TypeError, ValueError):  # stored by another version of tuner
-        return None
-
-
-class _Announcer:
-    """The line that says how each trial ended, and the study's best so far.
-
-    The study's space (to line up the parameters) is read once, and the best
-    trial comes from the trials the loop reads anyway before each claim, plus
-    the trial just ended: a trial takes well under a second once its head
-    trains on cached features, and a query per line would be a few percent of it.
-    """
-
-    def __init__(self, study: optuna.Study, max_gap: float = 0.0) -> None:
-        self.study = study
-        self.space = _stored_space(study)
-        self.labels = value_labels(study)  # val_acc, val_loss, gap, ...
-        self.max_gap = max_gap
-        self.best: FrozenTrial | None = None
-        self.said_best: int | None = None  # the best trial the last line named
-        self.finished: dict[int, FrozenTrial] = {}  # complete trials, to notice a tie
-        self.said_tie = False
-
-    def seen(self, trials: list[FrozenTrial]) -> None:
-        """The study's trials as just read; the best COMPLETE one is remembered."""
-        for trial in trials:
-            self._consider(trial)
-
-    def _consider(self, trial: FrozenTrial) -> None:
-        """The best by tuner.study.choice's rule: by the first value, within max_gap."""
-        if trial.state != TrialState.COMPLETE or trial.values is None:
-            return
-        if self.best is None:
-            self.best = trial
-            return
-        pair = [self.best, trial]
-        if self.max_gap > 0:
-            within = [t for t in pair if feasible(t, self.max_gap)]
-            pair = within or pair
-        self.best = ranked(pair, self.study.directions)[0]
-
-    def _values(self, trial: FrozenTrial) -> str:
-        return " ".join(
-            f"{n}={v:.4f}" for n, v in zip(self.labels, trial.values or [], strict=False)
-        )
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna's trial callback: say how ``trial`` ended."""
-        self._consider(trial)
-        params = format_params(trial.params, self.space)
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"finished {self._values(trial)}"
-        elif trial.state == TrialState.PRUNED:
-            reason = trial.user_attrs.get(attrs.PRUNE_REASON) or "pruned by " + pruner_name(
-                study.pruner
-            )
-            epoch = trial.user_attrs.get(attrs.PRUNED_AT_EPOCH)
-            after = f"after epoch {epoch + 1}" if isinstance(epoch, int) else "early"
-            outcome = f"pruned {after} ({reason})"
-        else:
-            outcome = f"failed ({trial.user_attrs.get(FAIL_REASON, 'see the log above')})"
-        best = self.best
-        if best is None:
-            best_text = "; no finished trial yet"
-        elif best.number != self.said_best:  # said when it changes, not on every line
-            self.said_best = best.number
-            new = "new best" if best.number == trial.number else "best so far"
-            best_text = f"; {new}: trial {best.number}"
-            if best.number != trial.number:
-                best_text += f" {format_params(best.params)} {self._values(best)}"
-        else:
-            best_text = ""
-        say(f"trial {trial.number} {params} {outcome}{best_text}")
-        tied = tied_value(list(self.finished.values()))
-        if tied is not None and not self.said_tie:
-            self.said_tie = True
-            warn(tie_line(len(self.finished), self.labels[0], tied))
 
 
 class _Waiting:
@@ -452,7 +367,7 @@ def _trial_loop(
             raise
 
     ran: list[FrozenTrial] = []
-    announce = _Announcer(study, spec.objective.max_gap)
+    announce = Announcer(study, spec.objective.max_gap)
     waiting = _Waiting(is_heartbeat_enabled(storage), spec.storage.grace_period)
     failures = 0
     try:
@@ -465,6 +380,7 @@ def _trial_loop(
                 if reap(study, spec.storage.grace_period, trials):
                     trials = study.get_trials(deepcopy=False)
                 announce.seen(trials)
+                getattr(study.pruner, "seen", lambda trials: None)(trials)
                 finished = sum(t.state in FINISHED for t in trials)
                 running = [t for t in trials if t.state == TrialState.RUNNING]
                 if _done(study, target, s.board, before_start=False, trials=trials):
@@ -559,7 +475,7 @@ def _give_way(study: optuna.Study, trial: optuna.Trial) -> None:
         "claimed while another worker held the study's budget lock past its lease, after "
         "the trials that fill the budget; not run"
     )
-    if (space := _stored_space(study)) is not None:  # a FAIL trial always has its point
+    if (space := stored_space(study)) is not None:  # a FAIL trial always has its point
         suggest(trial, space)
     study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
     study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)

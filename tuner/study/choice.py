@@ -22,9 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.common.attrs import METRIC_GAP
 
-__all__ = ["TIE_AT", "Choice", "choose", "ranked", "tie_line", "tied_value"]
+__all__ = ["TIE_AT", "TIE_TOLERANCE", "Choice", "choose", "ranked", "tie_line", "tied_value"]
 
 TIE_AT = 3  # complete trials that must all score the same before it is said
+TIE_TOLERANCE = 1e-9  # values closer than this are the same score
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def choose(study: optuna.Study, max_gap: float = 0.0) -> Choice | None:
 def tied_value(trials: Sequence[FrozenTrial]) -> float | None:
     """The value every complete trial shares, once there are :data:`TIE_AT`; else None."""
     values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
-    if len(values) < TIE_AT or max(values) - min(values) > 1e-9:
+    if len(values) < TIE_AT or max(values) - min(values) > TIE_TOLERANCE:
         return None
     return values[0]
 

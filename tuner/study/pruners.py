@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from typing import Any, cast
 
 import optuna
@@ -21,6 +21,7 @@ from optuna.pruners import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpecError
+from tuner.study.seen import FinishedScan
 from tuner.study.settings import PRUNER_KINDS, PrunerSettings
 
 __all__ = ["CompletedTrialsSnapshot", "build_pruner", "pruner_name", "study_pruner"]
@@ -67,12 +68,18 @@ class CompletedTrialsSnapshot(BasePruner):
     trial checks once per epoch, with epochs of milliseconds, so with eight
     workers on one SQLite file those reads were half of all storage work. The
     decision stays Optuna's: the wrapped pruner gets the study as usual, except
-    that its list of COMPLETE trials is read afresh at each trial's first check
-    and again once ``refresh`` seconds have passed. A lone worker therefore
-    decides exactly as before (its completed trials change only between its
-    trials); with several, a trial that another worker completes is taken into
-    account at most ``refresh`` seconds later, a small delay next to the epoch
-    a check already follows.
+    that its list of COMPLETE trials is as of the trial's start and is read
+    again once ``refresh`` seconds have passed. A lone worker therefore decides
+    exactly as before (its completed trials change only between its trials);
+    with several, a trial that another worker completes is taken into account
+    at most ``refresh`` seconds later, a small delay next to the epoch a check
+    already follows.
+
+    The worker's loop reads all the study's trials before it claims each one and
+    hands that read to :meth:`seen`; the trials completed since its last read are
+    added to the list, so the list as of a trial's start costs no read of its own
+    and no work that grows with the study. Without such a read (a pruner used
+    outside the loop), the trial's first check reads the completed trials.
 
     Only pruners that read nothing but the completed trials may be wrapped:
     see :func:`_snapshot_safe`.
@@ -88,11 +95,27 @@ class CompletedTrialsSnapshot(BasePruner):
         self._trial: int | None = None
         self._read_at = -math.inf
         self._completed: list[FrozenTrial] = []
+        self._numbers: set[int] = set()  # of the trials in _completed
+        self._scan = FinishedScan()
+        self._fed_at: float | None = None  # when seen() last had a read; None: used up
+
+    def seen(self, trials: list[FrozenTrial]) -> None:
+        """The study's trials, as just read in full: the completed ones since are added."""
+        self._add(t for t in self._scan.newly_finished(trials) if t.state == TrialState.COMPLETE)
+        self._fed_at = self._clock()
+
+    def _add(self, trials: Iterable[FrozenTrial]) -> None:
+        for t in trials:
+            if t.number not in self._numbers:
+                self._numbers.add(t.number)
+                self._completed.append(t)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         now = self._clock()
-        if trial.number != self._trial or now - self._read_at >= self.refresh:
-            self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial.number != self._trial and self._fed_at is not None:
+            self._trial, self._read_at, self._fed_at = trial.number, self._fed_at, None
+        elif trial.number != self._trial or now - self._read_at >= self.refresh:
+            self._add(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             self._trial, self._read_at = trial.number, now
         view = cast(optuna.Study, _CompletedView(study, self._completed))
         return self.pruner.prune(view, trial)
