@@ -13,6 +13,13 @@ On the clothing dataset (or a subset of it), with the seeded random Xception bas
 - a FLOP floor: Xception's FLOPs at the input size times the images, over the peak
   matmul rate measured here in each precision.
 
+On a base that has learned (``--train-base``: Xception trained here from scratch
+on clothing images, see ``benchmarks/learnedbase.py``; or ``--base-weights`` for
+one saved before), only the features and heads part runs, at 96x96, through
+tuner's own extractor with ``model.weights`` set to the base's file, on images
+the base never trained on, and without standardizing the features; the cold
+runs and the floor are skipped.
+
 The worker and bare passes are nested (predict f32, worker f32, worker bf16, predict
 bf16; ``--reverse`` starts with bfloat16), each in a fresh process, so that on a busy
 machine two runs in both orders show how much the load moved the figures.
@@ -20,6 +27,8 @@ machine two runs in both orders show how much the load moved the figures.
 Usage::
 
     python3 benchmarks/precision.py [--data PATH] [--train 3068] [--validation 341] [--reverse]
+    python3 benchmarks/precision.py --train-base [--base-weights OUT.weights.h5] [--base-epochs 8]
+    python3 benchmarks/precision.py --base-weights xception-96.weights.h5
 """
 
 from __future__ import annotations
@@ -145,7 +154,7 @@ def feature_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def head_accuracy(
     sets: dict[str, tuple[np.ndarray, np.ndarray]],
     point: dict,
-    scale: tuple[np.ndarray, np.ndarray],
+    scale: tuple[np.ndarray, np.ndarray] | None,
 ) -> float:
     """Final validation accuracy of the xception-head head at ``point``, 10 epochs, seeded."""
     import keras
@@ -158,8 +167,10 @@ def head_accuracy(
     # A random base's features are tiny (about 1e-5) and an Adam head barely moves on
     # them; scaled by the float32 training features' statistics (the same for both
     # precisions), they carry what a trained base's would, and the comparison is fair.
-    mean, std = scale
-    x, vx = (x - mean) / std, (vx - mean) / std
+    # A trained base's features are used as they come (``scale`` None), as tuner does.
+    if scale is not None:
+        mean, std = scale
+        x, vx = (x - mean) / std, (vx - mean) / std
     head = build_part(BUILTIN["xception-head"], Params(point), x.shape[1], y.shape[1])
     compile_model(head, point["learning_rate"])
     fit = head.fit(x, y, batch_size=32, epochs=10, validation_data=(vx, vy), verbose=0)
@@ -210,6 +221,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--validation", type=int, default=341, help="validation images")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--reverse", action="store_true", help="bfloat16 first")
+    learned = parser.add_argument_group("on a base trained here (features and heads only)")
+    learned.add_argument("--base-weights", type=Path, help="the base's .weights.h5 file")
+    learned.add_argument("--train-base", action="store_true", help="train it first (to there)")
+    learned.add_argument("--base-epochs", type=int, default=8)
+    learned.add_argument("--base-per-class", type=int, default=100, help="its training images")
+    learned.add_argument("--head-train", type=int, default=1000, help="the heads' other images")
     return parser.parse_args(argv)
 
 
@@ -218,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.training.precision import resolve_precision
 
     print(f"model.precision = auto resolves to {' ('.join(resolve_precision('auto'))}) here")
+    if args.train_base or args.base_weights:
+        return learned(args)
     with tempfile.TemporaryDirectory(prefix="precision-") as name:
         tmp = Path(name)
         data = subset(args.data, tmp / "data", args.train, args.validation)
@@ -235,6 +254,35 @@ def main(argv: list[str] | None = None) -> int:
         report_runs(bare, runs, args.trials)
         report_features(sets)
         report_floor(images, bare, runs)
+    return 0
+
+
+def learned(args: argparse.Namespace) -> int:
+    """Features and heads on a base trained here (the cold runs need no repeating)."""
+    import learnedbase
+
+    with tempfile.TemporaryDirectory(prefix="precision-") as name:
+        tmp = Path(name)
+        base_data, heads_data = learnedbase.layout(
+            args.data, tmp / "data", args.base_per_class, args.head_train
+        )
+        weights = args.base_weights or tmp / "xception.weights.h5"
+        if args.train_base:
+            accuracy, own = learnedbase.train_base(base_data, weights, args.base_epochs)
+            print(f"base: {_count(base_data / 'train')} images, {args.base_epochs} epochs,")
+            print(f"  final validation accuracy of base + Dense(10): {accuracy:.3f}")
+        elif not weights.is_file():
+            sys.exit(f"error: no base weights at {weights}; train them with --train-base")
+        sets = {p: learnedbase.extract(heads_data, weights, p) for p in PRECISIONS}
+        if args.train_base:  # tuner loaded the very base that trained: same features
+            gap = np.abs(sets["float32"]["validation"][0] - own).max()
+            print(f"  tuner's float32 extractor vs the trained network: max |diff| {gap:.2e}")
+    size = learnedbase.SIZE
+    images = ", ".join(f"{len(sets['float32'][s][1])} {s}" for s in ("train", "validation"))
+    print(f"heads' images (none the base trained on), {size}x{size}: {images}")
+    train = sets["float32"]["train"][0]
+    print(f"float32 features: mean {train.mean():.3f}, deviation {train.std():.3f}, not rescaled")
+    report_features(sets, standardize=False)
     return 0
 
 
@@ -259,7 +307,7 @@ def report_runs(bare: dict, runs: dict, trials: int) -> None:
     )
 
 
-def report_features(sets: dict) -> None:
+def report_features(sets: dict, standardize: bool = True) -> None:
     """Feature error, and the heads' accuracy on each set of features."""
     f32, bf16 = sets["float32"], sets["bfloat16"]
     errors = np.concatenate([feature_error(f32[s][0], bf16[s][0]) for s in f32])
@@ -267,15 +315,19 @@ def report_features(sets: dict) -> None:
         "\nfeatures, bfloat16 vs float32, relative L2 per image: "
         f"median {np.median(errors):.4f}, max {errors.max():.4f}"
     )
-    print("head final validation accuracy (10 epochs, seed 1, standardized features), f32, bf16:")
+    how = "standardized" if standardize else "raw"
+    print(f"head final validation accuracy (10 epochs, seed 1, {how} features), f32, bf16:")
     train = f32["train"][0]
-    scale = (train.mean(axis=0), train.std(axis=0) + 1e-12)
+    scale = (train.mean(axis=0), train.std(axis=0) + 1e-12) if standardize else None
     gaps = []
     for point in POINTS:
         acc = {p: head_accuracy(sets[p], point, scale) for p in PRECISIONS}
         gaps.append(acc["bfloat16"] - acc["float32"])
         print(f"  {json.dumps(point):<62} {acc['float32']:.3f}  {acc['bfloat16']:.3f}")
-    print(f"  mean gap {statistics.mean(gaps):+.3f}, largest {max(gaps, key=abs):+.3f}")
+    print(
+        f"  mean gap {statistics.mean(gaps):+.3f}, mean |gap| "
+        f"{statistics.mean(abs(g) for g in gaps):.3f}, largest {max(gaps, key=abs):+.3f}"
+    )
 
 
 def report_floor(images: int, bare: dict, runs: dict) -> None:
