@@ -71,3 +71,68 @@ def test_of_two_claims_past_the_budget_the_later_gives_way(tmp_path: Path) -> No
     assert over_budget(study, later._trial_id, 3)
     study.tell(earlier, state=TrialState.FAIL)  # a failed trial fills nothing
     assert not over_budget(study, later._trial_id, 3)
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"])
+def test_a_waiter_whose_connection_dies_as_it_asks_for_the_holder_rides_it_out(
+    server: str,
+) -> None:
+    # A server restart can cut the waiter's connection between its try for the lock and its
+    # question about who holds it. The question's failure must leave the connection usable by
+    # the next try, which then meets the fault and rides it out, not a transaction SQLAlchemy
+    # refuses to run until it is rolled back.
+    import sqlalchemy
+
+    from tests.conftest import MYSQL_URL, PG_URL, fresh_database
+    from tuner.storages.faults import StorageWatch
+
+    with fresh_database(PG_URL if server == "postgresql" else MYSQL_URL) as url:
+        storage = optuna.storages.RDBStorage(url)
+        optuna.create_study(study_name="s", storage=storage)
+        said: list[str] = []
+        watch = StorageWatch(30, "db", said.append, lambda f: f.reason)
+        holder = budget_lock(storage, url, "s")
+        waiter = budget_lock(storage, url, "s", watch, lease=60)
+        admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+        ask, cut = waiter._ask_server_holder, []
+
+        def cut_then_ask() -> tuple[str, str]:
+            if not cut:  # end the waiter's own server session, as a restart would
+                assert waiter._conn is not None
+                me = waiter._conn.exec_driver_sql(
+                    "SELECT pg_backend_pid()"
+                    if server == "postgresql"
+                    else "SELECT CONNECTION_ID()"
+                ).scalar()
+                waiter._conn.rollback()
+                kill = "SELECT pg_terminate_backend({})" if server == "postgresql" else "KILL {}"
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(kill.format(me))
+                cut.append(me)
+            return ask()
+
+        waiter._ask_server_holder = cut_then_ask  # type: ignore[method-assign]
+        holder.acquire()
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                waiter.acquire()
+            except BaseException as e:
+                errors.append(e)
+
+        import threading
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not cut and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        holder.release()
+        thread.join(30)
+        assert cut and not thread.is_alive() and not errors, (cut, errors, said)
+        assert waiter.vouched
+        waiter.release()
+        admin.dispose()
+        storage.engine.dispose()

@@ -210,27 +210,40 @@ class BudgetLock:
     def _server_holder(self) -> tuple[str, str]:
         """(identity of this hold, who holds it) as the server sees it."""
         assert self._conn is not None and self._engine is not None
-        with contextlib.suppress(sa_exc.SQLAlchemyError):
-            if self._engine.dialect.name == "postgresql":
-                row = self._conn.exec_driver_sql(
-                    "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
-                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND l.granted "
-                    f"AND l.classid::bigint = {self._key >> 32} "
-                    f"AND l.objid::bigint = {self._key & 0xFFFFFFFF} AND l.objsubid = 1"
-                ).first()
+        try:
+            return self._ask_server_holder()
+        except sa_exc.SQLAlchemyError:
+            # Only the waiting line needs the answer. The connection may have died with its
+            # transaction open (a server restart): end it here, so the next try for the lock
+            # meets the fault itself, which the watch rides out, instead of a transaction
+            # SQLAlchemy refuses to use until it is rolled back.
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
                 self._conn.rollback()
-                if row is not None:
-                    pid, app, addr, started = row
-                    who = app or f"server process {pid}"
-                    return f"{pid}@{started}", f"{who} (from {addr or 'local socket'})"
-            else:
-                conn_id = self._conn.exec_driver_sql(
-                    f"SELECT IS_USED_LOCK('tuner{self._key}')"
-                ).scalar()
-                self._conn.rollback()
-                if conn_id is not None:
-                    return str(conn_id), f"database connection {conn_id}"
+        return "", "another worker"
+
+    def _ask_server_holder(self) -> tuple[str, str]:
+        """:meth:`_server_holder`'s query, on this worker's lock connection."""
+        assert self._conn is not None and self._engine is not None
+        if self._engine.dialect.name == "postgresql":
+            row = self._conn.exec_driver_sql(
+                "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                f"AND l.classid::bigint = {self._key >> 32} "
+                f"AND l.objid::bigint = {self._key & 0xFFFFFFFF} AND l.objsubid = 1"
+            ).first()
+            self._conn.rollback()
+            if row is not None:
+                pid, app, addr, started = row
+                who = app or f"server process {pid}"
+                return f"{pid}@{started}", f"{who} (from {addr or 'local socket'})"
+        else:
+            conn_id = self._conn.exec_driver_sql(
+                f"SELECT IS_USED_LOCK('tuner{self._key}')"
+            ).scalar()
+            self._conn.rollback()
+            if conn_id is not None:
+                return str(conn_id), f"database connection {conn_id}"
         return "", "another worker"
 
     def _wait(self, attempt: Callable[[], bool], holder: Callable[[], tuple[str, str]]) -> bool:
