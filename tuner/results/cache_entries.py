@@ -18,6 +18,7 @@ import re
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,18 +202,29 @@ def _prune_decoded(cache_dir: Path, older_than_days: float | None, report: Prune
         age = time.time() - images.stat().st_mtime
         if older_than_days is not None and age <= older_than_days * 86400:
             continue
-        lock = FileLock(str(images.with_suffix(".lock")))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            report.skipped.append(f"{images}: a worker is decoding images into it")
-            continue
-        try:
-            why = "decoded images; a worker decodes them again when it needs them"
-            report.removed.append((images, sum(map(_size, files)), why))
-            report.removed.extend((f, 0, "with its decoded images") for f in files[1:])
-        finally:
-            lock.release()
+        with _unless_busy(images.with_suffix(".lock"), report, f"{images}: a worker is "
+                          "decoding images into it") as free:  # fmt: skip
+            if free:  # the lock file stays: a worker may be about to take it
+                why = "decoded images; a worker decodes them again when it needs them"
+                labels = [f for f in files[1:] if f.suffix != ".lock"]
+                report.removed.append((images, sum(map(_size, [images, *labels])), why))
+                report.removed.extend((f, 0, "with its decoded images") for f in labels)
+
+
+@contextlib.contextmanager
+def _unless_busy(lock_path: Path, report: PruneReport, busy: str) -> Iterator[bool]:
+    """Holds ``lock_path`` if no worker does (True); else notes ``busy`` as skipped (False)."""
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        report.skipped.append(busy)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def prune(
@@ -266,31 +278,30 @@ def _prune_store(
     """Drop the store's unused packs and rows; a store in use by a computing worker is skipped."""
     keep = {d for _, r in records if r.get("key") == store.key
             for split in r.get("digests", {}).values() for d in split}  # fmt: skip
-    lock = FileLock(str(store.lock_path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        report.skipped.append(f"{store.folder}: a worker is computing features into it")
+    busy = f"{store.folder}: a worker is computing features into it"
+    with _unless_busy(store.lock_path, report, busy) as free:
+        if free:
+            _prune_rows(store, keep, report, dry_run)
+
+
+def _prune_rows(store: FeatureStore, keep: set[str], report: PruneReport, dry_run: bool) -> None:
+    """The store's unused packs and rows, each with why (its lock held)."""
+    if not keep:
+        report.removed.append((store.folder, _size(store.folder), "no study uses it"))
         return
-    try:
-        if not keep:
-            report.removed.append((store.folder, _size(store.folder), "no study uses it"))
-            return
-        index = store.index(quiet=True)
-        for pack in store.packs():
-            rows = [d for d, (p, _) in index.items() if p == pack and d in keep]
-            count = _row_count(pack)
-            if rows and len(rows) == count:
-                continue
-            why, freed = ("no study uses its rows" if count else "unreadable"), _size(pack)
-            if rows:  # some rows used: they move to a smaller pack
-                why = f"{count - len(rows)} of its {count} rows unused; {len(rows)} rewritten"
-                freed = freed * (count - len(rows)) // count
-                if not dry_run:
-                    _compact(store, pack, rows)
-            report.removed.append((pack, freed, why))
-    finally:
-        lock.release()
+    index = store.index(quiet=True)
+    for pack in store.packs():
+        rows = [d for d, (p, _) in index.items() if p == pack and d in keep]
+        count = _row_count(pack)
+        if rows and len(rows) == count:
+            continue
+        why, freed = ("no study uses its rows" if count else "unreadable"), _size(pack)
+        if rows:  # some rows used: they move to a smaller pack
+            why = f"{count - len(rows)} of its {count} rows unused; {len(rows)} rewritten"
+            freed = freed * (count - len(rows)) // count
+            if not dry_run:
+                _compact(store, pack, rows)
+        report.removed.append((pack, freed, why))
 
 
 def _row_count(pack: Path) -> int:
