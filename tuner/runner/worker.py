@@ -25,6 +25,7 @@ from tuner.config.spec import StudySpec
 from tuner.errors import OverBudget, TrialLost, TunerError
 from tuner.runner.announce import Announcer, stored_space
 from tuner.runner.fate import Fate, fail_reason, fate_of
+from tuner.runner.featurewait import wait_for_features_elsewhere
 from tuner.runner.signals import Interrupted, StopSignals
 from tuner.runner.startup import preflight
 from tuner.space.params import suggest
@@ -219,6 +220,7 @@ def run_worker(
         def load() -> Objective:
             """TensorFlow, the data and the objective: loaded once a trial can start."""
             nonlocal deadline
+            wait_for_features_elsewhere(trial_setup(spec), say, s.signals.check, board.set)
             board.set("loading TensorFlow")
             from tuner.training.devices import device_line  # loads TensorFlow
             from tuner.training.feature_store import Use

@@ -30,14 +30,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from filelock import FileLock, Timeout
 
+from tuner.recipes import HEAD, Recipe
 from tuner.storages.storage import redact_url
+from tuner.training.settings import TrialSetup
 
 __all__ = [
     "LAYOUT",
     "UNREADABLE",
     "FeatureStore",
     "Use",
+    "busy_store",
+    "cache_dir",
+    "cache_reason",
     "default_cache_dir",
     "file_digest",
     "layout_root",
@@ -86,6 +92,32 @@ def default_cache_dir() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "tuner"
+
+
+def cache_dir(setup: TrialSetup) -> Path:
+    """``cache.dir``, else ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``."""
+    if setup.cache.dir:
+        return Path(setup.cache.dir).expanduser()
+    return default_cache_dir()
+
+
+def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
+    """Why the cache cannot apply to this spec, or None when it can."""
+    if not setup.cache.enabled:
+        return "cache.enabled is false"
+    if (recipe or setup.recipe).kind != HEAD:
+        return f"recipe {setup.model.recipe!r} trains its whole network"
+    data = setup.data_recipe
+    if data is not None and data.fingerprint is None:
+        return (
+            f"data.recipe {data.name!r} gives no fingerprint (set "
+            f"{data.name.partition(':')[2]}.fingerprint to a string that changes with the data)"
+        )
+    if setup.model.trainable_base:
+        return "model.trainable_base is true, so the base changes while training"
+    if setup.data.augment:
+        return "data.augment is on, so the base sees a different image every epoch"
+    return None
 
 
 def layout_root(cache_dir: Path) -> Path:
@@ -220,6 +252,27 @@ class FeatureStore:
                   "updated": time.time(), "digests": digests}  # fmt: skip
         data = json.dumps(record).encode()
         write_atomic(path, lambda f: f.write(data), sync=False)
+
+
+def busy_store(cache_dir: Path, parts: dict[str, Any]) -> FeatureStore | None:
+    """A model part whose ``key.json`` holds ``parts`` and whose lock another process holds.
+
+    Read without TensorFlow, so that a worker can wait for another worker's extraction
+    before it loads TensorFlow; ``parts`` may be a subset of the key's.
+    """
+    root = layout_root(cache_dir)
+    for meta in sorted(root.glob("*/key.json")) if root.is_dir() else []:
+        found = _read_json(meta)
+        if found is None or any(found.get(k) != v for k, v in parts.items()):
+            continue
+        store = FeatureStore(cache_dir, meta.parent.name)
+        lock = FileLock(str(store.lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return store
+        lock.release()
+    return None
 
 
 def uses_lock(cache_dir: Path) -> Path:

@@ -34,13 +34,14 @@ with quiet_tensorflow():
 from tuner.assets.datasets import DatasetScan
 from tuner.common.attrs import worker_name
 from tuner.errors import CacheError
-from tuner.recipes import BASES, HEAD, Recipe
+from tuner.recipes import BASES
 from tuner.training import extraction
 from tuner.training.extraction import Progress
 from tuner.training.feature_store import (
     FeatureStore,
     Use,
-    default_cache_dir,
+    cache_dir,
+    cache_reason,
     file_digest,
     uses_lock,
 )
@@ -95,32 +96,6 @@ class FeatureSet:
     status: str  # "hit" or "miss"
     key: str
     computed: int = 0  # images whose features this call computed
-
-
-def cache_dir(setup: TrialSetup) -> Path:
-    """``cache.dir``, else ``$TUNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tuner``."""
-    if setup.cache.dir:
-        return Path(setup.cache.dir).expanduser()
-    return default_cache_dir()
-
-
-def cache_reason(setup: TrialSetup, recipe: Recipe | None = None) -> str | None:
-    """Why the cache cannot apply to this spec, or None when it can."""
-    if not setup.cache.enabled:
-        return "cache.enabled is false"
-    if (recipe or setup.recipe).kind != HEAD:
-        return f"recipe {setup.model.recipe!r} trains its whole network"
-    data = setup.data_recipe
-    if data is not None and data.fingerprint is None:
-        return (
-            f"data.recipe {data.name!r} gives no fingerprint (set "
-            f"{data.name.partition(':')[2]}.fingerprint to a string that changes with the data)"
-        )
-    if setup.model.trainable_base:
-        return "model.trainable_base is true, so the base changes while training"
-    if setup.data.augment:
-        return "data.augment is on, so the base sees a different image every epoch"
-    return None
 
 
 def cache_key_parts(setup: TrialSetup) -> dict[str, Any]:
