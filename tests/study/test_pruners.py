@@ -198,14 +198,18 @@ def test_a_snapshot_decides_as_the_optuna_pruner_does(kind: str) -> None:
     assert None in outcomes and len(outcomes) > 1
 
 
-def test_a_snapshot_reads_once_per_trial_and_again_after_refresh() -> None:
-    clock = _Clock()
-    good = [0.3, 0.4, 0.5, 0.6]
-    snapshot = CompletedTrialsSnapshot(
+def _median_snapshot(clock: _Clock) -> CompletedTrialsSnapshot:
+    return CompletedTrialsSnapshot(
         pruner_for("median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"),
         refresh=5.0,
         clock=clock,
     )
+
+
+def test_a_snapshot_reads_once_per_trial_and_again_after_refresh() -> None:
+    clock = _Clock()
+    good = [0.3, 0.4, 0.5, 0.6]
+    snapshot = _median_snapshot(clock)
     study = _study_with_curves(snapshot, [good])
     counting = _CountingStudy(study)
     trial = study.ask()
@@ -304,11 +308,7 @@ def test_a_trial_does_not_depend_on_how_long_earlier_trials_ran(env: Env) -> Non
 def test_a_snapshot_fed_the_loops_read_adds_new_completed_trials_without_a_read() -> None:
     clock = _Clock()
     good = [0.3, 0.4, 0.5, 0.6]
-    snapshot = CompletedTrialsSnapshot(
-        pruner_for("median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=1"),
-        refresh=5.0,
-        clock=clock,
-    )
+    snapshot = _median_snapshot(clock)
     study = _study_with_curves(snapshot, [good])  # one completed trial: below startup
     counting = _CountingStudy(study)
     snapshot.seen(study.get_trials(deepcopy=False))  # the loop's read, before a claim

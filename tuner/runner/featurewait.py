@@ -77,17 +77,10 @@ def wait_for_features_elsewhere(
         return False
     publish("waiting for another worker's features")
     say(
-        f"waiting for the frozen-base features that {_holder(store.holder_path)} computes into "
+        f"waiting for the frozen-base features that {store.holder()} computes into "
         f"{store.folder}, before loading TensorFlow; each trial then trains only the head"
     )
     while busy_store(cache_dir(setup), parts) is not None:
         check()
         time.sleep(poll)
     return True
-
-
-def _holder(path: Path) -> str:
-    try:
-        return f"worker {path.read_text().strip()}"
-    except OSError:
-        return "another worker"

@@ -155,6 +155,13 @@ class FeatureStore:
         self.lock_path = self.folder.parent / f"{key}.lock"
         self.holder_path = self.folder.parent / f"{key}.holder"
 
+    def holder(self) -> str:
+        """Who computes into the store now, as the waiting workers name it."""
+        try:
+            return f"worker {self.holder_path.read_text().strip()}"
+        except OSError:
+            return "another worker"
+
     def create(self, parts: dict[str, Any]) -> None:
         """Make the folders, and ``key.json`` (what the key stands for, for ``tuner cache``).
 

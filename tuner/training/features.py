@@ -20,7 +20,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -239,7 +238,7 @@ def load_or_compute(
     except Timeout:  # another worker computes them: say so once, then wait for it
         if on_compute is not None:
             on_compute(
-                f"waiting for the frozen-base features that {_read_holder(store.holder_path)} "
+                f"waiting for the frozen-base features that {store.holder()} "
                 f"computes into {store.folder}; each trial then trains only the head"
             )
         lock.acquire()
@@ -315,10 +314,3 @@ def _record(store: FeatureStore, use: Use | None, wanted: _Wanted, rows: dict[st
             store.record_use(use, wanted.digests)
     except OSError as e:
         log.warning("cannot record the feature cache's use in %s (%s)", store.folder, e)
-
-
-def _read_holder(holder: Path) -> str:
-    try:
-        return f"worker {holder.read_text().strip()}"
-    except OSError:
-        return "another worker"
